@@ -1,0 +1,12 @@
+"""Coordinate networks. Each is a plain ``nn.Module`` whose constructor arguments are its config.
+
+Every network takes ``in_dim`` (coordinate dimension) and ``out_dim`` (channels), which nir fills
+in from the signal, and uses the same size names: ``hidden_dim`` (width) and ``num_layers``
+(number of hidden width-to-width layers; the network has ``num_layers + 2`` linear layers, as
+``hidden_layers`` in the SIREN authors' code).
+"""
+
+from nir.fields.fourier import FourierMLP
+from nir.fields.siren import Siren
+
+__all__ = ["FourierMLP", "Siren"]

@@ -1,0 +1,175 @@
+"""Lightning module and data module: random index batches in, loss out; full-grid validation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from nir.field import Field
+from nir.metrics import GridMetrics
+from nir.signal import Grid, Signal
+
+
+class _Ticks(IterableDataset):
+    """An endless stream of step numbers: batches are drawn on the device by the module."""
+
+    def __iter__(self) -> Iterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+
+class _Chunks(IterableDataset):
+    """``(start, stop)`` ranges covering ``n`` flat indices, for full-grid evaluation."""
+
+    def __init__(self, n: int, chunk: int) -> None:
+        self.n, self.chunk = n, chunk
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for s in range(0, self.n, self.chunk):
+            yield (s, min(s + self.chunk, self.n))
+
+
+class FieldDataModule(pl.LightningDataModule):
+    """Serves step ticks for training and chunk ranges for validation (no worker round trips).
+
+    The signal itself moves to the module's device once; batches are drawn there as indices.
+    """
+
+    def __init__(self, signal: Signal, val_chunk: int = 65536) -> None:
+        super().__init__()
+        self.signal = signal
+        self.val_chunk = val_chunk
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Chunks(self.signal.numel, self.val_chunk), batch_size=None, num_workers=0)
+
+
+class IndexSampler:
+    """Random flat indices, drawn on the device: epochs of a shuffled permutation, sliced in batches.
+
+    Every sample is visited exactly once per ``ceil(n / batch)`` steps. When the batch covers
+    the whole signal, every step is the full grid (no shuffling needed).
+    """
+
+    def __init__(self, n: int, batch_size: int, device: torch.device) -> None:
+        self.n, self.batch, self.device = n, min(batch_size, n), device
+        self.full = batch_size >= n
+        self._perm = torch.arange(n, device=device)
+        self._pos = n if not self.full else 0
+
+    def next(self) -> Tensor:
+        if self.full:
+            return self._perm
+        if self._pos + self.batch > self.n:
+            self._perm = torch.randperm(self.n, device=self.device)
+            self._pos = 0
+        idx = self._perm[self._pos : self._pos + self.batch]
+        self._pos += self.batch
+        return idx
+
+
+def cosine_with_warmup(total: int, warmup: int, floor: float) -> Callable[[int], float]:
+    """LR factor: linear warmup over ``warmup`` steps, then cosine from 1 to ``floor`` at ``total``."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return f
+
+
+class FieldModule(pl.LightningModule):
+    """Trains a :class:`Field` on a :class:`Signal` with random index batches.
+
+    Args:
+        field: network + transform + box.
+        loss: ``(pred, target) -> scalar`` in the transform's space.
+        signal: the training signal (kept on the module's device, never in checkpoints).
+        batch_size: samples per step; ``>= signal.numel`` means full batch.
+        lr: Adam learning rate.
+        schedule: ``"constant"`` or ``"cosine"`` (with ``warmup_steps`` and ``min_lr_ratio``).
+        max_steps: length of the cosine schedule.
+    """
+
+    def __init__(
+        self,
+        field: Field,
+        loss: nn.Module,
+        signal: Signal,
+        batch_size: int,
+        lr: float,
+        schedule: str = "cosine",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.01,
+        max_steps: int = 1000,
+        betas: tuple[float, float] = (0.9, 0.999),
+    ) -> None:
+        super().__init__()
+        self.field = field
+        self.loss_fn = loss
+        self.signal = signal
+        self.batch_size = batch_size
+        self.lr, self.schedule, self.betas = lr, schedule, tuple(betas)
+        self.warmup_steps, self.min_lr_ratio, self.max_steps = warmup_steps, min_lr_ratio, max_steps
+        self.val_metrics = GridMetrics(signal)
+        self._device_data: tuple[torch.device, Tensor, Tensor, Grid, IndexSampler] | None = None
+
+    # -- data on the device ------------------------------------------------------------------
+    def data(self) -> tuple[Tensor, Tensor, Grid, IndexSampler]:
+        """Signal values (signal units and transformed) on this module's device, moved once."""
+        dev = self.device
+        if self._device_data is None or self._device_data[0] != dev:
+            y = self.signal.flat().to(dev)
+            with torch.no_grad():
+                t = self.field.transform(y).float()
+            grid = Grid(self.signal.shape, self.signal.bounds).to(dev)
+            sampler = IndexSampler(self.signal.numel, self.batch_size, dev)
+            self._device_data = (dev, y, t, grid, sampler)
+        return self._device_data[1:]
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        _, t, grid, sampler = self.data()
+        idx = sampler.next()
+        pred = self.field.network(grid.coords(idx))
+        loss = self.loss_fn(pred, t[idx])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.field.parameters(), lr=self.lr, betas=self.betas)
+        if self.schedule == "constant":
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, cosine_with_warmup(self.max_steps, self.warmup_steps, self.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- validation on the whole grid ----------------------------------------------------------
+    def validation_step(self, batch: tuple[int, int], batch_idx: int) -> None:
+        y, _, grid, _ = self.data()
+        start, stop = (int(v) for v in batch)
+        idx = torch.arange(start, stop, device=self.device)
+        pred = self.field(grid.coords(idx))
+        self.val_metrics.update(pred, y[start:stop])
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self.val_metrics.compute().items():
+            self.log(f"val/{name}", value, prog_bar=(name == "psnr"), sync_dist=False)
+        self.val_metrics.reset()
+
+    # -- checkpoints carry a plain-value spec, never config objects -----------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nir_spec"] = self.field.spec

@@ -1,0 +1,207 @@
+"""Signals: samples on a regular grid, whatever the dimension.
+
+A :class:`Signal` is ``values[*shape, channels]`` plus the box ``bounds`` the grid covers. An
+image is a 2-D grid with 1 or 3 channels, a spectrum a 1-D grid, a density a 3-D grid: every
+part of nir downstream of the readers sees only this type.
+
+Coordinate convention (used everywhere: training, validation, ``Field.sample``):
+    coordinate axis k  <->  array axis k (for an image: axis 0 = rows (y, downwards), axis 1 = columns (x)),
+    sample i on an axis of n samples covering [lo, hi] sits at its cell centre
+        x_i = lo + (i + 0.5) * (hi - lo) / n.
+Flat indices are row-major (C order), as ``numpy.ravel_multi_index``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nir.errors import NirError, positive_float, require
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@dataclass
+class Signal:
+    """Samples on a regular grid.
+
+    Attributes:
+        values: float32 tensor ``(*shape, channels)``.
+        bounds: one ``(lo, hi)`` pair per grid axis.
+        name: short label used in logs.
+        meta: plain-value metadata (source path, value range, generator parameters ...).
+    """
+
+    values: Tensor
+    bounds: tuple[tuple[float, float], ...]
+    name: str = "signal"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(self.values.ndim >= 2, f"signal {self.name!r}: values need a grid axis and a channel axis")
+        require(
+            len(self.bounds) == self.ndim,
+            f"signal {self.name!r}: bounds has {len(self.bounds)} axes, the grid has {self.ndim}",
+        )
+        for lo, hi in self.bounds:
+            require(hi > lo, f"signal {self.name!r}: every bound needs lo < hi, got {self.bounds}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Grid shape, without the channel axis."""
+        return tuple(self.values.shape[:-1])
+
+    @property
+    def ndim(self) -> int:
+        return self.values.ndim - 1
+
+    @property
+    def channels(self) -> int:
+        return int(self.values.shape[-1])
+
+    @property
+    def numel(self) -> int:
+        """Number of grid samples (not counting channels)."""
+        return int(np.prod(self.shape))
+
+    def flat(self) -> Tensor:
+        """Values as ``(numel, channels)``, a view."""
+        return self.values.reshape(self.numel, self.channels)
+
+
+def default_bounds(ndim: int, bounds: Sequence | None) -> tuple[tuple[float, float], ...]:
+    """``bounds`` as a tuple of pairs; ``None`` means [-1, 1] on every axis.
+
+    A single pair ``[lo, hi]`` is used for every axis.
+    """
+    if bounds is None:
+        return ((-1.0, 1.0),) * ndim
+    b = list(bounds)
+    if len(b) == 2 and all(isinstance(v, (int, float)) for v in b):
+        b = [b] * ndim
+    require(
+        len(b) == ndim and all(len(p) == 2 for p in b),
+        f"data.bounds must be [lo, hi] or one [lo, hi] per axis ({ndim} axes), got {bounds!r}",
+    )
+    return tuple((float(lo), float(hi)) for lo, hi in b)
+
+
+class Grid:
+    """Coordinates of a regular grid computed from flat indices, on any device.
+
+    Holds only ``shape``, ``lo`` and ``step`` (small tensors), so no ``numel x d`` coordinate
+    tensor is ever built: a batch of indices becomes a batch of coordinates where the indices live.
+    """
+
+    def __init__(self, shape: Sequence[int], bounds: Sequence[Sequence[float]]) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        lo = torch.tensor([b[0] for b in bounds], dtype=torch.float64)
+        hi = torch.tensor([b[1] for b in bounds], dtype=torch.float64)
+        self.lo = lo.float()
+        self.step = ((hi - lo) / torch.tensor(self.shape, dtype=torch.float64)).float()
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    def to(self, device: torch.device | str) -> "Grid":
+        self.lo = self.lo.to(device)
+        self.step = self.step.to(device)
+        return self
+
+    def coords(self, idx: Tensor) -> Tensor:
+        """Flat indices ``(B,)`` (int64) -> cell-centre coordinates ``(B, d)`` (float32)."""
+        d = len(self.shape)
+        out = torch.empty(idx.shape[0], d, dtype=torch.float32, device=idx.device)
+        rem = idx
+        for k in range(d - 1, -1, -1):
+            n = self.shape[k]
+            out[:, k] = rem.remainder(n)
+            rem = rem.div(n, rounding_mode="floor")
+        return torch.addcmul(self.lo, out + 0.5, self.step)
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _check_file(path: str | os.PathLike, what: str, extensions: Sequence[str]) -> Path:
+    p = Path(path).expanduser()
+    require(p.exists(), f"data.path {str(p)!r} does not exist; pass an existing {what} file")
+    require(p.is_file(), f"data.path {str(p)!r} is a directory; pass a {what} file inside it")
+    require(
+        p.suffix.lower() in extensions,
+        f"data.path {str(p)!r} has unsupported extension {p.suffix!r}; use one of {', '.join(extensions)}",
+    )
+    return p
+
+
+def sample_image_path(name: str) -> Path:
+    """Path of a photo bundled with scikit-image's wheel (read from disk, never downloaded)."""
+    import skimage.data
+
+    p = Path(skimage.data.__file__).parent / f"{name}.png"
+    if not p.is_file():
+        avail = sorted(q.stem for q in p.parent.glob("*.png"))
+        raise NirError(f"data.sample {name!r} is not a bundled photo; choose one of {', '.join(avail)}")
+    return p
+
+
+def read_image(
+    path: str | None = None,
+    sample: str = "chelsea",
+    value_range: Sequence[float] = (0.0, 1.0),
+    bounds: Sequence | None = None,
+    gray: bool = False,
+) -> Signal:
+    """Read a PNG/JPEG/BMP or 8/16-bit TIFF image as a 2-D signal with 1 or 3 channels.
+
+    Integer images are mapped from [0, dtype max] (255 or 65535) to ``value_range``; float images
+    are taken to lie in [0, 1] and mapped the same way. Alpha is dropped.
+
+    Args:
+        path: image file; ``None`` reads the bundled scikit-image photo ``sample``.
+        sample: name of a scikit-image bundled photo (chelsea, camera, astronaut, coffee, ...).
+        value_range: ``[lo, hi]`` the values are scaled to (PSNR uses ``hi - lo`` as data range).
+        bounds: box of the coordinates; default [-1, 1]^2.
+        gray: average RGB to one channel.
+    """
+    import imageio.v3 as iio
+
+    p = sample_image_path(sample) if path is None else _check_file(path, "image", IMAGE_EXTENSIONS)
+    try:
+        img = np.asarray(iio.imread(p))
+    except Exception as e:  # imageio raises many types for corrupt files
+        raise NirError(f"data.path {str(p)!r} could not be read as an image ({type(e).__name__}: {e}); check the file") from None
+    if img.ndim == 3 and img.shape[0] > 1 and img.shape[-1] not in (1, 2, 3, 4):
+        img = img[0]  # multi-page TIFF: first page
+    require(img.ndim in (2, 3) and img.size > 0, f"data.path {str(p)!r}: expected a 2-D image, got array of shape {img.shape}")
+    if np.issubdtype(img.dtype, np.integer):
+        scaled = img.astype(np.float64) / float(np.iinfo(img.dtype).max)
+        bits = int(np.iinfo(img.dtype).bits)
+    elif np.issubdtype(img.dtype, np.floating) or img.dtype == bool:
+        scaled = img.astype(np.float64)
+        bits = 32
+    else:
+        raise NirError(f"data.path {str(p)!r}: unsupported pixel type {img.dtype}")
+    if scaled.ndim == 2:
+        scaled = scaled[..., None]
+    if scaled.shape[-1] in (2, 4):  # gray+alpha, RGBA
+        scaled = scaled[..., :-1]
+    if gray and scaled.shape[-1] == 3:
+        scaled = scaled.mean(-1, keepdims=True)
+    require(np.isfinite(scaled).all(), f"data.path {str(p)!r} contains NaN or Inf pixels; clean the image first")
+    lo, hi = (float(v) for v in value_range)
+    require(hi > lo, f"data.value_range must be [lo, hi] with lo < hi, got {list(value_range)}")
+    values = torch.from_numpy((lo + (hi - lo) * scaled).astype(np.float32))
+    return Signal(
+        values=values,
+        bounds=default_bounds(2, bounds),
+        name=p.stem,
+        meta={"kind": "image", "path": str(p), "value_range": [lo, hi], "bit_depth": bits},
+    )

@@ -1,0 +1,246 @@
+"""``nir-train``: the Hydra entry point. Thin: it wires the composed config into :func:`train`."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nir.errors import NirError, positive_float, positive_int, require
+
+CONF_DIR = Path(os.environ.get("NIR_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+
+def tune_allocator() -> bool:
+    """Keep freed large blocks in glibc's heap instead of returning them to the OS.
+
+    A full-batch step allocates and frees activations of tens of MB; glibc maps each afresh
+    (mmap) and page-faults it in, which costs ~15 % of a CPU step here (docs/performance.md).
+    Raising M_MMAP_THRESHOLD and M_TRIM_THRESHOLD makes glibc reuse that memory. No effect
+    on other C libraries; set ``NIR_MALLOPT=0`` to skip.
+    """
+    if os.environ.get("NIR_MALLOPT", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+        return ok and libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1
+    except (OSError, AttributeError):
+        return False
+
+
+def _build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with errors turned into one-line :class:`NirError`."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, NirError):
+            raise cause from None
+        raise NirError(f"{key}: {cause or e}".replace("\n", " ")) from None
+
+
+def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Config as ``{"model.hidden_dim": 256, ...}`` with scalar values (for the HPARAMS tab)."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = str(v)
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            out[key] = "null" if v is None else v
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    tmp.replace(path)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse impossible settings before anything is built (one-line errors)."""
+    positive_int("batch_size", cfg.batch_size)
+    positive_int("trainer.max_steps", cfg.trainer.max_steps)
+    positive_float("optim.lr", cfg.optim.lr)
+    require(cfg.optim.schedule in ("cosine", "constant"), f"optim.schedule must be 'cosine' or 'constant', got {cfg.optim.schedule!r}")
+    vci = cfg.trainer.get("val_check_interval")
+    if vci is not None:
+        positive_int("trainer.val_check_interval", vci)
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fit the field described by ``cfg``; write the run directory; return the final metrics.
+
+    The run directory gets: ``tb/`` (TensorBoard events), ``checkpoints/`` (``last.ckpt``,
+    ``best.ckpt``), ``config.yaml`` (resolved), ``field.safetensors`` and ``metrics.json``.
+    """
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from nir.callbacks import ProgressPrinter, ReconstructionLogger
+    from nir.field import Field, component_spec
+    from nir.module import FieldDataModule, FieldModule
+
+    t_start = time.perf_counter()
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir)
+    check_config(cfg)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".nir-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise NirError(f"run directory {str(run_dir)!r} is not writable ({e.strerror}); choose another with hydra.run.dir=...") from None
+    tune_allocator()
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    signal = _build(cfg.data, "data")
+    model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
+    model_kwargs.update(in_dim=signal.ndim, out_dim=signal.channels)
+    network = _build(cfg.model, "model", in_dim=signal.ndim, out_dim=signal.channels)
+    transform_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.transform, resolve=True).items() if k != "_target_"}
+    transform = _build(cfg.transform, "transform").fit(signal.flat())
+    spec = {
+        "network": component_spec(network, model_kwargs),
+        "transform": component_spec(transform, transform_kwargs),
+        "bounds": [list(b) for b in signal.bounds],
+        "shape": list(signal.shape),
+        "channels": signal.channels,
+        "meta": {"signal": signal.name, **signal.meta},
+    }
+    field = Field(network, transform, spec)
+    loss = _build(cfg.loss, "loss")
+    max_steps = int(cfg.trainer.max_steps)
+    module = FieldModule(
+        field, loss, signal,
+        batch_size=int(cfg.batch_size), lr=float(cfg.optim.lr), schedule=cfg.optim.schedule,
+        warmup_steps=int(cfg.optim.warmup_steps), min_lr_ratio=float(cfg.optim.min_lr_ratio),
+        max_steps=max_steps,
+    )
+    datamodule = FieldDataModule(signal)
+
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    hp_metrics = {"hp/psnr": float("nan"), "hp/wall_time_s": float("nan")}
+    logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)), hp_metrics)
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/psnr", mode="max",
+                        save_top_k=1, save_last=True, auto_insert_metric_name=False),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if cfg.log.images:
+        callbacks.append(ReconstructionLogger())
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if not trainer_kwargs.get("enable_progress_bar", True):
+        callbacks.append(ProgressPrinter())
+    trainer = pl.Trainer(
+        **trainer_kwargs, logger=logger, callbacks=callbacks,
+        default_root_dir=str(run_dir), enable_model_summary=False,
+    )
+    ckpt_path = None
+    if cfg.resume:
+        ckpt_path = run_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+        require(ckpt_path.is_file(), f"resume: checkpoint {str(ckpt_path)!r} not found; pass a .ckpt path or 'last' with the run's hydra.run.dir")
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    t_fit = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    fit_s = time.perf_counter() - t_fit
+    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+
+    metrics: dict[str, Any] = {
+        "status": "ok",
+        "psnr": float(final["val/psnr"]),
+        "psnr_convention": f"10 log10(R^2/MSE) over all samples and channels, signal units, R = {module.val_metrics.range:g}",
+        "steps": int(trainer.global_step),
+        "num_params": field.num_parameters(),
+        "fit_time_s": fit_s,
+        "wall_time_s": time.perf_counter() - t_start,
+        "precision": str(cfg.trainer.precision),
+        "device": str(module.device),
+        "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
+    }
+    if trainer.is_global_zero:
+        field.cpu().save(run_dir / "field.safetensors")
+        _write_json(run_dir / "metrics.json", metrics)
+        tb = logger.experiment
+        tb.add_scalar("hp/psnr", metrics["psnr"], trainer.global_step)
+        tb.add_scalar("hp/wall_time_s", metrics["wall_time_s"], trainer.global_step)
+        logger.finalize("success")
+        finite = math.isfinite(metrics["psnr"])
+        print(
+            f"nir: {metrics['steps']} steps in {fit_s:.1f} s, PSNR {metrics['psnr']:.2f} dB"
+            f" (data range {module.val_metrics.range:g}, all samples){'' if finite else ' (not finite!)'}\n"
+            f"run directory: {run_dir}\n"
+            f"look at it:    tensorboard --logdir {run_dir}",
+            flush=True,
+        )
+    return metrics
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _precheck_groups(argv: list[str]) -> None:
+    """One-line error for ``group=option`` naming an option that does not exist."""
+    groups = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in CONF_DIR.iterdir() if p.is_dir()}
+    for arg in argv:
+        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
+            continue
+        key, value = arg.split("=", 1)
+        if key in groups and all(c.isalnum() or c in "_-," for c in value):
+            for option in value.split(","):
+                require(
+                    option in groups[key],
+                    f"unknown {key} {option!r}; choose one of: {', '.join(groups[key])}",
+                )
+
+
+def _hydra_app() -> Any:
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+    def app(cfg: DictConfig) -> float:
+        try:
+            return train(cfg)["psnr"]
+        except NirError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return app
+
+
+def main() -> None:
+    """Console script ``nir-train``."""
+    try:
+        _precheck_groups(sys.argv[1:])
+    except NirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _hydra_app()()
+
+
+if __name__ == "__main__":
+    main()
