@@ -92,3 +92,22 @@ class ProgressPrinter(pl.Callback):
         if psnr is not None and math.isfinite(float(psnr)):
             parts.append(f"psnr {float(psnr):.2f} dB")
         print("  ".join(parts), file=sys.stderr if trainer.progress_bar_callback else sys.stdout, flush=True)
+
+
+class FinalMetrics(pl.Callback):
+    """At the end of training, before the logger closes: full-grid fp32 metrics, logged as the
+    ``hp/*`` scalars that the HPARAMS tab shows, and kept in ``self.metrics`` for ``train``."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.metrics = pl_module.evaluate()
+        self.metrics["fit_time_s"] = time.perf_counter() - self._t0
+        if trainer.is_global_zero and trainer.logger is not None:
+            for name, value in self.metrics.items():
+                trainer.logger.experiment.add_scalar(f"hp/{name}", value, trainer.global_step)

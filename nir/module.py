@@ -170,6 +170,20 @@ class FieldModule(pl.LightningModule):
             self.log(f"val/{name}", value, prog_bar=(name == "psnr"), sync_dist=False)
         self.val_metrics.reset()
 
+    @torch.no_grad()
+    def evaluate(self, chunk: int = 65536) -> dict[str, float]:
+        """Metrics of the field on the whole grid, in fp32 (outside autocast), as a user loading
+        the field would see them. Same code as validation, without Lightning's loop."""
+        y, _, grid, _ = self.data()
+        metrics = GridMetrics(self.signal).to(self.device)
+        was_training = self.training
+        self.eval()
+        for start in range(0, self.signal.numel, chunk):
+            idx = torch.arange(start, min(start + chunk, self.signal.numel), device=self.device)
+            metrics.update(self.field(grid.coords(idx)), y[idx])
+        self.train(was_training)
+        return {k: float(v) for k, v in metrics.compute().items()}
+
     # -- checkpoints carry a plain-value spec, never config objects -----------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nir_spec"] = self.field.spec

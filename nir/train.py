@@ -38,6 +38,23 @@ def tune_allocator() -> bool:
         return False
 
 
+def resolve_precision(precision: Any, accelerator: str) -> str:
+    """``"auto"``: ``bf16-mixed`` where the hardware has native bf16 (CUDA with bf16, or a CPU
+    with AMX / AVX512-BF16, where oneDNN runs bf16 matmuls natively), else ``"32"``.
+    Any other value is passed to Lightning unchanged."""
+    import torch
+
+    if str(precision) != "auto":
+        return str(precision)
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16-mixed" if native else "32"
+
+
 def _build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` with errors turned into one-line :class:`NirError`."""
     from hydra.errors import InstantiationException
@@ -94,7 +111,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from nir.callbacks import ProgressPrinter, ReconstructionLogger
+    from nir.callbacks import FinalMetrics, ProgressPrinter, ReconstructionLogger
     from nir.field import Field, component_spec
     from nir.module import FieldDataModule, FieldModule
 
@@ -143,9 +160,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     datamodule = FieldDataModule(signal)
 
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
-    hp_metrics = {"hp/psnr": float("nan"), "hp/wall_time_s": float("nan")}
+    hp_metrics = {"hp/psnr": float("nan"), "hp/fit_time_s": float("nan")}
     logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)), hp_metrics)
+    final_metrics = FinalMetrics()
     callbacks: list[pl.Callback] = [
+        final_metrics,
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/psnr", mode="max",
                         save_top_k=1, save_last=True, auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
@@ -153,6 +172,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     if cfg.log.images:
         callbacks.append(ReconstructionLogger())
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs["precision"] = precision = resolve_precision(trainer_kwargs.get("precision", "32"), trainer_kwargs.get("accelerator", "auto"))
     if not trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(ProgressPrinter())
     trainer = pl.Trainer(
@@ -165,30 +185,25 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         require(ckpt_path.is_file(), f"resume: checkpoint {str(ckpt_path)!r} not found; pass a .ckpt path or 'last' with the run's hydra.run.dir")
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
-    t_fit = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
-    fit_s = time.perf_counter() - t_fit
-    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    final = final_metrics.metrics
+    fit_s = final.pop("fit_time_s")
 
     metrics: dict[str, Any] = {
         "status": "ok",
-        "psnr": float(final["val/psnr"]),
-        "psnr_convention": f"10 log10(R^2/MSE) over all samples and channels, signal units, R = {module.val_metrics.range:g}",
+        **final,
+        "psnr_convention": f"10 log10(R^2/MSE) over all samples and channels, signal units, R = {module.val_metrics.range:g}; fp32 evaluation",
         "steps": int(trainer.global_step),
         "num_params": field.num_parameters(),
         "fit_time_s": fit_s,
         "wall_time_s": time.perf_counter() - t_start,
-        "precision": str(cfg.trainer.precision),
+        "precision": precision,
         "device": str(module.device),
         "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
     }
     if trainer.is_global_zero:
         field.cpu().save(run_dir / "field.safetensors")
         _write_json(run_dir / "metrics.json", metrics)
-        tb = logger.experiment
-        tb.add_scalar("hp/psnr", metrics["psnr"], trainer.global_step)
-        tb.add_scalar("hp/wall_time_s", metrics["wall_time_s"], trainer.global_step)
-        logger.finalize("success")
         finite = math.isfinite(metrics["psnr"])
         print(
             f"nir: {metrics['steps']} steps in {fit_s:.1f} s, PSNR {metrics['psnr']:.2f} dB"

@@ -53,4 +53,5 @@ def tiny_overrides(image: Path, steps: int = 30) -> list[str]:
         "trainer.val_check_interval=10",
         "trainer.enable_progress_bar=false",
         "batch_size=512",
+        "trainer.precision=32",
     ]

@@ -70,11 +70,16 @@ def test_custom_bounds():
     assert s.bounds == ((0.0, 3.0), (0.0, 4.0))
 
 
+def _write(p, data):
+    p.write_bytes(data)
+    return p
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda d: d / "missing.png", "does not exist"),
     (lambda d: d, "is a directory"),
-    (lambda d: (d / "x.gif").write_bytes(b"GIF89a") or d / "x.gif", "unsupported extension"),
-    (lambda d: (d / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really") or d / "bad.png", "could not be read"),
+    (lambda d: _write(d / "x.gif", b"GIF89a"), "unsupported extension"),
+    (lambda d: _write(d / "bad.png", b"\x89PNG\r\n\x1a\nnot really"), "could not be read"),
 ])
 def test_bad_image_paths(tmp_path, make, match):
     with pytest.raises(NirError, match=match):
