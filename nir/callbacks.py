@@ -29,10 +29,153 @@ def _colormap(x: np.ndarray, name: str = "magma") -> np.ndarray:
     return (matplotlib.colormaps[name](np.clip(x, 0, 1))[..., :3] * 255).astype(np.uint8)
 
 
+def _predict(pl_module: pl.LightningModule, idx: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and target (``(n, channels)`` numpy) at flat indices, fp32, no grad."""
+    y, _, grid, _ = pl_module.data()
+    idx = idx.to(pl_module.device)
+    with torch.no_grad():
+        pred = pl_module.field(grid.coords(idx)).float().cpu().numpy()
+    return pred, y[idx].float().cpu().numpy()
+
+
+def field_figure(pl_module: pl.LightningModule, max_side: int = 512):
+    """Matplotlib figure of a long-tailed field (first channel).
+
+    1-D: target and prediction on a log axis, relative error below (log axis).
+    3-D: central slices along each axis; rows target, prediction (shared log colour scale) and
+    relative error (log scale, 1e-4 .. 1). 2-D non-image fields: the same with one slice.
+    Relative error is |p - y| / max(|y|, floor) with the metric floor.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    signal = pl_module.signal
+    floor = getattr(pl_module.val_metrics, "floor", 1e-12)
+    shape = signal.shape
+    if signal.ndim == 1:
+        idx, (n,) = preview_indices(shape, 4096)
+        pred, target = _predict(pl_module, idx)
+        x = idx.numpy()
+        fig, (a0, a1) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+        a0.semilogy(x, np.maximum(np.abs(target[:, 0]), floor), lw=0.8, label="target")
+        a0.semilogy(x, np.maximum(np.abs(pred[:, 0]), floor), lw=0.8, ls="--", label="prediction")
+        a0.set_ylabel("|value|")
+        a0.legend(loc="upper right")
+        rel = np.abs(pred[:, 0] - target[:, 0]) / np.maximum(np.abs(target[:, 0]), floor)
+        a1.semilogy(x, np.maximum(rel, 1e-7), lw=0.6, color="C3")
+        a1.set_ylabel("relative error")
+        a1.set_xlabel("sample index")
+        fig.tight_layout()
+        return fig
+    slices = []
+    for ax in range(signal.ndim if signal.ndim == 3 else 1):
+        axes = [np.arange(n) for n in shape]
+        axes[ax] = np.array([shape[ax] // 2])
+        keep = [a for i, a in enumerate(axes) if i != ax] if signal.ndim == 3 else axes
+        keep = [a[np.unique(np.linspace(0, len(a) - 1, min(len(a), max_side)).round().astype(int))] for a in keep]
+        if signal.ndim == 3:
+            keep.insert(ax, axes[ax])
+        mesh = np.meshgrid(*keep, indexing="ij")
+        flat = torch.from_numpy(np.ravel_multi_index([m.ravel() for m in mesh], shape))
+        pred, target = _predict(pl_module, flat)
+        hw = [len(a) for i, a in enumerate(keep) if not (signal.ndim == 3 and i == ax)]
+        slices.append((pred[:, 0].reshape(hw), target[:, 0].reshape(hw)))
+    fig, axs = plt.subplots(3, len(slices), figsize=(3.2 * len(slices), 9), squeeze=False)
+    vmax = max(float(np.abs(t).max()) for _, t in slices)
+    norm = LogNorm(vmin=max(floor, vmax * 1e-7), vmax=vmax)
+    for j, (p, t) in enumerate(slices):
+        rel = np.abs(p - t) / np.maximum(np.abs(t), floor)
+        for i, (img, title, nrm, cmap) in enumerate([
+            (np.maximum(np.abs(t), floor), "target", norm, "viridis"),
+            (np.maximum(np.abs(p), floor), "prediction", norm, "viridis"),
+            (np.clip(rel, 1e-4, 1), "relative error", LogNorm(1e-4, 1), "magma"),
+        ]):
+            im = axs[i, j].imshow(img, norm=nrm, cmap=cmap, origin="lower")
+            axs[i, j].set_title(f"{title} (axis {j} centre)" if len(slices) > 1 else title, fontsize=8)
+            axs[i, j].axis("off")
+            fig.colorbar(im, ax=axs[i, j], fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def magnitude_figure(table: list[dict]):
+    """Relative-error quantiles (median, p90, max) per decade bin against magnitude."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table if r["count"] > 0]
+    labels = [r["bin"] for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, style in [("median", "o-"), ("p90", "s--"), ("max", "^:")]:
+        ax.semilogy(x, [max(r[key], 1e-8) for r in rows], style, label=key)
+    ax.set_xticks(x, labels, rotation=30, fontsize=7)
+    ax.set_xlabel("|target| decade")
+    ax.set_ylabel("relative error")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+class MagnitudeLogger(pl.Callback):
+    """Per-magnitude diagnostics in TensorBoard after each validation (long-tailed fields):
+
+    - ``magnitude/log10_rel_err/<bin>``: histogram of log10 relative error per decade bin
+      (built from the metric's fixed histogram, so it is exact on the whole grid);
+    - ``magnitude/median/<bin>`` and ``magnitude/p90/<bin>`` scalars, grouped in one
+      custom-scalars chart each;
+    - ``magnitude/quantiles``: a figure of the quantiles against magnitude.
+    """
+
+    def __init__(self) -> None:
+        self._layout_done = False
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from nir.metrics import HIST_BINS, HIST_HI, HIST_LO
+
+        last = getattr(pl_module, "last_magnitude", None)
+        if trainer.sanity_checking or trainer.logger is None or last is None:
+            return
+        tb = trainer.logger.experiment
+        step = trainer.global_step
+        table, hist = last["table"], last["hist"].numpy()
+        limits = HIST_LO + (np.arange(HIST_BINS) + 1) * (HIST_HI - HIST_LO) / HIST_BINS
+        centres = limits - 0.5 * (HIST_HI - HIST_LO) / HIST_BINS
+        for row, counts in zip(table, hist):
+            if row["count"] <= 0:
+                continue
+            nz = np.nonzero(counts)[0]
+            sl = slice(nz[0], nz[-1] + 1)
+            tb.add_histogram_raw(
+                f"magnitude/log10_rel_err/{row['bin']}",
+                min=float(centres[nz[0]]), max=float(centres[nz[-1]]), num=int(counts.sum()),
+                sum=float((counts * centres).sum()), sum_squares=float((counts * centres**2).sum()),
+                bucket_limits=limits[sl].tolist(), bucket_counts=counts[sl].tolist(), global_step=step,
+            )
+            for key in ("median", "p90"):
+                tb.add_scalar(f"magnitude/{key}/{row['bin']}", row[key], step)
+        if not self._layout_done:
+            tb.add_custom_scalars({
+                "per-magnitude relative error": {
+                    key: ["Multiline", [f"magnitude/{key}/{r['bin']}" for r in table]] for key in ("median", "p90")
+                }
+            })
+            self._layout_done = True
+        tb.add_figure("magnitude/quantiles", magnitude_figure(table), step)
+
+
 class ReconstructionLogger(pl.Callback):
     """Logs the reconstruction, the target (once) and an error map after each validation.
 
-    2-D signals only here (images); the grid is strided to at most ``max_side`` pixels per axis.
+    Images: the grid is strided to at most ``max_side`` pixels per axis. Long-tailed fields:
+    the figure of :func:`field_figure` (1-D profile, or central slices of a 3-D field).
     Values are shown over ``data.value_range``; the error map shows ``|pred - target|`` averaged
     over channels, scaled so that white-hot (1.0 of the colormap) is ``error_scale`` of the range.
     """
@@ -46,14 +189,14 @@ class ReconstructionLogger(pl.Callback):
         if trainer.sanity_checking or trainer.logger is None:
             return
         signal = pl_module.signal
-        if signal.ndim != 2:
+        if signal.meta.get("kind") != "image":
+            fig = field_figure(pl_module, self.max_side)
+            if fig is not None:
+                trainer.logger.experiment.add_figure("field/reconstruction", fig, trainer.global_step)
             return
         idx, shape = preview_indices(signal.shape, self.max_side)
-        y, _, grid, _ = pl_module.data()
-        idx = idx.to(pl_module.device)
-        with torch.no_grad():
-            pred = pl_module.field(grid.coords(idx)).float().cpu().numpy().reshape(*shape, -1)
-        target = y[idx].float().cpu().numpy().reshape(*shape, -1)
+        pred, target = _predict(pl_module, idx)
+        pred, target = pred.reshape(*shape, -1), target.reshape(*shape, -1)
         lo, hi = signal.meta.get("value_range", (float(target.min()), float(target.max())))
         tb = trainer.logger.experiment
         step = trainer.global_step
@@ -91,6 +234,9 @@ class ProgressPrinter(pl.Callback):
             parts.append(f"loss {float(loss):.3e}")
         if psnr is not None and math.isfinite(float(psnr)):
             parts.append(f"psnr {float(psnr):.2f} dB")
+        worst = m.get("val/worst_decade_median")
+        if worst is not None:
+            parts.append(f"worst-decade median rel err {float(worst):.2%}")
         print("  ".join(parts), file=sys.stderr if trainer.progress_bar_callback else sys.stdout, flush=True)
 
 
@@ -110,4 +256,5 @@ class FinalMetrics(pl.Callback):
         self.metrics["fit_time_s"] = time.perf_counter() - self._t0
         if trainer.is_global_zero and trainer.logger is not None:
             for name, value in self.metrics.items():
-                trainer.logger.experiment.add_scalar(f"hp/{name}", value, trainer.global_step)
+                if isinstance(value, float):
+                    trainer.logger.experiment.add_scalar(f"hp/{name}", value, trainer.global_step)

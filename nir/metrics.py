@@ -1,19 +1,36 @@
 """Metrics with their conventions stated.
 
-PSNR (``psnr``): 10 log10(R^2 / MSE) over every sample and channel of the whole grid, in signal
-units, where R is the data range: ``hi - lo`` of ``data.value_range`` for images (1.0 by
-default, the same as 8-bit PSNR on [0, 255] pixels), and ``max - min`` of the target for other
-signals ("range PSNR", the convention of neural volume compression papers). Computed with
-torchmetrics, whose sum-of-squares state is mergeable across processes.
+``psnr``: 10 log10(R^2 / MSE) over every sample and channel of the whole grid, in signal units.
+R is ``hi - lo`` of ``data.value_range`` for images (1.0 by default: the same as 8-bit PSNR on
+[0, 255] pixels) and ``max - min`` of the target for other signals ("range PSNR", the
+convention of neural volume compression papers). Blind to the low decades of long-tailed data.
+
+``psnr_log``: PSNR of ``log10(|y| + floor)`` with R = its range: the log-space counterpart.
+
+Per-magnitude bins (:class:`MagnitudeBins`, long-tailed fields): samples are binned by decade of
+``|y|`` from the metric floor to the maximum, plus one bin below the floor (exact zeros
+included). Relative error is ``|p - y| / max(|y|, floor)``; bias is the mean of
+``log10(max(p, 0) + floor) - log10(|y| + floor)`` (signed, in decades). The metric floor uses
+the same rule as the log transform (``floor_from_data(y, 1e-7)``) and depends only on the data,
+so runs with different losses share their bins. Quantiles come from a fixed histogram of
+log10 relative error (0.01 decades per bucket from 1e-8 to 1e4, linear interpolation inside a
+bucket), so every statistic is a sum or a max of fixed-size state: exact under merging across
+processes and chunks.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from nir.signal import Signal
+
+HIST_LO, HIST_HI, HIST_BINS = -8.0, 4.0, 1200
 
 
 def data_range(signal: Signal) -> float:
@@ -25,20 +42,153 @@ def data_range(signal: Signal) -> float:
     return float(v.max() - v.min()) or 1.0
 
 
-class GridMetrics(nn.Module):
-    """Accumulates metrics over chunks of the whole grid; ``compute()`` -> ``{name: tensor}``."""
+def decade_edges(floor: float, top: float) -> list[float]:
+    """``[floor, 10^a, 10^(a+1), ..., 10^b]`` with 10^a the first power of ten above ``floor``
+    and 10^b >= ``top``. Bin 0 is ``[0, floor)``; bin i >= 1 is ``[edges[i-1], edges[i])``,
+    the last one closed at the top."""
+    a = math.floor(math.log10(floor) + 1e-9) + 1
+    b = max(a, math.ceil(math.log10(max(top, floor)) - 1e-9))
+    if 10.0**b <= top:
+        b += 1
+    return [float(floor)] + [10.0**k for k in range(a, b + 1)]
 
-    def __init__(self, signal: Signal) -> None:
-        super().__init__()
-        self.range = data_range(signal)
-        self.psnr = PeakSignalNoiseRatio(data_range=self.range)
+
+def bin_label(lo: float | None, hi: float) -> str:
+    return f"<{hi:.0e}" if lo is None else f"{lo:.0e}..{hi:.0e}"
+
+
+class MagnitudeBins(Metric):
+    """Per-decade relative-error statistics of a long-tailed field (see module doc).
+
+    Args:
+        floor: metric floor (values below it form bin 0).
+        top: the target's maximum magnitude (sets the last edge).
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, floor: float, top: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.floor = float(floor)
+        self.edges = decade_edges(self.floor, top)
+        nb = len(self.edges)  # bin 0 below the floor + one per consecutive pair of edges
+        self.add_state("count", torch.zeros(nb, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("mass", torch.zeros(nb, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("bias_sum", torch.zeros(nb, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("max_rel", torch.zeros(nb, dtype=torch.float64), dist_reduce_fx="max")
+        self.add_state("hist", torch.zeros(nb, HIST_BINS, dtype=torch.float64), dist_reduce_fx="sum")
+        self.register_buffer("_edges_t", torch.tensor(self.edges, dtype=torch.float32), persistent=False)
+
+    def bin_index(self, mag: Tensor) -> Tensor:
+        """Bin of each magnitude: 0 below the floor, i for [edges[i-1], edges[i])."""
+        idx = torch.bucketize(mag, self._edges_t.to(mag.device), right=True)
+        return idx.clamp_max(len(self.edges) - 1)
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
-        self.psnr.update(pred.float(), target.float())
+        p = pred.float().reshape(-1)
+        y = target.float().reshape(-1)
+        mag = y.abs()
+        rel = (p - y).abs() / mag.clamp_min(self.floor)
+        bias = torch.log10(p.clamp_min(0) + self.floor) - torch.log10(mag + self.floor)
+        b = self.bin_index(mag)
+        nb = len(self.edges)
+        self.count += torch.bincount(b, minlength=nb).double()
+        self.mass += torch.zeros(nb, dtype=torch.float64, device=y.device).index_add_(0, b, mag.double())
+        self.bias_sum += torch.zeros(nb, dtype=torch.float64, device=y.device).index_add_(0, b, bias.double())
+        mx = torch.zeros(nb, dtype=torch.float32, device=y.device).scatter_reduce(0, b, rel.nan_to_num(nan=float("inf")), "amax")
+        self.max_rel = torch.maximum(self.max_rel, mx.double())
+        lr = torch.log10(rel.clamp_min(10**HIST_LO)).nan_to_num(nan=HIST_HI, posinf=HIST_HI)
+        h = ((lr - HIST_LO) / (HIST_HI - HIST_LO) * HIST_BINS).long().clamp(0, HIST_BINS - 1)
+        self.hist += torch.bincount(b * HIST_BINS + h, minlength=nb * HIST_BINS).reshape(nb, HIST_BINS).double()
+
+    def quantile(self, q: float) -> Tensor:
+        """Relative-error quantile per bin from the histogram (NaN for empty bins)."""
+        cum = self.hist.cumsum(1)
+        tot = cum[:, -1:]
+        target = q * tot
+        j = torch.searchsorted(cum, target).clamp_max(HIST_BINS - 1)
+        prev = torch.where(j > 0, cum.gather(1, (j - 1).clamp_min(0)), torch.zeros_like(target))
+        inbin = self.hist.gather(1, j).clamp_min(1e-30)
+        frac = ((target - prev) / inbin).clamp(0, 1)
+        width = (HIST_HI - HIST_LO) / HIST_BINS
+        logv = HIST_LO + (j.double() + frac) * width
+        out = (10.0**logv).squeeze(1)
+        return torch.where(tot.squeeze(1) > 0, out, torch.full_like(out, float("nan")))
 
     def compute(self) -> dict[str, Tensor]:
-        return {"psnr": self.psnr.compute()}
+        n = self.count.clamp_min(1)
+        return {
+            "count": self.count,
+            "share_points": self.count / self.count.sum().clamp_min(1),
+            "share_mass": self.mass / self.mass.sum().clamp_min(1e-300),
+            "median": self.quantile(0.5),
+            "p90": self.quantile(0.9),
+            "max": torch.where(self.count > 0, self.max_rel, torch.full_like(self.max_rel, float("nan"))),
+            "bias_log10": torch.where(self.count > 0, self.bias_sum / n, torch.full_like(n, float("nan"))),
+        }
+
+    def labels(self) -> list[str]:
+        return [bin_label(None, self.edges[0])] + [bin_label(a, b) for a, b in zip(self.edges[:-1], self.edges[1:])]
+
+    def table(self) -> list[dict[str, Any]]:
+        """One plain dict per bin (for metrics.json and the docs)."""
+        c = {k: v.tolist() for k, v in self.compute().items()}
+        rows = []
+        for i, label in enumerate(self.labels()):
+            lo = 0.0 if i == 0 else self.edges[i - 1]
+            hi = self.edges[0] if i == 0 else self.edges[i]
+            rows.append({"bin": label, "lo": lo, "hi": hi, **{k: c[k][i] for k in c}})
+        return rows
+
+
+class GridMetrics(nn.Module):
+    """Whole-grid metrics, accumulated chunk by chunk; ``compute()`` -> ``{name: scalar tensor}``.
+
+    Images get ``psnr``. Other signals also get ``psnr_log`` and the per-magnitude bins, with
+    the scalar summary ``worst_decade_median`` (the largest per-bin median relative error over
+    the bins above the floor that hold samples).
+    """
+
+    def __init__(self, signal: Signal) -> None:
+        super().__init__()
+        from nir.transforms import floor_from_data
+
+        self.range = data_range(signal)
+        self.psnr = PeakSignalNoiseRatio(data_range=self.range)
+        self.long_tailed = signal.meta.get("kind") != "image"
+        if self.long_tailed:
+            y = signal.flat()
+            self.floor = floor_from_data(y, 1e-7)
+            top = float(y.abs().max())
+            self.log_range = math.log10(top + self.floor) - math.log10(float(y.abs().min()) + self.floor)
+            self.psnr_log = PeakSignalNoiseRatio(data_range=self.log_range or 1.0)
+            self.bins = MagnitudeBins(self.floor, top)
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        pred, target = pred.float(), target.float()
+        self.psnr.update(pred, target)
+        if self.long_tailed:
+            lp = torch.log10(pred.abs() + self.floor)
+            ly = torch.log10(target.abs() + self.floor)
+            self.psnr_log.update(lp, ly)
+            self.bins.update(pred, target)
+
+    def magnitude_table(self) -> list[dict[str, Any]] | None:
+        return self.bins.table() if self.long_tailed else None
+
+    def compute(self) -> dict[str, Tensor]:
+        out = {"psnr": self.psnr.compute()}
+        if self.long_tailed:
+            out["psnr_log"] = self.psnr_log.compute()
+            med = self.bins.compute()["median"][1:]
+            out["worst_decade_median"] = torch.nan_to_num(med, nan=0.0).max()
+        return out
 
     def reset(self) -> None:
         self.psnr.reset()
+        if self.long_tailed:
+            self.psnr_log.reset()
+            self.bins.reset()

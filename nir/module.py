@@ -124,6 +124,7 @@ class FieldModule(pl.LightningModule):
         self.lr, self.schedule, self.betas = lr, schedule, tuple(betas)
         self.warmup_steps, self.min_lr_ratio, self.max_steps = warmup_steps, min_lr_ratio, max_steps
         self.val_metrics = GridMetrics(signal)
+        self.last_magnitude: dict[str, Any] | None = None
         self._device_data: tuple[torch.device, Tensor, Tensor, Grid, IndexSampler] | None = None
 
     # -- data on the device ------------------------------------------------------------------
@@ -141,10 +142,13 @@ class FieldModule(pl.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        _, t, grid, sampler = self.data()
+        y, t, grid, sampler = self.data()
         idx = sampler.next()
-        pred = self.field.network(grid.coords(idx))
-        loss = self.loss_fn(pred, t[idx])
+        out = self.field.network(grid.coords(idx))
+        if self.loss_fn.space == "signal":
+            loss = self.loss_fn(self.field.transform.inverse(out), y[idx])
+        else:
+            loss = self.loss_fn(out, t[idx])
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
@@ -168,6 +172,9 @@ class FieldModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         for name, value in self.val_metrics.compute().items():
             self.log(f"val/{name}", value, prog_bar=(name == "psnr"), sync_dist=False)
+        if self.val_metrics.long_tailed:  # kept for the TensorBoard callback (plain values)
+            bins = self.val_metrics.bins
+            self.last_magnitude = {"table": bins.table(), "hist": bins.hist.detach().cpu().clone()}
         self.val_metrics.reset()
 
     @torch.no_grad()
@@ -182,7 +189,11 @@ class FieldModule(pl.LightningModule):
             idx = torch.arange(start, min(start + chunk, self.signal.numel), device=self.device)
             metrics.update(self.field(grid.coords(idx)), y[idx])
         self.train(was_training)
-        return {k: float(v) for k, v in metrics.compute().items()}
+        out: dict[str, Any] = {k: float(v) for k, v in metrics.compute().items()}
+        if metrics.long_tailed:
+            out["magnitude_floor"] = metrics.floor
+            out["magnitude_bins"] = metrics.magnitude_table()
+        return out
 
     # -- checkpoints carry a plain-value spec, never config objects -----------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ Flat indices are row-major (C order), as ``numpy.ravel_multi_index``.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nir.errors import NirError, positive_float, require
+from nir.errors import NirError, require
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -204,4 +205,77 @@ def read_image(
         bounds=default_bounds(2, bounds),
         name=p.stem,
         meta={"kind": "image", "path": str(p), "value_range": [lo, hi], "bit_depth": bits},
+    )
+
+
+ARRAY_EXTENSIONS = (".npy", ".npz")
+
+
+def read_array(
+    path: str,
+    key: str | None = None,
+    bounds: Sequence | None = None,
+    channel_axis: int | None = None,
+    mmap: bool = True,
+) -> Signal:
+    """Read a 1-D, 2-D or 3-D field from ``.npy`` (memory-mapped) or ``.npz``.
+
+    Args:
+        path: the file.
+        key: array name inside an ``.npz`` (default: its only array, else ``"values"``).
+        bounds: coordinate box; default [-1, 1] per axis.
+        channel_axis: axis holding channels (e.g. -1); ``None`` = a scalar field.
+        mmap: memory-map ``.npy`` files instead of reading them whole.
+
+    The values are checked (numeric, finite, non-empty, 1..3 grid axes) and kept as float32.
+    """
+    p = _check_file(path, "array", ARRAY_EXTENSIONS)
+    name = str(p)
+    try:
+        if p.suffix.lower() == ".npy":
+            arr = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+        else:
+            with np.load(p, allow_pickle=False) as z:
+                names = list(z.files)
+                require(names, f"data.path {name!r} holds no arrays")
+                k = key if key is not None else (names[0] if len(names) == 1 else "values")
+                require(k in names, f"data.key {k!r} not in {name!r}; it holds {', '.join(names)}")
+                arr = z[k]
+    except NirError:
+        raise
+    except ValueError as e:
+        raise NirError(f"data.path {name!r} could not be read without unpickling ({e}); save a plain numeric array") from None
+    except Exception as e:
+        raise NirError(f"data.path {name!r} could not be read as an array ({type(e).__name__}: {e})") from None
+    require(
+        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool,
+        f"data.path {name!r} has non-numeric dtype {arr.dtype}; save numbers",
+    )
+    require(not np.issubdtype(arr.dtype, np.complexfloating), f"data.path {name!r} is complex; save the real part or the magnitude")
+    require(arr.size > 0, f"data.path {name!r} is empty (shape {arr.shape})")
+    if channel_axis is not None:
+        arr = np.moveaxis(arr, channel_axis, -1)
+        grid_ndim = arr.ndim - 1
+    else:
+        grid_ndim = arr.ndim
+    require(
+        1 <= grid_ndim <= 3,
+        f"data.path {name!r} has {grid_ndim} grid axes (shape {arr.shape}); nir fits 1-D, 2-D or 3-D grids"
+        + ("" if channel_axis is not None else " (set data.channel_axis if one axis holds channels)"),
+    )
+    values = np.asarray(arr, dtype=np.float32)
+    if channel_axis is None:
+        values = values[..., None]
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise NirError(f"data.path {name!r} contains {bad} NaN or Inf values; fill or mask them before fitting")
+    with warnings.catch_warnings():  # a read-only memory map: nir never writes into signal values
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.from_numpy(np.ascontiguousarray(values))
+    return Signal(
+        values=tensor,
+        bounds=default_bounds(grid_ndim, bounds),
+        name=p.stem,
+        meta={"kind": "array", "path": name},
     )

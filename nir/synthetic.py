@@ -31,7 +31,7 @@ def gaussian_random_field(shape: Sequence[int], slope: float, rng: np.random.Gen
     k2 = np.asarray(k2, dtype=np.float64)
     k2.flat[0] = np.inf  # drop the mean
     spec *= k2 ** (-slope / 4.0)  # amplitude ~ |k|^(-slope/2)
-    g = np.fft.irfftn(spec, s=shape)
+    g = np.fft.irfftn(spec, s=shape, axes=tuple(range(len(shape))))
     return (g - g.mean()) / g.std()
 
 
@@ -53,14 +53,18 @@ def peaks1d(
     background: Sequence[float] = (1e-4, 0.1),
     heights: Sequence[float] = (5.0, 300.0),
     widths: Sequence[float] = (1e-3, 5e-3),
-    slope: float = 1.0,
+    slope: float = 2.0,
     seed: int = 0,
     bounds: Sequence | None = None,
 ) -> Signal:
     """1-D spectrum: log-normal 1/f background plus narrow peaks.
 
+    "1/f" here is the amplitude spectrum (power ~ k^-2, ``slope = 2``): fluctuations at every
+    scale, about 1 % per sample. ``slope = 1`` (1/f power) makes the background nearly white
+    from sample to sample: incompressible, so no network smaller than the signal fits it.
+
     ``y(x) = b(x) + sum_i h_i / (1 + ((x - c_i) / w_i)^2)^2`` on ``n`` cell centres of [-1, 1], with
-    ``b`` log-normal (P(k) ~ k^-slope, +-3 sigma spanning ``background``), heights ``h_i``
+    ``b`` log-normal (power ~ k^-slope, +-3 sigma spanning ``background``), heights ``h_i``
     log-uniform in ``heights`` (the first exactly the top height), widths ``w_i`` log-uniform in
     ``widths`` and centres uniform in [-0.9, 0.9]. The peaks are squared Lorentzians (Pearson VII,
     m = 2): their tails fill the decades between background and peak tops, so every decade from

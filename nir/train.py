@@ -111,8 +111,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from nir.callbacks import FinalMetrics, ProgressPrinter, ReconstructionLogger
+    from nir.callbacks import FinalMetrics, MagnitudeLogger, ProgressPrinter, ReconstructionLogger
     from nir.field import Field, component_spec
+    from nir.losses import check_setup
     from nir.module import FieldDataModule, FieldModule
 
     t_start = time.perf_counter()
@@ -149,7 +150,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "meta": {"signal": signal.name, **signal.meta},
     }
     field = Field(network, transform, spec)
-    loss = _build(cfg.loss, "loss")
+    loss = _build(cfg.loss, "loss").fit(signal.flat())
     max_steps = int(cfg.trainer.max_steps)
     module = FieldModule(
         field, loss, signal,
@@ -161,6 +162,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     hp_metrics = {"hp/psnr": float("nan"), "hp/fit_time_s": float("nan")}
+    if signal.meta.get("kind") != "image":
+        hp_metrics.update({"hp/psnr_log": float("nan"), "hp/worst_decade_median": float("nan")})
     logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)), hp_metrics)
     final_metrics = FinalMetrics()
     callbacks: list[pl.Callback] = [
@@ -171,8 +174,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     ]
     if cfg.log.images:
         callbacks.append(ReconstructionLogger())
+    if signal.meta.get("kind") != "image":
+        callbacks.append(MagnitudeLogger())
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["precision"] = precision = resolve_precision(trainer_kwargs.get("precision", "32"), trainer_kwargs.get("accelerator", "auto"))
+    check_setup(loss, transform, precision)
     if not trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(ProgressPrinter())
     trainer = pl.Trainer(

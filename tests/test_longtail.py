@@ -1,0 +1,333 @@
+"""Long-tailed fields: arrays, generators, transforms, losses, per-magnitude statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nir.errors import NirError
+from nir.losses import MSE, L1, Huber, LogHuber, LogMSE, RelL2, RelL2TCNN, check_setup
+from nir.metrics import GridMetrics, MagnitudeBins, decade_edges
+from nir.signal import read_array
+from nir.synthetic import lognormal3d, peaks1d, sources3d
+from nir.transforms import Asinh, Identity, Log, Softplus, Standardize, floor_from_data
+from nir.train import train
+from tests.conftest import make_cfg
+
+# ----------------------------------------------------------------------------- generators
+
+
+def _decades(v: torch.Tensor) -> set[int]:
+    return set(np.floor(np.log10(v.numpy().ravel())).astype(int).tolist())
+
+
+def test_peaks1d_spans_six_decades():
+    s = peaks1d()
+    assert s.shape == (16384,) and s.channels == 1
+    assert {-4, -3, -2, -1, 0, 1, 2} <= _decades(s.values)
+    assert float(s.values.max()) == pytest.approx(300, rel=0.01)
+    assert float(s.values.min()) > 0
+    assert s.meta["params"]["seed"] == 0
+
+
+def test_generators_are_seeded():
+    assert torch.equal(peaks1d(n=512, seed=3).values, peaks1d(n=512, seed=3).values)
+    assert not torch.equal(peaks1d(n=512, seed=3).values, peaks1d(n=512, seed=4).values)
+
+
+def test_lognormal3d_spans_at_least_four_decades():
+    s = lognormal3d(n=24)
+    assert s.shape == (24, 24, 24)
+    v = s.values
+    assert math.log10(float(v.max()) / float(v.min())) >= 4
+
+
+def test_sources3d_peaks_of_several_hundred_over_tiny_background():
+    s = sources3d(n=32)
+    v = s.values
+    assert float(v.max()) == pytest.approx(500, rel=0.01)
+    assert float(v.median()) < 0.1 and float(v.min()) < 1e-3
+
+
+def test_nir_synth_writes_npy(tmp_path):
+    from nir.synthetic import main
+
+    out = tmp_path / "p.npy"
+    main(["peaks1d", str(out), "n=1024", "seed=2"])
+    arr = np.load(out)
+    np.testing.assert_array_equal(arr, peaks1d(n=1024, seed=2).values[..., 0].numpy())
+    with pytest.raises(SystemExit):
+        main(["nope", str(out)])
+
+# ----------------------------------------------------------------------------- transforms
+
+
+@pytest.mark.parametrize("transform", [Log(), Asinh(), Softplus(), Log(floor=1e-3), Asinh(scale=0.5)])
+def test_transforms_invert_exactly_on_the_data(transform):
+    y = peaks1d(n=4096).flat()
+    transform.fit(y)
+    back = transform.inverse(transform(y))
+    rel = ((back - y).abs() / y.abs()).max()
+    assert rel < 2e-5, float(rel)
+
+
+def test_identity_and_standardize_invert():
+    y = torch.randn(100, 3) * 5 + 2
+    torch.testing.assert_close(Identity().fit(y).inverse(Identity()(y)), y)
+    s = Standardize().fit(y)
+    torch.testing.assert_close(s.inverse(s(y)), y, atol=1e-5, rtol=1e-5)
+    assert s(y).mean(0).abs().max() < 1e-5
+
+
+def test_transform_state_round_trips_through_state_dict():
+    y = peaks1d(n=1024).flat()
+    a = Log().fit(y)
+    b = Log()
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b(y), a(y))
+
+
+def test_log_transform_refuses_negative_values():
+    with pytest.raises(NirError, match="transform log needs values >= 0"):
+        Log().fit(torch.tensor([[1.0], [-0.5]]))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e-3])
+def test_non_positive_floor_refused(bad):
+    with pytest.raises(NirError, match="transform.floor must be a positive number"):
+        Log(floor=bad)
+    with pytest.raises(NirError, match="loss.floor must be a positive number"):
+        RelL2(floor=bad)
+
+
+def test_floor_rule():
+    y = torch.cat([torch.zeros(10), torch.logspace(-4, 2, 1000)])
+    f = floor_from_data(y, 1e-7)
+    nz = torch.logspace(-4, 2, 1000)
+    assert f == pytest.approx(0.1 * float(nz.kthvalue(10).values), rel=1e-6)
+    # the relative minimum wins when the smallest values are far below the peak
+    tiny = torch.cat([torch.full((1000,), 1e-12), torch.tensor([100.0])])
+    assert floor_from_data(tiny, 1e-5) == pytest.approx(1e-3)
+
+# ----------------------------------------------------------------------------- losses
+
+EXTREMES = torch.tensor([[0.0, 0.0], [0.0, 1.0], [-3.0, 0.0], [-3.0, 1e4], [1e4, 1e4], [0.5, 1e-4]])
+
+
+def _fitted(loss):
+    return loss.fit(torch.tensor([[0.0], [1e-4], [1.0], [1e4]]))
+
+
+@pytest.mark.parametrize("loss", [MSE(), L1(), Huber(), LogMSE(), LogHuber(), RelL2(), RelL2TCNN()])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_losses_finite_at_extremes(loss, autocast):
+    loss = _fitted(loss)
+    p, y = EXTREMES[:, :1].clone().requires_grad_(True), EXTREMES[:, 1:]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = loss(p.to(torch.bfloat16) if autocast else p, y)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out)
+    out.backward()
+    assert torch.isfinite(p.grad).all()
+
+
+def test_rel_l2_uses_stop_gradient_denominator():
+    loss = RelL2(floor=0.1)
+    p = torch.tensor([2.0], requires_grad=True)
+    loss(p, torch.tensor([1.0])).backward()
+    # d/dp ((p - y)/(sg(p) + f))^2 = 2 (p - y) / (p + f)^2 with the denominator held fixed
+    assert float(p.grad) == pytest.approx(2 * 1.0 / 2.1**2, rel=1e-6)
+
+
+def test_rel_l2_tcnn_parity_formula():
+    p, y = torch.tensor([0.3, 2.0]), torch.tensor([0.1, 1.0])
+    expect = ((p - y) ** 2 / (p**2 + 0.01)).mean()
+    torch.testing.assert_close(RelL2TCNN()(p, y), expect)
+
+
+@pytest.mark.parametrize("loss,transform,match", [
+    (LogMSE(), Identity(), "needs transform=log"),
+    (LogHuber(), Asinh(), "needs transform=log"),
+    (RelL2(floor=0.1), Identity(), "needs a non-negative output"),
+    (RelL2TCNN(), Standardize(), "needs a non-negative output"),
+    (RelL2(floor=1e-20), Softplus(), "underflows"),
+])
+def test_blow_up_combinations_refused(loss, transform, match):
+    with pytest.raises(NirError, match=match):
+        check_setup(loss, transform, "32")
+
+
+def test_safe_combinations_accepted():
+    check_setup(LogMSE(), Log(), "bf16-mixed")
+    check_setup(RelL2(floor=1e-3), Softplus(), "16-mixed")
+    check_setup(MSE(), Identity(), "32")
+
+# ----------------------------------------------------------------------------- per-magnitude bins
+
+
+def test_decade_edges():
+    assert decade_edges(3e-5, 300) == [3e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0]
+    assert decade_edges(1e-3, 100.0) == [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0]
+
+
+def test_bin_statistics_match_hand_computation():
+    """Bins [<1e-3], [1e-3, 1e-2), [1e-2, 1e-1), [1e-1, 1]; relative error against max(|y|, floor)."""
+    y = torch.tensor([0.0, 5e-4, 2e-3, 4e-3, 8e-3, 0.02, 0.05, 0.5])
+    rel = torch.tensor([0.0, 0.0, 0.01, 0.02, 0.04, 0.1, 0.3, 0.001])
+    p = y * (1 + rel)
+    p[0] = 1e-3  # |p - 0| / floor = 1
+    m = MagnitudeBins(floor=1e-3, top=0.5)
+    # feed in two chunks: the state must merge exactly
+    m.update(p[:4], y[:4])
+    m.update(p[4:], y[4:])
+    t = m.table()
+    assert [r["bin"] for r in t] == ["<1e-03", "1e-03..1e-02", "1e-02..1e-01", "1e-01..1e+00"]
+    assert [r["count"] for r in t] == [2, 3, 2, 1]
+    assert t[1]["share_points"] == pytest.approx(3 / 8)
+    assert t[1]["share_mass"] == pytest.approx(float(y[2:5].sum() / y.sum()), rel=1e-6)
+    assert t[1]["median"] == pytest.approx(0.02, rel=0.025)  # 0.01-decade histogram resolution
+    assert t[1]["max"] == pytest.approx(0.04, rel=1e-5)
+    assert t[0]["max"] == pytest.approx(1.0, rel=1e-5)
+    assert t[2]["max"] == pytest.approx(0.3, rel=1e-5)
+    bias = np.mean(np.log10(p[5:7].numpy() + 1e-3) - np.log10(y[5:7].numpy() + 1e-3))
+    assert t[2]["bias_log10"] == pytest.approx(float(bias), abs=1e-6)
+
+
+def test_bin_quantiles_on_many_samples():
+    torch.manual_seed(0)
+    y = torch.full((20000,), 0.5)
+    rel = 10 ** torch.empty(20000).uniform_(-4, -1)  # log-uniform 1e-4..1e-1
+    m = MagnitudeBins(floor=1e-3, top=1.0)
+    m.update(y * (1 + rel), y)
+    row = next(r for r in m.table() if r["bin"] == "1e-01..1e+00")
+    assert row["count"] == 20000
+    assert row["median"] == pytest.approx(float(rel.median()), rel=0.03)
+    assert row["p90"] == pytest.approx(float(rel.quantile(0.9)), rel=0.03)
+
+
+def test_grid_metrics_psnr_conventions():
+    s = peaks1d(n=1024)
+    gm = GridMetrics(s)
+    y = s.flat()
+    gm.update(y * 1.01, y)
+    out = gm.compute()
+    rng = float(y.max() - y.min())
+    mse = float(((y * 0.01) ** 2).mean())
+    assert float(out["psnr"]) == pytest.approx(10 * math.log10(rng**2 / mse), abs=1e-3)
+    assert float(out["worst_decade_median"]) == pytest.approx(0.01, rel=0.03)
+
+# ----------------------------------------------------------------------------- arrays
+
+
+@pytest.mark.parametrize("shape", [(50,), (6, 7), (4, 5, 6)])
+def test_read_npy_any_dimension(tmp_path, shape):
+    a = np.random.default_rng(0).random(shape).astype(np.float32)
+    p = tmp_path / "a.npy"
+    np.save(p, a)
+    s = read_array(str(p))
+    assert s.shape == shape and s.channels == 1
+    np.testing.assert_array_equal(s.values[..., 0].numpy(), a)
+
+
+def test_read_npz_key_and_channels(tmp_path):
+    a = np.random.default_rng(0).random((3, 8, 9)).astype(np.float32)
+    p = tmp_path / "a.npz"
+    np.savez(p, other=np.zeros(3), field=a)
+    s = read_array(str(p), key="field", channel_axis=0, bounds=[0, 1])
+    assert s.shape == (8, 9) and s.channels == 3
+    assert s.bounds == ((0.0, 1.0), (0.0, 1.0))
+    with pytest.raises(NirError, match="data.key 'values' not in"):
+        read_array(str(p))
+
+
+@pytest.mark.parametrize("array,match", [
+    (np.array([1.0, np.nan, 2.0]), "NaN or Inf"),
+    (np.array([1.0, np.inf]), "NaN or Inf"),
+    (np.zeros((0,)), "is empty"),
+    (np.zeros((2, 2, 2, 2)), "4 grid axes"),
+    (np.array(3.0), "0 grid axes"),
+    (np.array(["a", "b"]), "non-numeric dtype"),
+])
+def test_bad_arrays(tmp_path, array, match):
+    p = tmp_path / "bad.npy"
+    np.save(p, array)
+    with pytest.raises(NirError, match=match) as e:
+        read_array(str(p))
+    assert "bad.npy" in str(e.value)
+
+
+def test_pickled_npy_refused(tmp_path):
+    p = tmp_path / "obj.npy"
+    np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(NirError, match="obj.npy"):
+        read_array(str(p))
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def peaks_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("peaks") / "run"
+    cfg = make_cfg([
+        "data=peaks1d", "data.n=2048", "data.widths=[0.01,0.03]", "trainer.max_steps=300",
+        "trainer.val_check_interval=150", "trainer.enable_progress_bar=false", "trainer.precision=32",
+        "model.sigma=10",
+    ])
+    return run, train(cfg, run)
+
+
+def test_peaks1d_default_setup_fits_every_decade(peaks_run):
+    _, m = peaks_run
+    rows = [r for r in m["magnitude_bins"] if r["count"] > 0 and r["lo"] > 0]
+    assert len(rows) >= 6
+    assert m["worst_decade_median"] < 0.1, [(r["bin"], r["median"]) for r in rows]
+
+
+def test_long_tail_run_records_bins_and_tensorboard(peaks_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, m = peaks_run
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["magnitude_bins"][0]["bin"].startswith("<")
+    assert {"bin", "lo", "hi", "count", "median", "p90", "max", "bias_log10"} <= set(saved["magnitude_bins"][1])
+    assert "psnr_log" in saved and "worst_decade_median" in saved
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"histograms": 0, "images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert any(t.startswith("magnitude/log10_rel_err/") for t in tags["histograms"])
+    assert "magnitude/quantiles" in tags["images"] and "field/reconstruction" in tags["images"]
+    assert {"val/psnr", "val/psnr_log", "val/worst_decade_median"} <= set(tags["scalars"])
+    assert any(t.startswith("magnitude/median/") for t in tags["scalars"])
+    cfg = (run / "config.yaml").read_text()
+    assert "nir.synthetic.peaks1d" in cfg and "num_peaks" in cfg
+
+
+@pytest.mark.parametrize("data", ["lognormal3d", "sources3d"])
+def test_3d_presets_train(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg([f"data={data}", "data.n=12", "trainer.max_steps=20", "trainer.val_check_interval=10",
+                    "trainer.enable_progress_bar=false", "batch_size=512"])
+    m = train(cfg, tmp_path / "r")
+    assert math.isfinite(m["psnr"]) and math.isfinite(m["worst_decade_median"])
+    acc = EventAccumulator(str(tmp_path / "r" / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert "field/reconstruction" in acc.Tags()["images"]
+
+
+def test_log_loss_on_negative_data_is_a_clear_error(tmp_path):
+    p = tmp_path / "neg.npy"
+    np.save(p, np.linspace(-1, 1, 64))
+    cfg = make_cfg(["data=array", f"data.path={p}", "loss=log_mse", "trainer.max_steps=5"])
+    with pytest.raises(NirError, match="transform log needs values >= 0"):
+        train(cfg, tmp_path / "r")
+
+
+def test_refused_combination_from_config(tmp_path):
+    cfg = make_cfg(["data=peaks1d", "data.n=256", "loss=log_mse", "transform=identity", "trainer.max_steps=5"])
+    with pytest.raises(NirError, match="needs transform=log"):
+        train(cfg, tmp_path / "r")
