@@ -253,6 +253,7 @@ class FinalMetrics(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.metrics = pl_module.evaluate()
+        self.metrics["nonfinite_steps"] = int(pl_module.nonfinite_steps)
         self.metrics["fit_time_s"] = time.perf_counter() - self._t0
         if trainer.is_global_zero and trainer.logger is not None:
             for name, value in self.metrics.items():

@@ -125,6 +125,7 @@ class FieldModule(pl.LightningModule):
         self.warmup_steps, self.min_lr_ratio, self.max_steps = warmup_steps, min_lr_ratio, max_steps
         self.val_metrics = GridMetrics(signal)
         self.last_magnitude: dict[str, Any] | None = None
+        self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False)
         self._device_data: tuple[torch.device, Tensor, Tensor, Grid, IndexSampler] | None = None
 
     # -- data on the device ------------------------------------------------------------------
@@ -150,6 +151,8 @@ class FieldModule(pl.LightningModule):
         else:
             loss = self.loss_fn(out, t[idx])
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # counted on the device: no host sync in the step; read at validation and at the end
+        self.nonfinite_steps += (~torch.isfinite(loss.detach())).long()
         return loss
 
     def configure_optimizers(self) -> Any:
@@ -172,6 +175,7 @@ class FieldModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         for name, value in self.val_metrics.compute().items():
             self.log(f"val/{name}", value, prog_bar=(name == "psnr"), sync_dist=False)
+        self.log("train/nonfinite_steps", self.nonfinite_steps.float(), sync_dist=False)
         if self.val_metrics.long_tailed:  # kept for the TensorBoard callback (plain values)
             bins = self.val_metrics.bins
             self.last_magnitude = {"table": bins.table(), "hist": bins.hist.detach().cpu().clone()}

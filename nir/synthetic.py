@@ -5,7 +5,9 @@ the run's config and ``metrics.json`` say exactly what was fitted. ``nir-synth N
 [key=value ...]`` writes one to ``.npy`` for inspection.
 
 Building block: a Gaussian random field with power spectrum P(k) ~ k^-slope, made by filtering
-white noise in Fourier space and standardised to zero mean and unit variance. ``exp`` of it is
+white noise in Fourier space and standardised to zero mean and unit variance. In d dimensions the
+variance per octave of k goes as k^(d - slope): the 3-D defaults (slope 5) put most variance at
+large scales, so the fields are compressible; slope <= d gives a rough, incompressible field. ``exp`` of it is
 log-normal: ``10 ** (centre + (decades / 6) * g)`` puts +-3 sigma ``decades`` decades apart.
 """
 
@@ -88,7 +90,7 @@ def peaks1d(
 
 def lognormal3d(
     n: int = 48,
-    slope: float = 3.5,
+    slope: float = 5.0,
     range: Sequence[float] = (1e-4, 10.0),
     seed: int = 0,
     bounds: Sequence | None = None,
@@ -110,7 +112,7 @@ def sources3d(
     amplitudes: Sequence[float] = (20.0, 500.0),
     r0: float = 0.02,
     screening: float = 0.1,
-    slope: float = 3.0,
+    slope: float = 5.0,
     seed: int = 0,
     bounds: Sequence | None = None,
 ) -> Signal:

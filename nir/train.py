@@ -195,8 +195,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     final = final_metrics.metrics
     fit_s = final.pop("fit_time_s")
 
+    diverged = final.get("nonfinite_steps", 0) > 0 or not math.isfinite(final["psnr"])
     metrics: dict[str, Any] = {
-        "status": "ok",
+        "status": "diverged" if diverged else "ok",
         **final,
         "psnr_convention": f"10 log10(R^2/MSE) over all samples and channels, signal units, R = {module.val_metrics.range:g}; fp32 evaluation",
         "steps": int(trainer.global_step),
