@@ -83,28 +83,93 @@ class Field(nn.Module):
         )
         return self.transform.inverse(self.network(coords))
 
+    def gradient(self, coords: Tensor) -> Tensor:
+        """Spatial derivatives d value / d coordinate through autograd: ``(N, channels, d)``."""
+        x = coords.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            y = self(x)
+            rows = [torch.autograd.grad(y[:, c].sum(), x, retain_graph=c + 1 < y.shape[1])[0] for c in range(y.shape[1])]
+        return torch.stack(rows, dim=1)
+
     @torch.no_grad()
     def sample(
         self,
         shape: Sequence[int] | None = None,
         bounds: Sequence[Sequence[float]] | None = None,
         chunk: int = 65536,
+        out: str | Path | None = None,
     ) -> Tensor:
         """Evaluate on a regular grid (cell centres) -> ``(*shape, channels)`` on CPU.
 
-        Defaults: the training grid's shape and box. Evaluated in chunks of ``chunk`` points, so
-        memory beyond the output is bounded whatever the resolution.
+        Defaults: the training grid's shape and box (``bounds`` may be any sub- or super-box).
+        Evaluated in chunks of ``chunk`` points, so memory beyond the output array is bounded
+        (a few ``chunk x hidden_dim`` activations) whatever the resolution. With ``out`` the
+        result is also written: ``.npy`` (any dimension; written through a memory map) or
+        ``.png`` / ``.tif`` / ``.tiff`` (2-D fields, 1 or 3 channels; PNG spans the training
+        value range, 16-bit for gray and 8-bit for RGB; TIFF is float32 in signal units).
         """
-        shape = tuple(self.spec["shape"] if shape is None else shape)
-        bounds = self.spec["bounds"] if bounds is None else bounds
-        require(len(shape) == self.in_dim, f"sample shape {shape} must have {self.in_dim} axes")
+        shape = tuple(int(v) for v in (self.spec["shape"] if shape is None else shape))
+        bounds = self.spec["bounds"] if bounds is None else [list(map(float, b)) for b in bounds]
+        require(len(shape) == self.in_dim, f"sample shape {shape} must have {self.in_dim} axes for this {self.in_dim}-D field")
+        require(all(v >= 1 for v in shape), f"sample shape {shape} must be positive")
+        suffix = Path(out).suffix.lower() if out is not None else None
+        require(suffix in (None, ".npy", ".png", ".tif", ".tiff"), f"cannot write {str(out)!r}: use .npy, .png, .tif or .tiff")
         grid = Grid(shape, bounds).to(self.bounds.device)
         n = math.prod(shape)
-        out = torch.empty(n, self.channels, dtype=torch.float32)
+        if suffix == ".npy":
+            import numpy as np
+
+            arr = np.lib.format.open_memmap(str(out), mode="w+", dtype=np.float32, shape=(*shape, self.channels))
+            result = torch.from_numpy(arr.reshape(n, self.channels))
+        else:
+            result = torch.empty(n, self.channels, dtype=torch.float32)
         for s in range(0, n, chunk):
             idx = torch.arange(s, min(s + chunk, n), device=self.bounds.device)
-            out[s : s + len(idx)] = self(grid.coords(idx)).float().cpu()
-        return out.reshape(*shape, self.channels)
+            result[s : s + len(idx)] = self(grid.coords(idx)).float().cpu()
+        result = result.reshape(*shape, self.channels)
+        if suffix == ".npy":
+            arr.flush()
+        elif suffix is not None:
+            self._write_image(result, Path(out))
+        return result
+
+    def _write_image(self, values: Tensor, path: Path) -> None:
+        import imageio.v3 as iio
+        import numpy as np
+
+        require(self.in_dim == 2 and self.channels in (1, 3), f"{path.suffix} output needs a 2-D field with 1 or 3 channels")
+        v = values.numpy()
+        if path.suffix.lower() == ".png":
+            lo, hi = self.spec.get("meta", {}).get("value_range", (float(v.min()), float(v.max())))
+            u = np.clip((v - lo) / max(hi - lo, 1e-30), 0, 1)
+            if self.channels == 1:
+                iio.imwrite(path, (u[..., 0] * 65535).round().astype(np.uint16), extension=".png")
+            else:  # Pillow writes no 16-bit RGB PNG
+                iio.imwrite(path, (u * 255).round().astype(np.uint8), extension=".png")
+        else:
+            iio.imwrite(path, v[..., 0] if self.channels == 1 else v, extension=".tif")
+
+    def export(self, path: str | Path, batch: int = 1024) -> Path:
+        """Export the field (coordinates in, signal units out) with a dynamic batch dimension:
+        ``.pt2`` through ``torch.export`` or ``.onnx`` (needs the ``onnx`` extra)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        require(suffix in (".pt2", ".onnx"), f"cannot export to {str(path)!r}: use .pt2 or .onnx")
+        module = _Exportable(self).eval()
+        example = (torch.zeros(batch, self.in_dim, device=self.bounds.device),)
+        dynamic = {"coords": {0: torch.export.Dim("batch", min=1)}}
+        if suffix == ".pt2":
+            program = torch.export.export(module, example, dynamic_shapes=dynamic)
+            torch.export.save(program, str(path))
+        else:
+            try:
+                import onnxscript  # noqa: F401
+            except ImportError:
+                raise NirError("ONNX export needs the onnx extra: pip install 'nir[onnx]'") from None
+            program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=dynamic,
+                                        input_names=["coords"], output_names=["values"], verbose=False)
+            program.save(str(path))
+        return path
 
     def save(self, path: str | Path) -> Path:
         """Write a portable field file: safetensors weights, the spec as JSON in its header."""
@@ -122,20 +187,52 @@ class Field(nn.Module):
         return cls(build_component(spec["network"]), build_component(spec["transform"]), spec)
 
 
-def load_field(path: str | Path, device: str | torch.device = "cpu") -> Field:
-    """Load a field from a ``.safetensors`` field file or a run directory holding ``field.safetensors``.
+class _Exportable(nn.Module):
+    """The field's forward without input checks, as a plain graph for export."""
 
-    Nothing is unpickled: weights come from safetensors, the spec is JSON and may only name
-    nir's own classes.
+    def __init__(self, field: Field) -> None:
+        super().__init__()
+        self.field = field
+
+    def forward(self, coords: Tensor) -> Tensor:
+        return self.field.transform.inverse(self.field.network(coords))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a Lightning checkpoint with ``weights_only=True``: plain containers and tensors only;
+    anything else (a pickled object, code) is refused before it runs."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError and friends
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NirError(f"checkpoint {str(path)!r} refused: it is not a plain-data checkpoint ({first[:160]})") from None
+
+
+def load_field(path: str | Path, device: str | torch.device = "cpu") -> Field:
+    """Load a field from a ``.safetensors`` field file, a run directory, or a Lightning ``.ckpt``.
+
+    Nothing is unpickled: field files are safetensors with a JSON spec; checkpoints are read
+    with ``weights_only=True``. A spec may only name nir's own classes.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     p = Path(path).expanduser()
+    require(p.exists(), f"field path {str(p)!r} does not exist; pass a run directory, field.safetensors or a .ckpt")
     if p.is_dir():
-        require((p / "field.safetensors").is_file(), f"{str(p)!r} is not a nir run directory (no field.safetensors)")
-        p = p / "field.safetensors"
-    require(p.is_file(), f"field path {str(p)!r} does not exist")
+        if (p / "field.safetensors").is_file():
+            p = p / "field.safetensors"
+        elif (p / "checkpoints" / "last.ckpt").is_file():
+            p = p / "checkpoints" / "last.ckpt"
+        else:
+            raise NirError(f"{str(p)!r} is not a nir run directory (no field.safetensors or checkpoints/last.ckpt)")
+    if p.suffix == ".ckpt":
+        ckpt = load_checkpoint(p)
+        require("nir_spec" in ckpt, f"checkpoint {str(p)!r} has no nir spec; it was not written by nir")
+        field = Field.from_spec(ckpt["nir_spec"])
+        state = {k[len("field."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("field.")}
+        field.load_state_dict(state)
+        return field.to(device).eval()
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
@@ -145,3 +242,40 @@ def load_field(path: str | Path, device: str | torch.device = "cpu") -> Field:
     field = Field.from_spec(json.loads(meta["nir_spec"]))
     field.load_state_dict(load_file(str(p)))
     return field.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``nir-field``: sample or export a trained field from the shell."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="nir-field", description="Sample or export a trained nir field.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sample", help="evaluate on a grid and write .npy / .png / .tif")
+    s.add_argument("field", help="run directory, field.safetensors or .ckpt")
+    s.add_argument("out", help="output file (.npy, .png, .tif)")
+    s.add_argument("--shape", type=int, nargs="+", help="grid shape (default: the training grid)")
+    s.add_argument("--scale", type=float, default=None, help="multiply the training grid's shape by this")
+    s.add_argument("--device", default="cpu")
+    e = sub.add_parser("export", help="export to .pt2 (torch.export) or .onnx")
+    e.add_argument("field")
+    e.add_argument("out")
+    args = ap.parse_args(argv)
+    try:
+        field = load_field(args.field, device=getattr(args, "device", "cpu"))
+        if args.cmd == "sample":
+            shape = args.shape or field.spec["shape"]
+            if args.scale:
+                shape = [max(1, round(v * args.scale)) for v in shape]
+            out = field.sample(shape, out=args.out)
+            print(f"wrote {args.out}: shape {tuple(out.shape)}")
+        else:
+            field.export(args.out)
+            print(f"wrote {args.out}")
+    except NirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

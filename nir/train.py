@@ -10,7 +10,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -106,6 +106,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     The run directory gets: ``tb/`` (TensorBoard events), ``checkpoints/`` (``last.ckpt``,
     ``best.ckpt``), ``config.yaml`` (resolved), ``field.safetensors`` and ``metrics.json``.
     """
+    return train_field(cfg, run_dir)[1]
+
+
+def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """:func:`train`, also returning the trained :class:`~nir.field.Field` (on the CPU, eval mode)."""
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -219,7 +224,75 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             f"look at it:    tensorboard --logdir {run_dir}",
             flush=True,
         )
-    return metrics
+    return field.cpu().eval(), metrics
+
+
+# ----------------------------------------------------------------------------- from Python
+
+ALIASES = {"steps": "trainer.max_steps", "lr": "optim.lr", "precision": "trainer.precision",
+           "channel_axis": "data.channel_axis"}
+
+
+def _groups() -> dict[str, list[str]]:
+    return {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in CONF_DIR.iterdir() if p.is_dir()}
+
+
+def fit(
+    signal: Any,
+    overrides: Sequence[str] = (),
+    run_dir: str | Path | None = None,
+    **options: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Train a field from Python with the same configs as ``nir-train``; return ``(field, metrics)``.
+
+    Args:
+        signal: an image path (.png/.jpg/.tif), an array path (.npy/.npz), the name of a data
+            option (``"peaks1d"``), or a numpy array / torch tensor of shape ``(*grid)`` (scalar
+            field; pass ``channel_axis=-1`` for ``(*grid, channels)``), saved as ``signal.npy``
+            in the run directory and read back through ``data=array``.
+        overrides: Hydra override strings, exactly as on the command line.
+        run_dir: where the run goes (default ``outputs/fit/<date>_<time>``).
+        **options: more overrides as keywords: a config group picks an option (``model="siren"``),
+            ``steps``, ``lr``, ``precision`` and ``channel_axis`` are short for
+            ``trainer.max_steps``, ``optim.lr``, ``trainer.precision`` and ``data.channel_axis``, and ``__`` stands for a dot (``model__hidden_dim=64``).
+
+    The run directory has the same layout as a ``nir-train`` run (``.hydra/`` included), and
+    the returned field is the trained one, in memory (``nir.load_field(run_dir)`` gives the
+    same answers from disk).
+    """
+    import numpy as np
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    run_dir = Path(run_dir) if run_dir is not None else Path("outputs/fit") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    groups = _groups()
+    ov: list[str] = []
+    if isinstance(signal, (str, Path)) and Path(signal).suffix.lower() in (".npy", ".npz"):
+        ov += ["data=array", f"data.path={Path(signal).resolve()}"]
+    elif isinstance(signal, (str, Path)) and Path(signal).suffix:
+        ov += ["data=image", f"data.path={Path(signal).resolve()}"]
+    elif isinstance(signal, str):
+        require(signal in groups["data"], f"signal {signal!r} is neither a file nor a data option ({', '.join(groups['data'])})")
+        ov.append(f"data={signal}")
+    else:
+        arr = signal.detach().cpu().numpy() if torch.is_tensor(signal) else np.asarray(signal)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        np.save(run_dir / "signal.npy", arr.astype(np.float32, copy=False))
+        ov += ["data=array", f"data.path={(run_dir / 'signal.npy').resolve()}"]
+    for key, value in options.items():
+        key = ALIASES.get(key, key.replace("__", "."))
+        if key in groups:
+            ov.append(f"{key}={value}")
+        else:
+            ov.append(f"{key}={json.dumps(value) if isinstance(value, (list, tuple, bool)) or value is None else value}")
+    ov += list(overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=ov)
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ov)))
+    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    return train_field(cfg, run_dir)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -227,7 +300,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 
 def _precheck_groups(argv: list[str]) -> None:
     """One-line error for ``group=option`` naming an option that does not exist."""
-    groups = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in CONF_DIR.iterdir() if p.is_dir()}
+    groups = _groups()
     for arg in argv:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue

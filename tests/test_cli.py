@@ -21,7 +21,7 @@ def run(args, cwd):
 
 @pytest.mark.parametrize("args,match", [
     (["data.path=/no/such/image.png"], "does not exist"),
-    (["model=transformer"], "unknown model 'transformer'; choose one of: fourier, siren"),
+    (["model=transformer"], "unknown model 'transformer'; choose one of: fourier, fourier_lt, fourier_lt3d, siren"),
     (["model.hidden_dim=0"], "model.hidden_dim must be a positive integer"),
     (["trainer.max_steps=-5"], "trainer.max_steps must be a positive integer"),
 ])

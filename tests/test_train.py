@@ -114,7 +114,19 @@ def test_every_config_option_instantiates(group, option, tiny_png):
 
     from nir.signal import Signal
 
-    cfg = make_cfg(tiny_overrides(tiny_png) + [f"{group}={option}"])
+    import numpy as np
+
+    base = [o for o in tiny_overrides(tiny_png) if not o.startswith("data.")]
+    if group != "data":
+        base.append(f"data.path={tiny_png}")
+    elif option == "image":
+        base.append(f"data.path={tiny_png}")
+    elif option == "array":
+        np.save(tiny_png.with_suffix(".npy"), np.random.default_rng(0).random((5, 6)))
+        base.append(f"data.path={tiny_png.with_suffix('.npy')}")
+    else:
+        base.append("data.n=16")
+    cfg = make_cfg(base + [f"{group}={option}"])
     if group == "trainer":
         import pytorch_lightning as pl
         from omegaconf import OmegaConf
@@ -130,7 +142,7 @@ def test_every_config_option_instantiates(group, option, tiny_png):
     elif group == "model":
         assert obj(torch.zeros(4, 2)).shape == (4, 3)
     elif group == "loss":
-        assert torch.isfinite(obj(torch.zeros(4, 3), torch.ones(4, 3)))
+        assert torch.isfinite(obj.fit(torch.ones(4, 3))(torch.zeros(4, 3), torch.ones(4, 3)))
     elif group == "transform":
         y = torch.rand(10, 3)
         torch.testing.assert_close(obj.fit(y).inverse(obj(y)), y)
