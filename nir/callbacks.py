@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -259,3 +260,50 @@ class FinalMetrics(pl.Callback):
             for name, value in self.metrics.items():
                 if isinstance(value, float):
                     trainer.logger.experiment.add_scalar(f"hp/{name}", value, trainer.global_step)
+
+
+class Diverged(RuntimeError):
+    """Raised by :class:`DivergenceGuard`; ``train`` records it and exits with one line."""
+
+    def __init__(self, message: str, step: int, loss: float) -> None:
+        super().__init__(message)
+        self.step, self.loss = step, loss
+
+
+class DivergenceGuard(pl.Callback):
+    """Stops a run whose loss or gradient became NaN/Inf, checked every ``every`` steps.
+
+    The module counts non-finite values on the device without syncing; this reads the count
+    once per ``every`` steps (one host sync), so a divergence is caught within ``every`` steps.
+    Checkpoints are only written at validation from finite weights, so the last one is good.
+    """
+
+    def __init__(self, every: int = 25) -> None:
+        self.every = every
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if int(pl_module.nonfinite_steps) == 0:
+            return
+        step, loss = int(pl_module.first_bad_step), float(pl_module.first_bad_loss)
+        precision = str(trainer.precision)
+        causes = ["learning rate too high (optim.lr)", "no gradient clipping (try trainer.gradient_clip_val=1.0)"]
+        if "16" in precision and "bf16" not in precision:
+            causes.append("values beyond fp16's range (try trainer.precision=bf16-mixed)")
+        if type(pl_module.field.network).__name__ == "Siren":
+            causes.append("w0 too large for the signal (model.w0, model.w0_first)")
+        raise Diverged(
+            f"training diverged at step {step}: loss {loss} (precision {precision}); likely causes: " + "; ".join(causes),
+            step, loss,
+        )
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every and (trainer.global_step % self.every == 0):
+            self._check(trainer, pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every and not trainer.sanity_checking:
+            self._check(trainer, pl_module)  # never checkpoint or report a diverged model
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every:
+            self._check(trainer, pl_module)

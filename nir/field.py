@@ -198,16 +198,6 @@ class _Exportable(nn.Module):
         return self.field.transform.inverse(self.field.network(coords))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a Lightning checkpoint with ``weights_only=True``: plain containers and tensors only;
-    anything else (a pickled object, code) is refused before it runs."""
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError and friends
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NirError(f"checkpoint {str(path)!r} refused: it is not a plain-data checkpoint ({first[:160]})") from None
-
-
 def load_field(path: str | Path, device: str | torch.device = "cpu") -> Field:
     """Load a field from a ``.safetensors`` field file, a run directory, or a Lightning ``.ckpt``.
 
@@ -227,6 +217,8 @@ def load_field(path: str | Path, device: str | torch.device = "cpu") -> Field:
         else:
             raise NirError(f"{str(p)!r} is not a nir run directory (no field.safetensors or checkpoints/last.ckpt)")
     if p.suffix == ".ckpt":
+        from nir.checkpoint import load_checkpoint
+
         ckpt = load_checkpoint(p)
         require("nir_spec" in ckpt, f"checkpoint {str(p)!r} has no nir spec; it was not written by nir")
         field = Field.from_spec(ckpt["nir_spec"])

@@ -57,25 +57,41 @@ class FieldDataModule(pl.LightningDataModule):
 class IndexSampler:
     """Random flat indices, drawn on the device: epochs of a shuffled permutation, sliced in batches.
 
-    Every sample is visited exactly once per ``ceil(n / batch)`` steps. When the batch covers
-    the whole signal, every step is the full grid (no shuffling needed).
+    Every sample is visited exactly once per ``ceil(n / batch)`` steps (a trailing partial batch
+    is dropped). When the batch covers the whole signal, every step is the full grid. Epoch
+    ``e``'s permutation comes from a generator seeded with ``seed + e``, so the whole state is
+    ``(epoch, pos)``: it goes into checkpoints and a resumed run draws the same batches as an
+    uninterrupted one.
     """
 
-    def __init__(self, n: int, batch_size: int, device: torch.device) -> None:
-        self.n, self.batch, self.device = n, min(batch_size, n), device
+    def __init__(self, n: int, batch_size: int, device: torch.device, seed: int = 0) -> None:
+        self.n, self.batch, self.device, self.seed = n, min(batch_size, n), device, int(seed)
         self.full = batch_size >= n
+        self.epoch, self.pos = -1, n
         self._perm = torch.arange(n, device=device)
-        self._pos = n if not self.full else 0
+
+    def _permutation(self, epoch: int) -> Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + epoch)
+        return torch.randperm(self.n, device=self.device, generator=gen)
 
     def next(self) -> Tensor:
         if self.full:
             return self._perm
-        if self._pos + self.batch > self.n:
-            self._perm = torch.randperm(self.n, device=self.device)
-            self._pos = 0
-        idx = self._perm[self._pos : self._pos + self.batch]
-        self._pos += self.batch
+        if self.pos + self.batch > self.n:
+            self.epoch += 1
+            self._perm = self._permutation(self.epoch)
+            self.pos = 0
+        idx = self._perm[self.pos : self.pos + self.batch]
+        self.pos += self.batch
         return idx
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        if not self.full and self.epoch >= 0:
+            self._perm = self._permutation(self.epoch)
 
 
 def cosine_with_warmup(total: int, warmup: int, floor: float) -> Callable[[int], float]:
@@ -125,7 +141,13 @@ class FieldModule(pl.LightningModule):
         self.warmup_steps, self.min_lr_ratio, self.max_steps = warmup_steps, min_lr_ratio, max_steps
         self.val_metrics = GridMetrics(signal)
         self.last_magnitude: dict[str, Any] | None = None
+        self.sampler_seed = 0
+        self._sampler_state: dict[str, int] | None = None
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("first_bad_step", torch.full((), -1, dtype=torch.long), persistent=False)
+        self.register_buffer("first_bad_loss", torch.zeros(()), persistent=False)
+        self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("_last_scale", torch.full((), float("inf")), persistent=False)
         self._device_data: tuple[torch.device, Tensor, Tensor, Grid, IndexSampler] | None = None
 
     # -- data on the device ------------------------------------------------------------------
@@ -137,7 +159,9 @@ class FieldModule(pl.LightningModule):
             with torch.no_grad():
                 t = self.field.transform(y).float()
             grid = Grid(self.signal.shape, self.signal.bounds).to(dev)
-            sampler = IndexSampler(self.signal.numel, self.batch_size, dev)
+            sampler = IndexSampler(self.signal.numel, self.batch_size, dev, seed=self.sampler_seed)
+            if self._sampler_state is not None:
+                sampler.load_state_dict(self._sampler_state)
             self._device_data = (dev, y, t, grid, sampler)
         return self._device_data[1:]
 
@@ -151,9 +175,36 @@ class FieldModule(pl.LightningModule):
         else:
             loss = self.loss_fn(out, t[idx])
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        # counted on the device: no host sync in the step; read at validation and at the end
-        self.nonfinite_steps += (~torch.isfinite(loss.detach())).long()
+        # counted on the device: no host sync in the step; the DivergenceGuard reads it at an interval
+        self._flag_nonfinite(loss.detach())
         return loss
+
+    def _flag_nonfinite(self, value: Tensor) -> None:
+        bad = ~torch.isfinite(value)
+        self.nonfinite_steps += bad.long()
+        newly = bad & (self.first_bad_step < 0)
+        self.first_bad_loss = torch.where(newly, value.float(), self.first_bad_loss)
+        self.first_bad_step.masked_fill_(newly, self.global_step)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A finite loss with a non-finite gradient is divergence too, except under 16-mixed,
+        where the gradient scaler skips such steps by design (and they are counted there)."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            return
+        grads = [p.grad for p in self.field.parameters() if p.grad is not None]
+        if grads:
+            total = torch.stack(torch._foreach_norm(grads)).sum()
+            self._flag_nonfinite(torch.where(torch.isfinite(total), self.first_bad_loss.new_zeros(()), total))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(scaler, "_scale", None) is not None:
+            scale = scaler._scale.detach().reshape(())
+            self.skipped_steps += (scale < self._last_scale).long()  # the scaler halves its scale when it skips
+            self._last_scale = scale.clone()
+            self.log("train/grad_scale", scale, on_step=True, on_epoch=False)
+            self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, on_epoch=False)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.field.parameters(), lr=self.lr, betas=self.betas)
@@ -202,3 +253,9 @@ class FieldModule(pl.LightningModule):
     # -- checkpoints carry a plain-value spec, never config objects -----------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nir_spec"] = self.field.spec
+        if self._device_data is not None:
+            checkpoint["nir_sampler"] = self._device_data[4].state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._sampler_state = checkpoint.get("nir_sampler")
+        self._device_data = None

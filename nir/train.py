@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import math
 import os
 import sys
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nir.errors import NirError, positive_float, positive_int, require
 
+log = logging.getLogger("nir")
 CONF_DIR = Path(os.environ.get("NIR_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
 
 
@@ -55,6 +57,19 @@ def resolve_precision(precision: Any, accelerator: str) -> str:
     return "bf16-mixed" if native else "32"
 
 
+def _seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (all devices), as Lightning's seed_everything does."""
+    import random
+
+    import numpy as np
+    import torch
+
+    os.environ["PL_GLOBAL_SEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def _build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` with errors turned into one-line :class:`NirError`."""
     from hydra.errors import InstantiationException
@@ -84,14 +99,17 @@ def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    tmp.replace(path)
+    from nir.checkpoint import atomic_write_bytes
+
+    text = json.dumps(obj, indent=2, default=float) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse impossible settings before anything is built (one-line errors)."""
     positive_int("batch_size", cfg.batch_size)
+    require(isinstance(cfg.check_finite_every, int) and cfg.check_finite_every >= 0,
+            f"check_finite_every must be an integer >= 0 (0 = off), got {cfg.check_finite_every!r}")
     positive_int("trainer.max_steps", cfg.trainer.max_steps)
     positive_float("optim.lr", cfg.optim.lr)
     require(cfg.optim.schedule in ("cosine", "constant"), f"optim.schedule must be 'cosine' or 'constant', got {cfg.optim.schedule!r}")
@@ -111,15 +129,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 
 def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
     """:func:`train`, also returning the trained :class:`~nir.field.Field` (on the CPU, eval mode)."""
-    import pytorch_lightning as pl
-    import torch
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    from nir.callbacks import FinalMetrics, MagnitudeLogger, ProgressPrinter, ReconstructionLogger
     from nir.field import Field, component_spec
     from nir.losses import check_setup
-    from nir.module import FieldDataModule, FieldModule
 
     t_start = time.perf_counter()
     if run_dir is None:
@@ -138,9 +149,14 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
     tune_allocator()
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    _seed_all(int(cfg.seed))
 
     signal = _build(cfg.data, "data")
+    vmin, vmax = float(signal.values.min()), float(signal.values.max())
+    require(vmax > vmin, f"data {signal.name!r} is constant (every value is {vmin:g}); there is nothing to fit")
+    if int(cfg.batch_size) > signal.numel:
+        log.info("batch_size %d is larger than the signal (%d samples): using full batches of %d",
+                 int(cfg.batch_size), signal.numel, signal.numel)
     model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
     model_kwargs.update(in_dim=signal.ndim, out_dim=signal.channels)
     network = _build(cfg.model, "model", in_dim=signal.ndim, out_dim=signal.channels)
@@ -156,6 +172,20 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
     }
     field = Field(network, transform, spec)
     loss = _build(cfg.loss, "loss").fit(signal.flat())
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs["precision"] = precision = resolve_precision(trainer_kwargs.get("precision", "32"), trainer_kwargs.get("accelerator", "auto"))
+    check_setup(loss, transform, precision)
+
+    # Lightning is imported only now: bad input above fails fast, before its import cost
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from nir.callbacks import Diverged, DivergenceGuard, FinalMetrics, MagnitudeLogger, ProgressPrinter, ReconstructionLogger
+    from nir.checkpoint import AtomicCheckpointIO
+    from nir.module import FieldDataModule, FieldModule
+
     max_steps = int(cfg.trainer.max_steps)
     module = FieldModule(
         field, loss, signal,
@@ -163,6 +193,7 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
         warmup_steps=int(cfg.optim.warmup_steps), min_lr_ratio=float(cfg.optim.min_lr_ratio),
         max_steps=max_steps,
     )
+    module.sampler_seed = int(cfg.seed)
     datamodule = FieldDataModule(signal)
 
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
@@ -172,6 +203,7 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
     logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)), hp_metrics)
     final_metrics = FinalMetrics()
     callbacks: list[pl.Callback] = [
+        DivergenceGuard(int(cfg.check_finite_every)),  # first: nothing is evaluated or saved after a divergence
         final_metrics,
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/psnr", mode="max",
                         save_top_k=1, save_last=True, auto_insert_metric_name=False),
@@ -181,13 +213,10 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
         callbacks.append(ReconstructionLogger())
     if signal.meta.get("kind") != "image":
         callbacks.append(MagnitudeLogger())
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_kwargs["precision"] = precision = resolve_precision(trainer_kwargs.get("precision", "32"), trainer_kwargs.get("accelerator", "auto"))
-    check_setup(loss, transform, precision)
     if not trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(ProgressPrinter())
     trainer = pl.Trainer(
-        **trainer_kwargs, logger=logger, callbacks=callbacks,
+        **trainer_kwargs, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir), enable_model_summary=False,
     )
     ckpt_path = None
@@ -196,7 +225,16 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
         require(ckpt_path.is_file(), f"resume: checkpoint {str(ckpt_path)!r} not found; pass a .ckpt path or 'last' with the run's hydra.run.dir")
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    except Diverged as d:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        info = {"status": "diverged", "step": d.step, "loss": d.loss, "precision": precision,
+                "last_good_checkpoint": str(last) if last.is_file() else None,
+                "wall_time_s": time.perf_counter() - t_start, "message": str(d)}
+        if trainer.is_global_zero:
+            _write_json(run_dir / "metrics.json", info)
+        raise NirError(str(d) + (f"; last good checkpoint: {last}" if last.is_file() else "")) from None
     final = final_metrics.metrics
     fit_s = final.pop("fit_time_s")
 
@@ -313,6 +351,41 @@ def _precheck_groups(argv: list[str]) -> None:
                 )
 
 
+def _precheck_output_dir(argv: list[str]) -> None:
+    """One line for an output directory that cannot be created (before Hydra tries)."""
+    for arg in argv:
+        if arg.startswith(("hydra.run.dir=", "hydra.sweep.dir=")):
+            key, value = arg.split("=", 1)
+            p = Path(value).expanduser().absolute()
+            while not p.exists():
+                p = p.parent
+            require(p.is_dir() and os.access(p, os.W_OK),
+                    f"{key} {value!r} cannot be created: {str(p)!r} is not a writable directory; choose another {key}")
+
+
+def _precheck_compose(argv: list[str]) -> None:
+    """Compose the config once before Hydra runs, to turn composition errors (unknown keys,
+    bad syntax) into one line. Sweep overrides (``a=1,2``) are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except HydraException as e:
+        raise NirError(f"cannot parse overrides: {str(e).splitlines()[0]}") from None
+    keep = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(config_name="train", overrides=keep)
+    except (HydraException, OmegaConfBaseException) as e:
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        msg = " ".join(l for l in lines[:3] if not l.startswith("full_key") and not l.startswith("object_type"))
+        raise NirError(f"config: {msg}") from None
+
+
 def _hydra_app() -> Any:
     import hydra
 
@@ -331,6 +404,8 @@ def main() -> None:
     """Console script ``nir-train``."""
     try:
         _precheck_groups(sys.argv[1:])
+        _precheck_output_dir(sys.argv[1:])
+        _precheck_compose(sys.argv[1:])
     except NirError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
