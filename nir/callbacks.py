@@ -12,7 +12,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
-from nir.signal import Grid
 
 
 def preview_indices(shape: tuple[int, ...], max_side: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -242,15 +241,19 @@ class ProgressPrinter(pl.Callback):
 
 
 class FinalMetrics(pl.Callback):
-    """At the end of training, before the logger closes: full-grid fp32 metrics, logged as the
-    ``hp/*`` scalars that the HPARAMS tab shows, and kept in ``self.metrics`` for ``train``."""
+    """The run's hyperparameters at fit start (in the process that trains, so one event file),
+    and at the end of training, before the logger closes, the full-grid fp32 metrics: logged as
+    the ``hp/*`` scalars that the HPARAMS tab shows and kept in ``self.metrics`` for ``train``."""
 
-    def __init__(self) -> None:
-        self.metrics: dict[str, float] = {}
+    def __init__(self, hparams: dict[str, Any], hp_metrics: dict[str, float]) -> None:
+        self.hparams, self.hp_metrics = hparams, hp_metrics
+        self.metrics: dict[str, Any] = {}
         self._t0 = time.perf_counter()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.perf_counter()
+        if trainer.logger is not None:
+            trainer.logger.log_hyperparams(self.hparams, self.hp_metrics)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.metrics = pl_module.evaluate()

@@ -1,4 +1,8 @@
-"""The one exception type nir raises for problems a user can fix."""
+"""The one exception type nir raises for problems a user can fix, and how entry points report it."""
+
+import contextlib
+import sys
+from typing import Iterator
 
 
 class NirError(ValueError):
@@ -29,3 +33,22 @@ def positive_float(name: str, value) -> float:
         v = float("nan")
     require(v > 0 and v != float("inf"), f"{name} must be a positive number, got {value!r}")
     return v
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """In a console script: a :class:`NirError` becomes ``error: <message>`` on stderr, exit 2."""
+    try:
+        yield
+    except NirError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def check_network_sizes(in_dim, out_dim, hidden_dim, num_layers) -> None:
+    """The size arguments every nir network shares (``model.*`` keys)."""
+    positive_int("model.in_dim", in_dim)
+    positive_int("model.out_dim", out_dim)
+    positive_int("model.hidden_dim", hidden_dim)
+    if not (isinstance(num_layers, int) and not isinstance(num_layers, bool) and num_layers >= 0):
+        raise NirError(f"model.num_layers must be a positive integer or 0, got {num_layers!r}")

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from nir.errors import NirError, require
+from nir.errors import NirError, cli_errors, require
 from nir.signal import Grid
 
 
@@ -163,7 +163,7 @@ class Field(nn.Module):
             torch.export.save(program, str(path))
         else:
             try:
-                import onnxscript  # noqa: F401
+                import onnxscript  # noqa: F401  (the exporter needs it; fail with one line)
             except ImportError:
                 raise NirError("ONNX export needs the onnx extra: pip install 'nir[onnx]'") from None
             program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=dynamic,
@@ -239,7 +239,6 @@ def load_field(path: str | Path, device: str | torch.device = "cpu") -> Field:
 def main(argv: list[str] | None = None) -> None:
     """``nir-field``: sample or export a trained field from the shell."""
     import argparse
-    import sys
 
     ap = argparse.ArgumentParser(prog="nir-field", description="Sample or export a trained nir field.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("field")
     e.add_argument("out")
     args = ap.parse_args(argv)
-    try:
+    with cli_errors():
         field = load_field(args.field, device=getattr(args, "device", "cpu"))
         if args.cmd == "sample":
             shape = args.shape or field.spec["shape"]
@@ -264,9 +263,6 @@ def main(argv: list[str] | None = None) -> None:
         else:
             field.export(args.out)
             print(f"wrote {args.out}")
-    except NirError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ class MagnitudeBins(Metric):
             "p90": self.quantile(0.9),
             "max": torch.where(self.count > 0, self.max_rel, torch.full_like(self.max_rel, float("nan"))),
             "bias_log10": torch.where(self.count > 0, self.bias_sum / n, torch.full_like(n, float("nan"))),
+            "hist": self.hist.clone(),  # merged across processes here (compute runs on synced state)
         }
 
     def labels(self) -> list[str]:
@@ -134,7 +135,7 @@ class MagnitudeBins(Metric):
 
     def table(self) -> list[dict[str, Any]]:
         """One plain dict per bin (for metrics.json and the docs)."""
-        c = {k: v.tolist() for k, v in self.compute().items()}
+        c = {k: v.tolist() for k, v in self.compute().items() if k != "hist"}
         rows = []
         for i, label in enumerate(self.labels()):
             lo = 0.0 if i == 0 else self.edges[i - 1]

@@ -25,15 +25,25 @@ class _Ticks(IterableDataset):
             i += 1
 
 
-class _Chunks(IterableDataset):
-    """``(start, stop)`` ranges covering ``n`` flat indices, for full-grid evaluation."""
+def chunk_ranges(n: int, chunk: int, rank: int = 0, world: int = 1) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` ranges covering ``n`` flat indices; under DDP rank r takes every
+    ``world``-th chunk, so the ranks' metric states merge into exactly the full grid. Chunks
+    shrink so that every rank gets at least one (a rank without batches would skip the
+    validation hooks and leave the others waiting in the metric sync)."""
+    chunk = max(1, min(chunk, -(-n // world)))
+    for i, s in enumerate(range(0, n, chunk)):
+        if i % world == rank:
+            yield (s, min(s + chunk, n))
 
-    def __init__(self, n: int, chunk: int) -> None:
-        self.n, self.chunk = n, chunk
+
+class _Chunks(IterableDataset):
+    """This rank's chunk ranges of the grid, for validation."""
+
+    def __init__(self, n: int, chunk: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.chunk, self.rank, self.world = n, chunk, rank, world
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for s in range(0, self.n, self.chunk):
-            yield (s, min(s + self.chunk, self.n))
+        return chunk_ranges(self.n, self.chunk, self.rank, self.world)
 
 
 class FieldDataModule(pl.LightningDataModule):
@@ -51,7 +61,8 @@ class FieldDataModule(pl.LightningDataModule):
         return DataLoader(_Ticks(), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Chunks(self.signal.numel, self.val_chunk), batch_size=None, num_workers=0)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return DataLoader(_Chunks(self.signal.numel, self.val_chunk, rank, world), batch_size=None, num_workers=0)
 
 
 class IndexSampler:
@@ -159,7 +170,9 @@ class FieldModule(pl.LightningModule):
             with torch.no_grad():
                 t = self.field.transform(y).float()
             grid = Grid(self.signal.shape, self.signal.bounds).to(dev)
-            sampler = IndexSampler(self.signal.numel, self.batch_size, dev, seed=self.sampler_seed)
+            # each DDP rank draws its own batches (same seed on every rank would repeat one batch)
+            seed = self.sampler_seed + 1_000_003 * self.global_rank
+            sampler = IndexSampler(self.signal.numel, self.batch_size, dev, seed=seed)
             if self._sampler_state is not None:
                 sampler.load_state_dict(self._sampler_state)
             self._device_data = (dev, y, t, grid, sampler)
@@ -226,22 +239,25 @@ class FieldModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         for name, value in self.val_metrics.compute().items():
             self.log(f"val/{name}", value, prog_bar=(name == "psnr"), sync_dist=False)
-        self.log("train/nonfinite_steps", self.nonfinite_steps.float(), sync_dist=False)
+        self.log("train/nonfinite_steps", self.nonfinite_steps.float(), sync_dist=True, reduce_fx="sum")
         if self.val_metrics.long_tailed:  # kept for the TensorBoard callback (plain values)
             bins = self.val_metrics.bins
-            self.last_magnitude = {"table": bins.table(), "hist": bins.hist.detach().cpu().clone()}
+            self.last_magnitude = {"table": bins.table(), "hist": bins.compute()["hist"].detach().cpu()}
         self.val_metrics.reset()
 
     @torch.no_grad()
     def evaluate(self, chunk: int = 65536) -> dict[str, float]:
         """Metrics of the field on the whole grid, in fp32 (outside autocast), as a user loading
-        the field would see them. Same code as validation, without Lightning's loop."""
+        the field would see them. Same code as validation, without Lightning's loop; under DDP
+        every rank evaluates its share of chunks and the metric states are merged."""
         y, _, grid, _ = self.data()
         metrics = GridMetrics(self.signal).to(self.device)
         was_training = self.training
         self.eval()
-        for start in range(0, self.signal.numel, chunk):
-            idx = torch.arange(start, min(start + chunk, self.signal.numel), device=self.device)
+        dist = torch.distributed
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        for start, stop in chunk_ranges(self.signal.numel, chunk, rank, world):
+            idx = torch.arange(start, stop, device=self.device)
             metrics.update(self.field(grid.coords(idx)), y[idx])
         self.train(was_training)
         out: dict[str, Any] = {k: float(v) for k, v in metrics.compute().items()}

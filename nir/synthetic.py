@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nir.errors import NirError, positive_float, positive_int, require
+from nir.errors import NirError, cli_errors, positive_float, positive_int, require
 from nir.signal import Signal, default_bounds
 
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     import yaml
 
     argv = sys.argv[1:] if argv is None else argv
-    try:
+    with cli_errors():
         require(len(argv) >= 2, f"usage: nir-synth {{{','.join(GENERATORS)}}} OUT.npy [key=value ...]")
         name, out = argv[0], argv[1]
         require(name in GENERATORS, f"unknown generator {name!r}; choose one of: {', '.join(GENERATORS)}")
@@ -169,9 +169,6 @@ def main(argv: list[str] | None = None) -> None:
         np.save(out, sig.values[..., 0].numpy())
         v = sig.values
         print(f"wrote {out}: shape {tuple(sig.shape)}, min {float(v.min()):.3g}, max {float(v.max()):.3g}")
-    except NirError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

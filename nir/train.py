@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from nir.errors import NirError, positive_float, positive_int, require
+from nir.errors import NirError, cli_errors, positive_float, positive_int, require
 
 log = logging.getLogger("nir")
 CONF_DIR = Path(os.environ.get("NIR_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
@@ -55,6 +55,44 @@ def resolve_precision(precision: Any, accelerator: str) -> str:
     except (AttributeError, RuntimeError):
         native = False
     return "bf16-mixed" if native else "32"
+
+
+def _hydra_mode() -> tuple[bool, Any]:
+    """(is this a multirun job, Hydra's config) — (False, None) outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return hc.mode == RunMode.MULTIRUN, hc
+    except Exception:  # noqa: BLE001 - not running under Hydra (tests, nir.fit)
+        return False, None
+
+
+def _check_strategy(trainer_kwargs: dict[str, Any]) -> None:
+    """Refuse script-relaunching DDP inside a multirun: its child processes re-run the whole sweep."""
+    strategy = str(trainer_kwargs.get("strategy", "auto"))
+    multirun, _ = _hydra_mode()
+    relaunch = strategy.startswith("ddp") and not strategy.startswith(("ddp_spawn", "ddp_notebook"))
+    require(not (multirun and relaunch),
+            f"trainer.strategy={strategy} inside a multirun would re-run the whole sweep in every DDP process; "
+            "run DDP jobs one at a time (no -m), or use trainer.strategy=ddp_spawn in sweeps")
+
+
+def _threads_for_parallel_jobs() -> None:
+    """Under Hydra's joblib launcher, give each job cores / n_jobs threads (no oversubscription)."""
+    import torch
+
+    _, hc = _hydra_mode()
+    launcher = hc.launcher if hc is not None else None
+    if launcher is None or "Joblib" not in str(launcher.get("_target_", "")):
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = int(launcher.get("n_jobs", -1))
+    n_jobs = cores if n_jobs <= 0 else n_jobs
+    threads = max(1, cores // n_jobs)
+    torch.set_num_threads(threads)
+    log.info("joblib launcher with %d parallel jobs on %d cores: %d torch thread(s) per job", n_jobs, cores, threads)
 
 
 def _seed_all(seed: int) -> None:
@@ -132,7 +170,7 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
     from nir.field import Field, component_spec
     from nir.losses import check_setup
 
-    t_start = time.perf_counter()
+    t_start, t_wall0 = time.perf_counter(), time.time()
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
@@ -175,10 +213,11 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["precision"] = precision = resolve_precision(trainer_kwargs.get("precision", "32"), trainer_kwargs.get("accelerator", "auto"))
     check_setup(loss, transform, precision)
+    _check_strategy(trainer_kwargs)
+    _threads_for_parallel_jobs()
 
     # Lightning is imported only now: bad input above fails fast, before its import cost
     import pytorch_lightning as pl
-    import torch
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -200,8 +239,7 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
     hp_metrics = {"hp/psnr": float("nan"), "hp/fit_time_s": float("nan")}
     if signal.meta.get("kind") != "image":
         hp_metrics.update({"hp/psnr_log": float("nan"), "hp/worst_decade_median": float("nan")})
-    logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)), hp_metrics)
-    final_metrics = FinalMetrics()
+    final_metrics = FinalMetrics(_flat(OmegaConf.to_container(cfg, resolve=True)), hp_metrics)
     callbacks: list[pl.Callback] = [
         DivergenceGuard(int(cfg.check_finite_every)),  # first: nothing is evaluated or saved after a divergence
         final_metrics,
@@ -223,7 +261,8 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
     if cfg.resume:
         ckpt_path = run_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
         require(ckpt_path.is_file(), f"resume: checkpoint {str(ckpt_path)!r} not found; pass a .ckpt path or 'last' with the run's hydra.run.dir")
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
@@ -236,6 +275,12 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
             _write_json(run_dir / "metrics.json", info)
         raise NirError(str(d) + (f"; last good checkpoint: {last}" if last.is_file() else "")) from None
     final = final_metrics.metrics
+    steps = int(trainer.global_step)
+    if not final:  # ddp_spawn: the callback ran in the worker processes; weights came back here
+        from nir.checkpoint import load_checkpoint
+
+        final = {**module.evaluate(), "nonfinite_steps": 0, "fit_time_s": time.perf_counter() - t_start}
+        steps = int(load_checkpoint(run_dir / "checkpoints" / "last.ckpt").get("global_step", 0))
     fit_s = final.pop("fit_time_s")
 
     diverged = final.get("nonfinite_steps", 0) > 0 or not math.isfinite(final["psnr"])
@@ -243,10 +288,12 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
         "status": "diverged" if diverged else "ok",
         **final,
         "psnr_convention": f"10 log10(R^2/MSE) over all samples and channels, signal units, R = {module.val_metrics.range:g}; fp32 evaluation",
-        "steps": int(trainer.global_step),
+        "steps": steps,
         "num_params": field.num_parameters(),
         "fit_time_s": fit_s,
         "wall_time_s": time.perf_counter() - t_start,
+        "started_at": t_wall0,
+        "finished_at": time.time(),
         "precision": precision,
         "device": str(module.device),
         "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
@@ -386,30 +433,50 @@ def _precheck_compose(argv: list[str]) -> None:
         raise NirError(f"config: {msg}") from None
 
 
+def _objective(metrics: dict[str, Any], cfg: DictConfig) -> float:
+    """The value a sweeper optimises: ``metrics[cfg.objective]`` (NaN if absent)."""
+    v = metrics.get(str(cfg.objective))
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
 def _hydra_app() -> Any:
     import hydra
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
     def app(cfg: DictConfig) -> float:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            with cli_errors():
+                return _objective(train(cfg), cfg)
+        # in a sweep a failed job is recorded and the sweep goes on; the exit status counts them
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            return train(cfg)["psnr"]
-        except NirError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            return _objective(train(cfg), cfg)
+        except Exception as e:  # noqa: BLE001 - any failure of one job must not end the sweep
+            msg = str(e).replace("\n", " ") if isinstance(e, NirError) else f"{type(e).__name__}: {e}".replace("\n", " ")
+            mfile = run_dir / "metrics.json"
+            if not (mfile.is_file() and json.loads(mfile.read_text()).get("status") == "diverged"):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                _write_json(mfile, {"status": "failed", "error": msg[:2000]})
+            print(f"error: job {HydraConfig.get().job.num} failed: {msg[:500]}", file=sys.stderr, flush=True)
+            return float("nan")
 
     return app
 
 
 def main() -> None:
     """Console script ``nir-train``."""
-    try:
+    with cli_errors():
         _precheck_groups(sys.argv[1:])
         _precheck_output_dir(sys.argv[1:])
         _precheck_compose(sys.argv[1:])
-    except NirError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    from nir import sweep
+
     _hydra_app()()
+    if sweep.LAST_FAILED:
+        raise SystemExit(min(sweep.LAST_FAILED, 125))  # the exit status is the number of failed jobs
 
 
 if __name__ == "__main__":

@@ -19,9 +19,6 @@ def _event_tags(run_dir: Path) -> dict[str, set[str]]:
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
-    plugins = set()
-    for ev in acc._generator.Load() if False else []:  # pragma: no cover
-        pass
     return {"images": set(tags["images"]), "scalars": set(tags["scalars"]), "plugins": set(acc.PluginTagToContent("hparams"))}
 
 

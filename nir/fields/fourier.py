@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from nir.errors import NirError, positive_float, positive_int
+from nir.errors import NirError, check_network_sizes, positive_float, positive_int
 
 
 class FourierMLP(nn.Module):
@@ -49,12 +49,8 @@ class FourierMLP(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        positive_int("model.in_dim", in_dim)
-        positive_int("model.out_dim", out_dim)
-        positive_int("model.hidden_dim", hidden_dim)
+        check_network_sizes(in_dim, out_dim, hidden_dim, num_layers)
         positive_int("model.num_features", num_features)
-        if not (isinstance(num_layers, int) and num_layers >= 0):
-            positive_int("model.num_layers", num_layers)
         positive_float("model.sigma", sigma)
         gen = torch.Generator().manual_seed(int(seed))
         if encoding == "gaussian":

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from nir.errors import positive_float, positive_int
+from nir.errors import check_network_sizes, positive_float
 
 
 class SineLayer(nn.Module):
@@ -78,11 +78,7 @@ class Siren(nn.Module):
         first_layer_fp32: bool = True,
     ) -> None:
         super().__init__()
-        positive_int("model.in_dim", in_dim)
-        positive_int("model.out_dim", out_dim)
-        positive_int("model.hidden_dim", hidden_dim)
-        if not (isinstance(num_layers, int) and num_layers >= 0):
-            positive_int("model.num_layers", num_layers)
+        check_network_sizes(in_dim, out_dim, hidden_dim, num_layers)
         positive_float("model.w0", w0)
         positive_float("model.w0_first", w0_first)
         layers = [SineLayer(in_dim, hidden_dim, w0_first, is_first=True, fp32=first_layer_fp32)]

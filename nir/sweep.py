@@ -1,0 +1,125 @@
+"""Sweeps: a per-job results table (``nir-summarize``) and the multirun report that sets the exit status.
+
+A sweep directory holds one run directory per job (Hydra's ``hydra.sweep.dir``), each with
+``.hydra/overrides.yaml`` and ``metrics.json`` (status ``ok``, ``diverged`` or ``failed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nir.errors import cli_errors, require
+
+#: failed jobs of the last multirun in this process (read by ``nir-train`` for its exit status)
+LAST_FAILED = 0
+LOWER_IS_BETTER = {"worst_decade_median", "wall_time_s", "fit_time_s", "num_params"}
+COLUMNS = ["job", "overrides", "status", "psnr", "psnr_log", "worst_decade_median", "wall_time_s", "num_params", "error"]
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per job directory below ``sweep_dir`` that Hydra created (``.hydra/overrides.yaml``)."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for ov in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):
+        job = ov.parent.parent
+        overrides = yaml.safe_load(ov.read_text()) or []
+        mfile = job / "metrics.json"
+        m = json.loads(mfile.read_text()) if mfile.is_file() else {"status": "failed", "error": "no metrics.json (killed?)"}
+        row = {"job": str(job.relative_to(sweep_dir)), "overrides": overrides, **m}
+        rows.append(row)
+    # show only what differs between jobs (overrides shared by every job are the sweep's setting)
+    common = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
+    for r in rows:
+        r["overrides"] = " ".join(o for o in r["overrides"] if o not in common)
+    return rows
+
+
+def sort_rows(rows: list[dict[str, Any]], by: str = "psnr") -> list[dict[str, Any]]:
+    """Best first by ``by`` (higher is better unless the metric is an error or a cost); jobs
+    without a finite value last."""
+    sign = 1 if by in LOWER_IS_BETTER else -1
+
+    def key(r: dict[str, Any]) -> tuple[int, float]:
+        v = r.get(by)
+        ok = isinstance(v, (int, float)) and math.isfinite(v)
+        return (0, sign * v) if ok else (1, 0.0)
+
+    return sorted(rows, key=key)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v).replace("|", "\\|")
+
+
+def write_summary(sweep_dir: str | Path, by: str = "psnr") -> tuple[list[dict[str, Any]], str]:
+    """Write ``summary.csv`` and ``summary.md`` into the sweep directory; return rows and the table."""
+    sweep_dir = Path(sweep_dir)
+    rows = sort_rows(collect(sweep_dir), by)
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in COLUMNS})
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r.get(k)) for k in COLUMNS) + " |" for r in rows]
+    table = "\n".join(lines) + "\n"
+    (sweep_dir / "summary.md").write_text(f"# Sweep summary: {sweep_dir}\n\nSorted by {by}.\n\n" + table)
+    return rows, table
+
+
+def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r.get("status", "failed")] = out.get(r.get("status", "failed"), 0) + 1
+    return out
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object
+
+
+class SweepReport(_HydraCallback):
+    """Hydra callback: after a multirun, write the summary and remember how many jobs failed."""
+
+    def __init__(self, sort_by: str = "psnr") -> None:
+        self.sort_by = sort_by
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        global LAST_FAILED
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows, _ = write_summary(sweep_dir, self.sort_by)
+        c = counts(rows)
+        LAST_FAILED = c.get("failed", 0) + c.get("diverged", 0)
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(c.items()))
+        print(f"sweep: {len(rows)} jobs ({parts}); table: {sweep_dir / 'summary.md'}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``nir-summarize SWEEP_DIR [--sort METRIC]``: print and write the sweep's results table."""
+    ap = argparse.ArgumentParser(prog="nir-summarize", description=main.__doc__)
+    ap.add_argument("sweep_dir")
+    ap.add_argument("--sort", default="psnr", help="metric to sort by (default psnr; errors and times sort ascending)")
+    args = ap.parse_args(argv)
+    with cli_errors():
+        require(Path(args.sweep_dir).is_dir(), f"sweep directory {args.sweep_dir!r} does not exist")
+        rows, table = write_summary(args.sweep_dir, args.sort)
+        require(rows, f"{args.sweep_dir!r} holds no Hydra job directories (.hydra/overrides.yaml)")
+        print(table, end="")
+        print(f"wrote {Path(args.sweep_dir) / 'summary.csv'} and summary.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Experiments at scale: multiruns that survive failures, summaries, launchers, search, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nir.sweep import collect, sort_rows
+
+NIR_TRAIN = [sys.executable, "-m", "nir.train"]
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, PYTHONWARNINGS="ignore")
+TINY = ["trainer.max_steps=6", "trainer.val_check_interval=6", "trainer.enable_progress_bar=false",
+        "log.images=false", "data.sample=camera", "model.hidden_dim=16", "trainer.precision=32"]
+
+
+def run(args, cwd, timeout=600):
+    return subprocess.run(NIR_TRAIN + args, cwd=cwd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def test_2x2_sweep_four_runs_and_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run(["-m", "model=siren,fourier", "loss=mse,l1", f"hydra.sweep.dir={sweep}", *TINY], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").is_file()) == ["0", "1", "2", "3"]
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert {r["overrides"] for r in rows} == {"model=siren loss=mse", "model=siren loss=l1", "model=fourier loss=mse", "model=fourier loss=l1"}
+    psnr = [float(r["psnr"]) for r in rows]
+    assert psnr == sorted(psnr, reverse=True)
+    assert "| job | overrides | status |" in (sweep / "summary.md").read_text()
+
+
+def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run(["-m", "model.hidden_dim=16,0,8", f"hydra.sweep.dir={sweep}", *[t for t in TINY if "hidden_dim" not in t]], tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]  # the exit status is the number of failed jobs
+    assert "error: job 1 failed: model.hidden_dim must be a positive integer" in r.stderr
+    rows = {row["overrides"]: row for row in collect(sweep)}
+    assert rows["model.hidden_dim=0"]["status"] == "failed"
+    assert "positive integer" in rows["model.hidden_dim=0"]["error"]
+    assert rows["model.hidden_dim=16"]["status"] == rows["model.hidden_dim=8"]["status"] == "ok"
+    assert "3 jobs (1 failed, 2 ok)" in r.stdout
+
+
+def test_nir_summarize_cli_sorts_by_metric(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run(["-m", "model.hidden_dim=8,32", f"hydra.sweep.dir={sweep}", *[t for t in TINY if "hidden_dim" not in t]], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = subprocess.run([str(BIN / "nir-summarize"), str(sweep), "--sort", "num_params"], capture_output=True, text=True, env=ENV)
+    assert out.returncode == 0, out.stderr
+    lines = [l for l in out.stdout.splitlines() if l.startswith("| 0") or l.startswith("| 1")]
+    assert "hidden_dim=8" in lines[0] and "hidden_dim=32" in lines[1]  # fewest parameters first
+    bad = subprocess.run([str(BIN / "nir-summarize"), str(tmp_path / "nope")], capture_output=True, text=True, env=ENV)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+
+
+def test_sort_rows_handles_direction_and_missing():
+    rows = [{"psnr": 30.0, "worst_decade_median": 0.5}, {"psnr": float("nan")}, {"psnr": 40.0, "worst_decade_median": 0.1}]
+    assert [r["psnr"] for r in sort_rows(rows, "psnr")][:2] == [40.0, 30.0]
+    assert [r.get("worst_decade_median") for r in sort_rows(rows, "worst_decade_median")] == [0.1, 0.5, None]
+
+
+def test_parallel_preset_runs_two_jobs_at_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    steps = ["trainer.max_steps=60" if t.startswith("trainer.max_steps") else t for t in TINY]
+    r = run(["-m", "hydra/launcher=parallel", "seed=0,1", f"hydra.sweep.dir={sweep}", *steps], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    spans = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
+    spans = sorted((m["started_at"], m["finished_at"]) for m in spans)
+    assert spans[1][0] < spans[0][1], spans  # the second started before the first finished
+    logs = "".join(p.read_text() for p in sweep.glob("*/*.log"))
+    assert "1 torch thread(s) per job" in logs or "torch thread(s) per job" in logs
+
+
+def test_optuna_search_three_trials_reports_best(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run(["-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}", *TINY], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    psnrs = [json.loads((sweep / str(i) / "metrics.json").read_text())["psnr"] for i in range(3)]
+    assert res["best_value"] == pytest.approx(max(psnrs))
+    assert set(res["best_params"]) == {"optim.lr", "model.w0_first"}
+
+
+def test_submitit_local_launcher(tmp_path):
+    """The SLURM path (submitit) with its local executor: same jobs, same run directories."""
+    sweep = tmp_path / "sweep"
+    r = run(["-m", "hydra/launcher=submitit_local", "seed=0,1", f"hydra.sweep.dir={sweep}", *TINY], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [row["status"] for row in collect(sweep)] == ["ok", "ok"]
+
+
+def test_slurm_preset_composes(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from nir.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_metrics_equal_full_grid(tmp_path):
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import nir
+    from nir.metrics import GridMetrics
+    from nir.synthetic import peaks1d
+
+    run_dir = tmp_path / "ddp"
+    r = run(["trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.max_steps=20", "trainer.val_check_interval=20",
+             "trainer.enable_progress_bar=false", "trainer.precision=32", "log.images=false", "data=peaks1d",
+             "data.n=3000", "batch_size=512", "model.hidden_dim=16", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # one writer: one event file, one metrics.json
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    logged = {tag: acc.Scalars(tag)[-1].value for tag in ("val/psnr", "val/worst_decade_median")}
+    field = nir.load_field(run_dir)
+    signal = peaks1d(n=3000)
+    gm = GridMetrics(signal)
+    with torch.no_grad():
+        gm.update(field.sample().reshape(-1, 1), signal.flat())
+    full = {k: float(v) for k, v in gm.compute().items()}
+    assert logged["val/psnr"] == pytest.approx(full["psnr"], abs=1e-3)
+    assert logged["val/worst_decade_median"] == pytest.approx(full["worst_decade_median"], rel=1e-3)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["psnr"] == pytest.approx(full["psnr"], abs=1e-3) and m["steps"] == 20
+
+
+def test_ddp_inside_multirun_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run(["-m", "trainer.strategy=ddp", "trainer.devices=2", "seed=0", f"hydra.sweep.dir={sweep}", *TINY], tmp_path)
+    assert r.returncode == 1
+    assert "would re-run the whole sweep in every DDP process" in r.stderr
+    assert collect(sweep)[0]["status"] == "failed"
