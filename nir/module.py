@@ -68,8 +68,10 @@ class FieldDataModule(pl.LightningDataModule):
 class IndexSampler:
     """Random flat indices, drawn on the device: epochs of a shuffled permutation, sliced in batches.
 
-    Every sample is visited exactly once per ``ceil(n / batch)`` steps (a trailing partial batch
-    is dropped). When the batch covers the whole signal, every step is the full grid. Epoch
+    Batches run on across epoch boundaries (the last batch of an epoch is completed from the next
+    permutation), so every batch has the same size and after ``k * n`` samples every sample has
+    been drawn exactly ``k`` times. When the batch covers the whole signal, every step is the
+    full grid. Epoch
     ``e``'s permutation comes from a generator seeded with ``seed + e``, so the whole state is
     ``(epoch, pos)``: it goes into checkpoints and a resumed run draws the same batches as an
     uninterrupted one.
@@ -79,7 +81,7 @@ class IndexSampler:
         self.n, self.batch, self.device, self.seed = n, min(batch_size, n), device, int(seed)
         self.full = batch_size >= n
         self.epoch, self.pos = -1, n
-        self._perm = torch.arange(n, device=device)
+        self._perm = torch.arange(n, device=device)[:0] if not self.full else torch.arange(n, device=device)
 
     def _permutation(self, epoch: int) -> Tensor:
         gen = torch.Generator(device=self.device).manual_seed(self.seed + epoch)
@@ -88,13 +90,15 @@ class IndexSampler:
     def next(self) -> Tensor:
         if self.full:
             return self._perm
-        if self.pos + self.batch > self.n:
-            self.epoch += 1
-            self._perm = self._permutation(self.epoch)
-            self.pos = 0
-        idx = self._perm[self.pos : self.pos + self.batch]
-        self.pos += self.batch
-        return idx
+        if self.pos + self.batch <= self.n:
+            idx = self._perm[self.pos : self.pos + self.batch]
+            self.pos += self.batch
+            return idx
+        tail = self._perm[self.pos :]
+        self.epoch += 1
+        self._perm = self._permutation(self.epoch)
+        self.pos = self.batch - tail.numel()
+        return torch.cat([tail, self._perm[: self.pos]]) if tail.numel() else self._perm[: self.pos]
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}

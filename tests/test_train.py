@@ -162,3 +162,47 @@ def test_mixed_precision_trains_close_to_fp32(precision, tiny_png, tmp_path):
 def test_bad_config_values(override, match, tiny_png, tmp_path):
     with pytest.raises(NirError, match=match):
         train(make_cfg(tiny_overrides(tiny_png) + [override]), tmp_path / "r")
+
+
+def test_index_sampler_covers_every_sample_uniformly():
+    from nir.module import IndexSampler
+
+    n, batch = 1000, 128
+    s = IndexSampler(n, batch, torch.device("cpu"), seed=3)
+    drawn = torch.cat([s.next() for _ in range(5 * n // batch + 1)])[: 5 * n]
+    assert all(s.next().numel() == batch for _ in range(20))  # constant batch size across epochs
+    counts = torch.bincount(drawn, minlength=n)
+    assert int(counts.min()) == int(counts.max()) == 5
+
+
+def test_index_sampler_state_round_trip():
+    from nir.module import IndexSampler
+
+    a = IndexSampler(100, 30, torch.device("cpu"), seed=1)
+    for _ in range(5):
+        a.next()
+    b = IndexSampler(100, 30, torch.device("cpu"), seed=1)
+    b.load_state_dict(a.state_dict())
+    for _ in range(7):
+        assert torch.equal(a.next(), b.next())
+
+
+def test_no_full_grid_coordinates_during_training(tmp_path, monkeypatch):
+    """Coordinates exist only as batches (training) and chunks (validation), never the full grid."""
+    from nir.signal import Grid
+
+    sizes = []
+    orig = Grid.coords
+
+    def spy(self, idx):
+        sizes.append(idx.numel())
+        return orig(self, idx)
+
+    monkeypatch.setattr(Grid, "coords", spy)
+    cfg = make_cfg(["data.sample=chelsea", "model.hidden_dim=16", "model.num_layers=0", "trainer.max_steps=3",
+                    "trainer.val_check_interval=3", "trainer.enable_progress_bar=false", "log.images=false",
+                    "batch_size=4096", "trainer.precision=32"])
+    train(cfg, tmp_path / "r")
+    numel = 300 * 451
+    assert sizes and max(sizes) <= 65536 < numel
+    assert sizes.count(4096) >= 3
