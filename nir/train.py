@@ -305,6 +305,8 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
         print(
             f"nir: {metrics['steps']} steps in {fit_s:.1f} s, PSNR {metrics['psnr']:.2f} dB"
             f" (data range {module.val_metrics.range:g}, all samples){'' if finite else ' (not finite!)'}\n"
+            + (f"worst-decade median relative error {metrics['worst_decade_median']:.2%} (per-decade table in metrics.json)\n"
+               if "worst_decade_median" in metrics else "") +
             f"run directory: {run_dir}\n"
             f"look at it:    tensorboard --logdir {run_dir}",
             flush=True,
