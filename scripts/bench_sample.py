@@ -2,9 +2,10 @@
 """Sampling speed and peak memory of ``Field.sample`` on an n^3 grid.
 
 The network's weights do not change the cost, so the field is built from its spec (no training).
-Peak memory beyond the output array: on CUDA, ``torch.cuda.max_memory_allocated`` minus the
-output (which lives on the host); on the CPU, the process's peak RSS (``ru_maxrss``) minus the
-RSS before sampling minus the output array.
+Peak memory beyond the output array: on CUDA, ``torch.cuda.max_memory_allocated`` (the output
+lives on the host); on the CPU, the process's peak RSS (``ru_maxrss``) minus the RSS before
+sampling minus the output array (with ``--out x.npy`` the written pages of the memory map count
+in RSS, so they are subtracted too).
 
     .venv/bin/python scripts/bench_sample.py --model siren --n 128
     .venv/bin/python scripts/bench_sample.py --model fourier_lt3d --n 512 --out /tmp/s.npy
@@ -67,7 +68,8 @@ def main() -> None:
         "model": args.model, "params": params, "n": args.n, "points": out.numel(), "chunk": args.chunk,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
         "seconds": round(dt, 2), "mpoints_per_s": round(out.numel() / dt / 1e6, 2), "output_mb": round(out_mb),
-        "host_peak_beyond_output_mb": round(peak_rss - before - (0 if args.out else out_mb)),
+        # a memory-mapped output's written pages count in RSS too, so the output is subtracted either way
+        "host_peak_beyond_output_mb": round(peak_rss - before - out_mb),
         "to_npy": bool(args.out), "torch": torch.__version__,
     }
     if args.device.startswith("cuda"):
