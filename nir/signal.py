@@ -134,7 +134,7 @@ class Grid:
 def _check_file(path: str | os.PathLike, what: str, extensions: Sequence[str]) -> Path:
     p = Path(path).expanduser()
     require(p.exists(), f"data.path {str(p)!r} does not exist; pass an existing {what} file")
-    require(p.is_file(), f"data.path {str(p)!r} is a directory; pass a {what} file inside it")
+    require(p.is_file(), f"data.path {str(p)!r} is a directory; pass the {what} file inside it")
     require(
         p.suffix.lower() in extensions,
         f"data.path {str(p)!r} has unsupported extension {p.suffix!r}; use one of {', '.join(extensions)}",
