@@ -165,8 +165,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     return train_field(cfg, run_dir)[1]
 
 
-def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
-    """:func:`train`, also returning the trained :class:`~nir.field.Field` (on the CPU, eval mode)."""
+def train_field(
+    cfg: DictConfig, run_dir: str | Path | None = None, callbacks: Sequence[Any] = ()
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`train`, also returning the trained :class:`~nir.field.Field` (on the CPU, eval mode).
+    ``callbacks``: extra Lightning callbacks (benchmarks, custom logging)."""
+    extra_callbacks = list(callbacks)
     from nir.field import Field, component_spec
     from nir.losses import check_setup
 
@@ -253,6 +257,7 @@ def train_field(cfg: DictConfig, run_dir: str | Path | None = None) -> tuple[Any
         callbacks.append(MagnitudeLogger())
     if not trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(ProgressPrinter())
+    callbacks += extra_callbacks
     trainer = pl.Trainer(
         **trainer_kwargs, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir), enable_model_summary=False,
