@@ -116,7 +116,7 @@ def test_image_sampled_at_4x_and_3x(tmp_path):
     big = field.sample((4 * H, 4 * W))
     assert big.shape == (4 * H, 4 * W, 1)
     blocks = big.reshape(H, 4, W, 4, 1).mean(dim=(1, 3))
-    assert float((blocks - base).abs().mean()) < 0.01
+    assert float((blocks - base).abs().mean()) < 0.02  # values in [-1, 1]
     three = field.sample((3 * H, 3 * W))
     torch.testing.assert_close(three[1::3, 1::3], base, rtol=1e-5, atol=1e-5)
 

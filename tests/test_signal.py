@@ -28,7 +28,7 @@ def test_bundled_sample_is_read_from_disk():
     assert sample_image_path("chelsea").is_file()
     assert s.shape == (300, 451) and s.channels == 3
     assert s.values.dtype == torch.float32
-    assert 0.0 <= s.values.min() and s.values.max() <= 1.0
+    assert -1.0 <= s.values.min() and s.values.max() <= 1.0 and s.meta["value_range"] == [-1.0, 1.0]
     assert s.bounds == ((-1.0, 1.0), (-1.0, 1.0))
 
 
@@ -45,7 +45,7 @@ def test_16bit_image_scaled_by_dtype_max(tmp_path, ext):
     img = np.array([[0, 65535], [32768, 1000]], dtype=np.uint16)
     p = tmp_path / f"a{ext}"
     iio.imwrite(p, img, extension=ext)
-    s = read_image(str(p))
+    s = read_image(str(p), value_range=(0, 1))
     np.testing.assert_allclose(s.values[..., 0].numpy(), img / 65535.0, rtol=1e-6)
     assert s.meta["bit_depth"] == 16
 
@@ -58,7 +58,7 @@ def test_rgba_alpha_dropped_and_jpeg(tmp_path):
     rgba[..., 3] = 17
     p = tmp_path / "a.png"
     iio.imwrite(p, rgba, extension=".png")
-    s = read_image(str(p))
+    s = read_image(str(p), value_range=(0, 1))
     assert s.channels == 3 and float(s.values[..., 0].min()) == 1.0
     j = tmp_path / "a.jpg"
     iio.imwrite(j, rgba[..., :3], extension=".jpg")

@@ -52,7 +52,7 @@ def test_run_directory_layout(fitted):
     assert saved["psnr"] == pytest.approx(metrics["psnr"])
     assert saved["num_params"] == 2 * 64 + 64 + 2 * (64 * 64 + 64) + 64 * 3 + 3
     assert saved["wall_time_s"] > 0 and saved["steps"] == 150
-    assert "R = 1" in saved["psnr_convention"]
+    assert "R = 2" in saved["psnr_convention"]  # data.value_range [-1, 1]
 
 
 def test_tensorboard_has_images_scalars_and_hparams(fitted):
@@ -75,7 +75,7 @@ def test_saved_field_reproduces_final_psnr(fitted):
     sig = read_image(str(img))
     pred = field.sample()
     assert pred.shape == sig.values.shape
-    psnr = peak_signal_noise_ratio(pred, sig.values, data_range=1.0)
+    psnr = peak_signal_noise_ratio(pred, sig.values, data_range=2.0)
     assert float(psnr) == pytest.approx(metrics["psnr"], abs=1e-3)
 
 
