@@ -1,8 +1,8 @@
 """Metrics with their conventions stated.
 
 ``psnr``: 10 log10(R^2 / MSE) over every sample and channel of the whole grid, in signal units.
-R is ``hi - lo`` of ``data.value_range`` for images (1.0 by default: the same as 8-bit PSNR on
-[0, 255] pixels) and ``max - min`` of the target for other signals ("range PSNR", the
+R is ``hi - lo`` of ``data.value_range`` for images (2.0 for the default [-1, 1]; PSNR is
+scale-free, so this equals 8-bit PSNR on [0, 255] pixels) and ``max - min`` of the target for other signals ("range PSNR", the
 convention of neural volume compression papers). Blind to the low decades of long-tailed data.
 
 ``psnr_log``: PSNR of ``log10(|y| + floor)`` with R = its range: the log-space counterpart.
