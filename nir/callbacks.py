@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Any
 
@@ -237,7 +236,7 @@ class ProgressPrinter(pl.Callback):
         worst = m.get("val/worst_decade_median")
         if worst is not None:
             parts.append(f"worst-decade median rel err {float(worst):.2%}")
-        print("  ".join(parts), file=sys.stderr if trainer.progress_bar_callback else sys.stdout, flush=True)
+        print("  ".join(parts), flush=True)
 
 
 class FinalMetrics(pl.Callback):

@@ -187,10 +187,11 @@ class FieldModule(pl.LightningModule):
         y, t, grid, sampler = self.data()
         idx = sampler.next()
         out = self.field.network(grid.coords(idx))
+        target = (y if self.loss_fn.space == "signal" else t)
+        target = target if sampler.full else target[idx]  # full batch: the values as they are, no gather copy
         if self.loss_fn.space == "signal":
-            loss = self.loss_fn(self.field.transform.inverse(out), y[idx])
-        else:
-            loss = self.loss_fn(out, t[idx])
+            out = self.field.transform.inverse(out)
+        loss = self.loss_fn(out, target)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         # counted on the device: no host sync in the step; the DivergenceGuard reads it at an interval
         self._flag_nonfinite(loss.detach())
