@@ -132,6 +132,9 @@ class FieldModule(pl.LightningModule):
         lr: Adam learning rate.
         schedule: ``"constant"`` or ``"cosine"`` (with ``warmup_steps`` and ``min_lr_ratio``).
         max_steps: length of the cosine schedule.
+        compile: run the training forward through ``torch.compile`` (fuses SIREN's scale, bias and
+            sine into the matmul epilogues; see docs/performance.md). Validation, evaluation and
+            the saved field stay eager, so a loaded field never carries compiled state.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class FieldModule(pl.LightningModule):
         min_lr_ratio: float = 0.01,
         max_steps: int = 1000,
         betas: tuple[float, float] = (0.9, 0.999),
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.field = field
@@ -164,6 +168,18 @@ class FieldModule(pl.LightningModule):
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("_last_scale", torch.full((), float("inf")), persistent=False)
         self._device_data: tuple[torch.device, Tensor, Tensor, Grid, IndexSampler] | None = None
+        # kept in a plain dict: an nn.Module attribute would register the wrapper as a submodule
+        # and duplicate every weight in the state dict
+        self._compiled: dict[str, Callable[[Tensor], Tensor]] = {}
+        self.compile_network = bool(compile)
+
+    def train_network(self) -> Callable[[Tensor], Tensor]:
+        """The network as the training step calls it: compiled once when ``compile`` is on."""
+        if not self.compile_network:
+            return self.field.network
+        if "net" not in self._compiled:
+            self._compiled["net"] = torch.compile(self.field.network, dynamic=False)
+        return self._compiled["net"]
 
     # -- data on the device ------------------------------------------------------------------
     def data(self) -> tuple[Tensor, Tensor, Grid, IndexSampler]:
@@ -186,7 +202,7 @@ class FieldModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         y, t, grid, sampler = self.data()
         idx = sampler.next()
-        out = self.field.network(grid.coords(idx))
+        out = self.train_network()(grid.coords(idx))
         target = (y if self.loss_fn.space == "signal" else t)
         target = target if sampler.full else target[idx]  # full batch: the values as they are, no gather copy
         if self.loss_fn.space == "signal":

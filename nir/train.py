@@ -151,6 +151,7 @@ def check_config(cfg: DictConfig) -> None:
     positive_int("trainer.max_steps", cfg.trainer.max_steps)
     positive_float("optim.lr", cfg.optim.lr)
     require(cfg.optim.schedule in ("cosine", "constant"), f"optim.schedule must be 'cosine' or 'constant', got {cfg.optim.schedule!r}")
+    require(isinstance(cfg.compile, bool), f"compile must be true or false, got {cfg.compile!r}")
     vci = cfg.trainer.get("val_check_interval")
     if vci is not None:
         positive_int("trainer.val_check_interval", vci)
@@ -234,7 +235,7 @@ def train_field(
         field, loss, signal,
         batch_size=int(cfg.batch_size), lr=float(cfg.optim.lr), schedule=cfg.optim.schedule,
         warmup_steps=int(cfg.optim.warmup_steps), min_lr_ratio=float(cfg.optim.min_lr_ratio),
-        max_steps=max_steps,
+        max_steps=max_steps, compile=bool(cfg.compile),
     )
     module.sampler_seed = int(cfg.seed)
     datamodule = FieldDataModule(signal)

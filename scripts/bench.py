@@ -8,6 +8,7 @@ repeats.
 
     .venv/bin/python scripts/bench.py                 # ~10 min on 2 cores
     .venv/bin/python scripts/bench.py --quick         # smaller repeats, for a smoke test
+    python scripts/bench.py --device cuda              # on a GPU: writes docs/performance-gpu.md
 """
 
 from __future__ import annotations
@@ -56,14 +57,23 @@ def siren_flops_per_point(d_in=2, width=256, hidden=3, d_out=1) -> float:
     return 3 * fwd - 2 * d_in * width
 
 
-def matmul_ceiling(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_ceiling(dtype: torch.dtype, device: str = "cpu", reps: int = 10) -> float:
+    """GFLOP/s of a large square matmul in ``dtype`` (2048^3 on CPU, 8192^3 on GPU): best of ``reps``."""
+    n = 8192 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
     ts = []
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         ts.append(time.perf_counter() - t)
     return 2 * n**3 / min(ts) / 1e9
 
@@ -73,51 +83,84 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, rng: float) -> float:
     return 10 * math.log10(rng**2 / mse)
 
 
-class PlainLoop:
-    """The reference: a minimal PyTorch loop (coordinates precomputed, full batch)."""
+AUTOCAST = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
-    def __init__(self, signal: Signal, lr: float, precision: str = "32", seed: int = 0) -> None:
+
+class PlainLoop:
+    """The reference: a minimal PyTorch loop (coordinates precomputed, full batch). ``16-mixed``
+    uses a gradient scaler, as Lightning does; ``compile`` wraps the network in torch.compile."""
+
+    def __init__(self, signal: Signal, lr: float, precision: str = "32", seed: int = 0,
+                 device: str = "cpu", compile: bool = False, batch: int | None = None) -> None:
         torch.manual_seed(seed)
-        self.net = Siren(2, 1, 256, 3)
+        self.device = device
+        self.net = Siren(2, 1, 256, 3).to(device)
+        self.fwd = torch.compile(self.net, dynamic=False) if compile else self.net
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         n = signal.numel
-        self.x = Grid(signal.shape, signal.bounds).coords(torch.arange(n))
-        self.y = signal.flat()
-        self.bf16 = precision == "bf16-mixed"
+        self.x = Grid(signal.shape, signal.bounds).coords(torch.arange(n)).to(device)
+        self.y = signal.flat().to(device)
+        if batch is not None:  # random coordinates and targets of another batch size (throughput only)
+            self.x = torch.rand(batch, 2, device=device) * 2 - 1
+            self.y = torch.rand(batch, 1, device=device)
+        self.dtype = AUTOCAST[precision]
+        self.scaler = torch.amp.GradScaler(device) if precision == "16-mixed" else None
 
     def step(self) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            p = self.net(self.x)
+        with torch.autocast(self.device, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            p = self.fwd(self.x)
         loss = ((p.float() - self.y) ** 2).mean()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        if self.scaler is None:
+            loss.backward()
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+
+    def timed(self, steps: int, warmup: int = 3) -> list[float]:
+        for _ in range(warmup):
+            self.step()
+        ts = []
+        for _ in range(steps):
+            sync(self.device)
+            t = time.perf_counter()
+            self.step()
+            sync(self.device)
+            ts.append(time.perf_counter() - t)
+        return ts
 
     def psnr(self) -> float:
         with torch.no_grad():
             return psnr(self.net(self.x), self.y, 2.0)  # values in [-1, 1]
 
 
+DEVICE_OVERRIDES: list[str] = []  # ["trainer=gpu"] with --device cuda
+
+
 def nir_run(signal_path: str, overrides: list[str], steps: int, run_dir: Path, cb=()) -> dict:
     from tests.conftest import make_cfg
     from nir.train import train_field
 
-    ov = [f"data.path={signal_path}", f"trainer.max_steps={steps}",
+    ov = [*DEVICE_OVERRIDES, f"data.path={signal_path}", f"trainer.max_steps={steps}",
           "trainer.enable_progress_bar=false", "log.images=false", "check_finite_every=0", *overrides]
     _, m = train_field(make_cfg(ov), run_dir, callbacks=list(cb))
     return m
 
 
-def step_timer():
+def step_timer(device: str = "cpu"):
     import pytorch_lightning as pl
 
     class StepTimer(pl.Callback):
-        """Wall time between consecutive training-batch starts: the whole loop per step."""
+        """Wall time between consecutive training-batch starts: the whole loop per step (on a
+        GPU synchronised at each start, as the plain loop's timer is)."""
 
         def __init__(self) -> None:
             self.starts: list[float] = []
 
         def on_train_batch_start(self, *a, **k) -> None:
+            sync(device)
             self.starts.append(time.perf_counter())
 
         def step_times(self, skip: int = 3) -> list[float]:
@@ -164,8 +207,15 @@ def first_reach(points, level):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="report path (default docs/performance.md, or docs/performance-gpu.md with --device cuda)")
     args = ap.parse_args()
+    dev = args.device
+    gpu = dev == "cuda"
+    out_path = args.out or ROOT / "docs" / ("performance-gpu.md" if gpu else "performance.md")
+    if gpu:
+        DEVICE_OVERRIDES.append("trainer=gpu")
     tune_allocator()
     q = args.quick
     sig = cameraman256()
@@ -174,46 +224,70 @@ def main() -> None:
     lines: list[str] = []
     out = lines.append
     flops = siren_flops_per_point() * sig.numel
-    ceil32, ceil16 = matmul_ceiling(torch.float32), matmul_ceiling(torch.bfloat16)
+    ceil = {"32": matmul_ceiling(torch.float32, dev), "bf16-mixed": matmul_ceiling(torch.bfloat16, dev)}
+    precisions = ["32", "bf16-mixed"]
+    if gpu:
+        ceil["16-mixed"] = matmul_ceiling(torch.float16, dev)
+        precisions.append("16-mixed")
 
+    print('bench: 1. framework', time.strftime('%T'), flush=True)
     # 1. framework overhead: alternate plain and nir, same model / data / batch / optimizer
-    reps, steps = (2, 8) if q else (3, 25)
+    reps, steps = (2, 8) if q else ((3, 100) if gpu else (3, 25))
     plain_t, nir_t = [], []
     ref_overrides = ["model.hidden_dim=256", "model.num_layers=3", "optim.lr=1e-4", "optim.schedule=constant",
                      "batch_size=65536", "trainer.precision=32", "trainer.val_check_interval=100000"]
     for r in range(reps):
-        loop = PlainLoop(sig, 1e-4)
-        for _ in range(3):
-            loop.step()
-        for _ in range(steps):
-            t = time.perf_counter()
-            loop.step()
-            plain_t.append(time.perf_counter() - t)
-        timer = step_timer()
+        plain_t += PlainLoop(sig, 1e-4, device=dev).timed(steps)
+        timer = step_timer(dev)
         nir_run(path, ref_overrides, steps + 4, tmp / f"ovh{r}", [timer])
         nir_t += timer.step_times()
     ratio = statistics.median(nir_t) / statistics.median(plain_t)
 
-    # 2. efficiency and 3. precision: throughput and PSNR after the same steps
-    prec_steps = 30 if q else 300
-    res = {}
-    for prec in ["32", "bf16-mixed"]:
-        loop = PlainLoop(sig, 1e-4, prec)
-        ts = []
-        for _ in range(prec_steps):
-            t = time.perf_counter()
-            loop.step()
-            ts.append(time.perf_counter() - t)
+    print('bench: 2. efficiency', time.strftime('%T'), flush=True)
+    # 2. efficiency, 3. precision and 6. compile: throughput, and PSNR after the same steps (eager)
+    prec_steps = 30 if q else (1000 if gpu else 300)
+    comp_steps = 10 if q else (200 if gpu else 25)
+    res, comp = {}, {}
+    for prec in precisions:
+        loop = PlainLoop(sig, 1e-4, prec, device=dev)
+        ts = loop.timed(prec_steps, warmup=0)
         res[prec] = (ts[3:], loop.psnr())
-    t32, tbf = statistics.median(res["32"][0]), statistics.median(res["bf16-mixed"][0])
+        t0 = time.perf_counter()
+        c = PlainLoop(sig, 1e-4, prec, device=dev, compile=True)
+        c.step()
+        compile_s = time.perf_counter() - t0
+        comp[prec] = (c.timed(comp_steps), compile_s)
+    med = {p: statistics.median(res[p][0]) for p in precisions}
+    cmed = {p: statistics.median(comp[p][0]) for p in precisions}
 
+    print('bench: 6. torch.compile ins', time.strftime('%T'), flush=True)
+    # 6. torch.compile inside nir: compile=true against the same run eager, default precision
+    nir_comp = {}
+    n6 = 12 if q else (200 if gpu else 30)
+    for flag in ["false", "true"]:
+        timer = step_timer(dev)
+        t0 = time.perf_counter()
+        nir_run(path, ["trainer.val_check_interval=100000", f"compile={flag}"], n6 + 4, tmp / f"c{flag}", [timer])
+        nir_comp[flag] = (timer.step_times(), time.perf_counter() - t0)
+
+    print('bench: GPU only', time.strftime('%T'), flush=True)
+    # GPU only: throughput against batch size (random coordinates), bf16-mixed eager
+    scaling = []
+    if gpu:
+        for b in [65536, 262144, 1048576, 4194304]:
+            ts = PlainLoop(sig, 1e-4, "bf16-mixed", device=dev, batch=b).timed(10 if q else 50)
+            scaling.append((b, statistics.median(ts)))
+
+    print('bench: 5. time to quality', time.strftime('%T'), flush=True)
     # 5. time to quality: the SIREN notebook setup vs nir's default image setup
-    budget_ref, budget_nir = (20, 20) if q else (150, 150)
-    ref = PlainLoop(sig, 1e-4)
+    budget_ref, budget_nir = (20, 20) if q else ((30, 30) if gpu else (150, 150))
+    ref = PlainLoop(sig, 1e-4, device=dev)
     ref_points, t_train, step = [], 0.0, 0
     while t_train < budget_ref:
+        sync(dev)
         t = time.perf_counter()
         ref.step()
+        sync(dev)
         t_train += time.perf_counter() - t
         step += 1
         if step % 10 == 0:
@@ -221,40 +295,72 @@ def main() -> None:
             if ref_points[-1][2] >= 40:
                 break
     curve = psnr_curve(10)
-    nir_steps = 150 if q else 1000
+    nir_steps = 150 if q else (2000 if gpu else 1000)
     nir_run(path, ["trainer.val_check_interval=100000", f"trainer.max_steps={nir_steps}"], nir_steps, tmp / "ttq", [curve])
     r30, r40 = first_reach(ref_points, 30), first_reach(ref_points, 40)
     n30, n40 = first_reach(curve.points, 30), first_reach(curve.points, 40)
 
+    print('bench: report', time.strftime('%T'), flush=True)
     # report
-    out("# Performance")
+    if gpu:
+        p = torch.cuda.get_device_properties(0)
+        machine = f"{p.name} ({p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
+    else:
+        machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (CPU), "
+                   f"threads {torch.get_num_threads()}; glibc malloc tuned by nir (see troubleshooting.md)")
+    sps = lambda t, n=sig.numel: f"{n / t / 1e6:.2f} M samples/s"  # noqa: E731
+    out("# Performance" + (" on a GPU" if gpu else ""))
     out("")
     out("Generated by `scripts/bench.py` (do not edit by hand):")
     out("")
-    out("    .venv/bin/python scripts/bench.py" + (" --quick" if q else ""))
+    out("    .venv/bin/python scripts/bench.py" + (" --device cuda" if gpu else "") + (" --quick" if q else ""))
     out("")
-    out(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (CPU), "
-        f"threads {torch.get_num_threads()}; glibc malloc tuned by nir (see troubleshooting.md); {time.strftime('%Y-%m-%d')}.")
-    out("Workload: cameraman 256x256, SIREN 3x256 (198,657 parameters), Adam 1e-4, full batch of 65,536 pixels.")
-    out("Figures are min / median / max over the repeats of one run.")
+    out(f"Machine: {machine}; {time.strftime('%Y-%m-%d')}.")
+    out("Workload: cameraman 256x256, SIREN 3x256 (198,657 parameters), Adam 1e-4, full batch of 65,536 pixels "
+        f"({flops / 1e9:.1f} GFLOP per training step).")
+    out("Figures are min / median / max over the repeats of one run; ceilings are the best large square matmul "
+        f"({'8192' if gpu else '2048'}^3) in the same precision.")
     out("")
     out("| target | measured | verdict |")
     out("|---|---|---|")
     out(f"| 1. framework overhead: nir step / plain PyTorch step <= 1.05 | {ratio:.3f} (nir {fmt3(nir_t)} s, plain {fmt3(plain_t)} s; {reps} alternations of {steps} steps) | {'met' if ratio <= 1.05 else 'missed'} |")
-    eff = flops / t32 / 1e9 / ceil32
-    out(f"| 2. fp32 step GFLOP/s over fp32 matmul ceiling >= 60 % | {flops / t32 / 1e9:.0f} GFLOP/s of {ceil32:.0f} (2048^3 matmul): {100 * eff:.0f} % ({flops / 1e9:.1f} GFLOP per step) | {'met' if eff >= 0.6 else 'missed'} |")
-    speed = t32 / tbf
+    eff = flops / med["32"] / 1e9 / ceil["32"]
+    out(f"| 2. fp32 step GFLOP/s over fp32 matmul ceiling >= 60 % | {flops / med['32'] / 1e9:.0f} GFLOP/s of {ceil['32']:.0f}: {100 * eff:.0f} % eager; "
+        f"{100 * flops / cmed['32'] / 1e9 / ceil['32']:.0f} % compiled | {'met' if eff >= 0.6 else 'met with compile' if flops / cmed['32'] / 1e9 / ceil['32'] >= 0.6 else 'missed'} |")
+    speed, cspeed = med["32"] / med["bf16-mixed"], cmed["32"] / cmed["bf16-mixed"]
     dpsnr = res["bf16-mixed"][1] - res["32"][1]
-    out(f"| 3. bf16-mixed >= 2x fp32 throughput, PSNR within 0.5 dB after {prec_steps} steps | {speed:.2f}x (fp32 {fmt3(res['32'][0])} s, bf16 {fmt3(res['bf16-mixed'][0])} s); PSNR {res['32'][1]:.2f} vs {res['bf16-mixed'][1]:.2f} dB ({dpsnr:+.2f}); bf16 matmul ceiling {ceil16:.0f} GFLOP/s | {'met' if speed >= 2 and abs(dpsnr) <= 0.5 else 'missed' if speed < 2 else 'accuracy missed'} |")
+    v3 = "met" if max(speed, cspeed) >= 2 and abs(dpsnr) <= 0.5 else "missed" if max(speed, cspeed) < 2 else "accuracy missed"
+    out(f"| 3. bf16-mixed >= 2x fp32 throughput, PSNR within 0.5 dB after {prec_steps} steps | eager {speed:.2f}x, compiled {cspeed:.2f}x; "
+        f"PSNR {res['32'][1]:.2f} vs {res['bf16-mixed'][1]:.2f} dB ({dpsnr:+.2f}) | {v3} |")
     def tt(r):
         return "not reached" if r[0] is None else f"{r[0]:.1f} s (step {r[1]})"
     verdict5 = "met" if (r30[0] and n30[0] and n30[0] <= r30[0] / 4) else "missed"
     out(f"| 5. time to 30 dB <= 1/4 of the SIREN notebook setup | nir default: 30 dB {tt(n30)}, 40 dB {tt(n40)}; notebook setup (full batch, Adam 1e-4, fp32): 30 dB {tt(r30)}, 40 dB {tt(r40)} (budget {budget_ref} s) | {verdict5} |")
+    ce, cc = statistics.median(nir_comp["false"][0]), statistics.median(nir_comp["true"][0])
+    out(f"| 6. `compile=true` helps measurably | nir default setup: {ce * 1e3:.1f} ms/step eager, {cc * 1e3:.1f} ms/step compiled ({ce / cc:.2f}x); "
+        f"whole run of {n6 + 4} steps {nir_comp['false'][1]:.1f} s vs {nir_comp['true'][1]:.1f} s (compilation included) | {'helps' if ce / cc >= 1.1 else 'no gain'} |")
     out("")
-    out("nir's default image setup for target 5 is the CPU preset: random batches of 16,384 pixels, Adam 1e-3, "
+    out("Per precision, plain loop on the full-batch workload (eager PSNR after the same steps):")
+    out("")
+    out("| precision | eager step | eager throughput | of its matmul ceiling | compiled step | compiled throughput | of ceiling | compile time | PSNR |")
+    out("|---|---|---|---|---|---|---|---|---|")
+    for p in precisions:
+        out(f"| {p} | {fmt3(res[p][0], 1e3, 2)} ms | {sps(med[p])} | {100 * flops / med[p] / 1e9 / ceil[p]:.0f} % of {ceil[p]:.0f} GFLOP/s | "
+            f"{fmt3(comp[p][0], 1e3, 2)} ms | {sps(cmed[p])} | {100 * flops / cmed[p] / 1e9 / ceil[p]:.0f} % | {comp[p][1]:.1f} s | {res[p][1]:.2f} dB |")
+    if scaling:
+        out("")
+        out("Throughput against batch size (bf16-mixed, eager, random coordinates):")
+        out("")
+        out("| batch | step | throughput | of the bf16 ceiling |")
+        out("|---|---|---|---|")
+        for b, t in scaling:
+            f = siren_flops_per_point() * b
+            out(f"| {b:,} | {t * 1e3:.2f} ms | {sps(t, b)} | {100 * f / t / 1e9 / ceil['bf16-mixed']:.0f} % of {ceil['bf16-mixed']:.0f} GFLOP/s |")
+    out("")
+    out(f"nir's default image setup for targets 5 and 6 is the {'GPU' if gpu else 'CPU'} preset: random batches of 16,384 pixels, Adam 1e-3, "
         f"cosine schedule over {nir_steps} steps, precision auto (bf16-mixed here), SIREN's first layer and sines in fp32. "
         "Times count training only (the PSNR evaluations are paused out).")
-    args.out.write_text("\n".join(lines) + "\n")
+    out_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -206,3 +206,22 @@ def test_no_full_grid_coordinates_during_training(tmp_path, monkeypatch):
     numel = 300 * 451
     assert sizes and max(sizes) <= 65536 < numel
     assert sizes.count(4096) >= 3
+
+
+def test_compiled_training_matches_eager_and_saves_plain_weights(tiny_png, tmp_path):
+    """compile=true trains the same field as eager (same seed, same batches) and the saved field
+    carries no compiled state: its keys and its predictions are those of an eager network."""
+    from nir.field import load_field
+
+    base = tiny_overrides(tiny_png, steps=30) + ["trainer.val_check_interval=30"]
+    eager = train(make_cfg(base), tmp_path / "eager")
+    compiled = train(make_cfg(base + ["compile=true"]), tmp_path / "compiled")
+    assert compiled["psnr"] == pytest.approx(eager["psnr"], abs=0.2), (compiled["psnr"], eager["psnr"])
+    a, b = load_field(tmp_path / "eager" / "field.safetensors"), load_field(tmp_path / "compiled" / "field.safetensors")
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert not any("_orig_mod" in k for k in b.state_dict())
+
+
+def test_compile_flag_must_be_boolean(tiny_png, tmp_path):
+    with pytest.raises(NirError, match="compile must be true or false"):
+        train(make_cfg(tiny_overrides(tiny_png) + ["compile=yes"]), tmp_path)
