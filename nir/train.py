@@ -301,7 +301,7 @@ def train_field(
         "started_at": t_wall0,
         "finished_at": time.time(),
         "precision": precision,
-        "device": str(module.device),
+        "device": str(trainer.strategy.root_device),  # the module is back on the CPU after fit
         "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
     }
     if trainer.is_global_zero:
