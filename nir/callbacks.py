@@ -30,11 +30,11 @@ def _colormap(x: np.ndarray, name: str = "magma") -> np.ndarray:
 
 def _predict(pl_module: pl.LightningModule, idx: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Prediction and target (``(n, channels)`` numpy) at flat indices, fp32, no grad."""
-    y, _, grid, _ = pl_module.data()
+    grid = pl_module.data()[2]
     idx = idx.to(pl_module.device)
     with torch.no_grad():
         pred = pl_module.field(grid.coords(idx)).float().cpu().numpy()
-    return pred, y[idx].float().cpu().numpy()
+    return pred, pl_module.values_at(idx).float().cpu().numpy()
 
 
 def field_figure(pl_module: pl.LightningModule, max_side: int = 512):

@@ -38,8 +38,8 @@ def data_range(signal: Signal) -> float:
     vr = signal.meta.get("value_range")
     if vr is not None:
         return float(vr[1] - vr[0])
-    v = signal.values
-    return float(v.max() - v.min()) or 1.0
+    st = signal.summary()
+    return float(st["max"].max() - st["min"].min()) or 1.0
 
 
 def decade_edges(floor: float, top: float) -> list[float]:
@@ -160,10 +160,10 @@ class GridMetrics(nn.Module):
         self.psnr = PeakSignalNoiseRatio(data_range=self.range)
         self.long_tailed = signal.meta.get("kind") != "image"
         if self.long_tailed:
-            y = signal.flat()
-            self.floor = floor_from_data(y, 1e-7)
-            top = float(y.abs().max())
-            self.log_range = math.log10(top + self.floor) - math.log10(float(y.abs().min()) + self.floor)
+            st = signal.summary()
+            self.floor = floor_from_data(signal.fit_sample(), 1e-7)
+            top = float(st["absmax"])
+            self.log_range = math.log10(top + self.floor) - math.log10(float(st["absmin"]) + self.floor)
             self.psnr_log = PeakSignalNoiseRatio(data_range=self.log_range or 1.0)
             self.bins = MagnitudeBins(self.floor, top)
 

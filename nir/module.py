@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -74,14 +75,18 @@ class IndexSampler:
     full grid. Epoch
     ``e``'s permutation comes from a generator seeded with ``seed + e``, so the whole state is
     ``(epoch, pos)``: it goes into checkpoints and a resumed run draws the same batches as an
-    uninterrupted one.
+    uninterrupted one. Signals of more than ``PERMUTE_MAX`` samples draw batches uniformly with
+    replacement instead (every sample has the same expected count; memory stays O(batch)).
     """
+
+    PERMUTE_MAX = 1 << 24  # above this many samples, draws are with replacement (a permutation costs 8 bytes a sample)
 
     def __init__(self, n: int, batch_size: int, device: torch.device, seed: int = 0) -> None:
         self.n, self.batch, self.device, self.seed = n, min(batch_size, n), device, int(seed)
         self.full = batch_size >= n
-        self.epoch, self.pos = -1, n
-        self._perm = torch.arange(n, device=device)[:0] if not self.full else torch.arange(n, device=device)
+        self.replace = not self.full and n > self.PERMUTE_MAX
+        self.epoch, self.pos = -1, (0 if self.replace else n)
+        self._perm = torch.arange(n, device=device) if self.full else torch.arange(1, device=device)[:0]
 
     def _permutation(self, epoch: int) -> Tensor:
         gen = torch.Generator(device=self.device).manual_seed(self.seed + epoch)
@@ -90,6 +95,10 @@ class IndexSampler:
     def next(self) -> Tensor:
         if self.full:
             return self._perm
+        if self.replace:  # batch k from a generator seeded by (seed, k): resumable, O(batch) memory
+            gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.pos)
+            self.pos += 1
+            return torch.randint(0, self.n, (self.batch,), device=self.device, generator=gen)
         if self.pos + self.batch <= self.n:
             idx = self._perm[self.pos : self.pos + self.batch]
             self.pos += self.batch
@@ -105,8 +114,81 @@ class IndexSampler:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-        if not self.full and self.epoch >= 0:
+        if not self.full and not self.replace and self.epoch >= 0:
             self._perm = self._permutation(self.epoch)
+
+
+class BlockCache:
+    """Training batches from a memory-mapped signal larger than the cache, with bounded memory.
+
+    The signal is cut into blocks of ``block_rows`` contiguous flat samples (slabs of a volume).
+    The cache holds ``slots`` blocks of training targets on the device; each step replaces the
+    oldest ``per_step`` blocks with the next ones of an epoch-seeded block permutation (read
+    from the file, transformed, copied in), and draws the batch uniformly from the cached
+    samples. Every block stays in the cache for the same number of steps, so every sample has
+    the same expected number of draws (draws are uniform over the cached samples); reading ``per_step * block_rows >= batch`` samples a step
+    moves through the data at least as fast as training consumes it. State: ``(epoch, pos)``;
+    a resumed run refills the cache from that position (its batches differ from an
+    uninterrupted run's, its coverage does not).
+    """
+
+    def __init__(self, signal: Signal, prepare: Callable[[Tensor], Tensor], cache_bytes: int,
+                 batch_size: int, device: torch.device, seed: int = 0, block_rows: int = 1 << 16) -> None:
+        self.signal, self.prepare, self.device, self.seed = signal, prepare, device, int(seed)
+        c = signal.channels
+        row_bytes = 4 * c
+        self.block = int(min(block_rows, max(1, cache_bytes // (8 * row_bytes))))  # at least 8 slots
+        self.n_blocks = -(-signal.numel // self.block)
+        self.slots = int(max(1, min(self.n_blocks, cache_bytes // (self.block * row_bytes))))
+        self.per_step = min(self.slots, -(-batch_size // self.block))
+        self.batch = batch_size
+        self.values = torch.zeros(self.slots, self.block, c, device=device)
+        self.start = torch.zeros(self.slots, dtype=torch.long, device=device)
+        self.length = torch.ones(self.slots, dtype=torch.long, device=device)
+        self.gen = torch.Generator(device=device).manual_seed(self.seed)
+        self.epoch, self.pos, self.next_slot = 0, 0, 0
+        self._order = self._permutation(0)
+        self.filled = False
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng(self.seed + epoch).permutation(self.n_blocks)
+
+    def _load(self, slot: int) -> None:
+        if self.pos >= self.n_blocks:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        b = int(self._order[self.pos])
+        self.pos += 1
+        lo, hi = b * self.block, min((b + 1) * self.block, self.signal.numel)
+        with torch.no_grad():
+            v = self.prepare(self.signal.read(lo, hi).to(self.device, non_blocking=True))
+        self.values[slot, : hi - lo] = v
+        self.start[slot], self.length[slot] = lo, hi - lo
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        """``(flat indices, targets)`` of one batch."""
+        if not self.filled:
+            for s in range(self.slots):
+                self._load(s)
+            self.filled = True
+        else:
+            for _ in range(self.per_step):
+                self._load(self.next_slot)
+                self.next_slot = (self.next_slot + 1) % self.slots
+        # uniform over the cached samples (a slot holding a short last block gets its share only)
+        end = torch.cumsum(self.length, 0)
+        u = (torch.rand(self.batch, device=self.device, generator=self.gen, dtype=torch.float64) * end[-1]).long()
+        slot = torch.searchsorted(end, u, right=True)
+        off = u - (end[slot] - self.length[slot])
+        return self.start[slot] + off, self.values[slot, off]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._order = self._permutation(self.epoch)
+        self.filled = False
 
 
 def cosine_with_warmup(total: int, warmup: int, floor: float) -> Callable[[int], float]:
@@ -135,6 +217,9 @@ class FieldModule(pl.LightningModule):
         compile: run the training forward through ``torch.compile`` (fuses SIREN's scale, bias and
             sine into the matmul epilogues; see docs/performance.md). Validation, evaluation and
             the saved field stay eager, so a loaded field never carries compiled state.
+        cache_mb: memory for the training values (the signal, plus its transformed copy unless
+            the transform is the identity). A memory-mapped ``.npy`` that needs more streams
+            through a :class:`BlockCache` of this size instead of being held whole.
     """
 
     def __init__(
@@ -150,6 +235,7 @@ class FieldModule(pl.LightningModule):
         max_steps: int = 1000,
         betas: tuple[float, float] = (0.9, 0.999),
         compile: bool = False,
+        cache_mb: float = 4096,
     ) -> None:
         super().__init__()
         self.field = field
@@ -173,6 +259,7 @@ class FieldModule(pl.LightningModule):
         self._compiled: dict[str, Callable[[Tensor], Tensor]] = {}
         self._step_loss = torch.zeros(())
         self.compile_network = bool(compile)
+        self.cache_bytes = int(cache_mb * 2**20)
 
     def train_network(self) -> Callable[[Tensor], Tensor]:
         """The network as the training step calls it: compiled once when ``compile`` is on."""
@@ -183,29 +270,65 @@ class FieldModule(pl.LightningModule):
         return self._compiled["net"]
 
     # -- data on the device ------------------------------------------------------------------
-    def data(self) -> tuple[Tensor, Tensor, Grid, IndexSampler]:
-        """Signal values (signal units and transformed) on this module's device, moved once."""
+    def streaming(self) -> bool:
+        """True when the signal is memory-mapped and its training values exceed the cache."""
+        from nir.transforms import Identity
+
+        copies = 1 if isinstance(self.field.transform, Identity) else 2
+        return self.signal.source is not None and copies * self.signal.nbytes > self.cache_bytes
+
+    def data(self) -> tuple[Tensor | None, Tensor | None, Grid, IndexSampler | BlockCache]:
+        """Signal values (signal units and transformed) on this module's device, moved once;
+        ``(None, None, grid, BlockCache)`` when the signal streams (see ``cache_mb``)."""
+        from nir.transforms import Identity
+
         dev = self.device
         if self._device_data is None or self._device_data[0] != dev:
-            y = self.signal.flat().to(dev)
-            with torch.no_grad():
-                t = self.field.transform(y).float()
             grid = Grid(self.signal.shape, self.signal.bounds).to(dev)
             # each DDP rank draws its own batches (same seed on every rank would repeat one batch)
             seed = self.sampler_seed + 1_000_003 * self.global_rank
-            sampler = IndexSampler(self.signal.numel, self.batch_size, dev, seed=seed)
+            y = t = None
+            sampler: IndexSampler | BlockCache
+            if self.streaming():
+                signal_space = self.loss_fn.space == "signal"
+                prepare = (lambda v: v.float()) if signal_space else (lambda v: self.field.transform(v).float())
+                sampler = BlockCache(self.signal, prepare, self.cache_bytes, self.batch_size, dev, seed=seed)
+            else:
+                y = self.signal.flat().to(dev)
+                t = y
+                if not isinstance(self.field.transform, Identity):
+                    t = torch.empty(y.shape, device=dev)
+                    with torch.no_grad():  # in chunks: the transform's temporaries stay chunk-sized
+                        for a in range(0, self.signal.numel, 1 << 20):
+                            t[a : a + (1 << 20)] = self.field.transform(y[a : a + (1 << 20)]).float()
+                if self.signal.source is not None:
+                    self.signal.source.release()  # pages of the map come back as training touches them
+                sampler = IndexSampler(self.signal.numel, self.batch_size, dev, seed=seed)
             if self._sampler_state is not None:
                 sampler.load_state_dict(self._sampler_state)
             self._device_data = (dev, y, t, grid, sampler)
         return self._device_data[1:]
 
+    def values_at(self, idx: Tensor) -> Tensor:
+        """Signal values (signal units) at flat indices, on this module's device."""
+        y = self.data()[0]
+        return y[idx] if y is not None else self.signal.gather(idx).to(self.device)
+
+    def values_range(self, start: int, stop: int) -> Tensor:
+        """Signal values (signal units) of flat rows ``[start, stop)``, on this module's device."""
+        y = self.data()[0]
+        return y[start:stop] if y is not None else self.signal.read(start, stop).to(self.device)
+
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         y, t, grid, sampler = self.data()
-        idx = sampler.next()
+        if isinstance(sampler, BlockCache):
+            idx, target = sampler.next()
+        else:
+            idx = sampler.next()
+            target = (y if self.loss_fn.space == "signal" else t)
+            target = target if sampler.full else target[idx]  # full batch: the values as they are, no gather copy
         out = self.train_network()(grid.coords(idx))
-        target = (y if self.loss_fn.space == "signal" else t)
-        target = target if sampler.full else target[idx]  # full batch: the values as they are, no gather copy
         if self.loss_fn.space == "signal":
             out = self.field.transform.inverse(out)
         loss = self.loss_fn(out, target)
@@ -260,11 +383,11 @@ class FieldModule(pl.LightningModule):
 
     # -- validation on the whole grid ----------------------------------------------------------
     def validation_step(self, batch: tuple[int, int], batch_idx: int) -> None:
-        y, _, grid, _ = self.data()
+        grid = self.data()[2]
         start, stop = (int(v) for v in batch)
         idx = torch.arange(start, stop, device=self.device)
         pred = self.field(grid.coords(idx))
-        self.val_metrics.update(pred, y[start:stop])
+        self.val_metrics.update(pred, self.values_range(start, stop))
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self.val_metrics.compute().items():
@@ -280,7 +403,7 @@ class FieldModule(pl.LightningModule):
         """Metrics of the field on the whole grid, in fp32 (outside autocast), as a user loading
         the field would see them. Same code as validation, without Lightning's loop; under DDP
         every rank evaluates its share of chunks and the metric states are merged."""
-        y, _, grid, _ = self.data()
+        grid = self.data()[2]
         metrics = GridMetrics(self.signal).to(self.device)
         was_training = self.training
         self.eval()
@@ -288,7 +411,7 @@ class FieldModule(pl.LightningModule):
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
         for start, stop in chunk_ranges(self.signal.numel, chunk, rank, world):
             idx = torch.arange(start, stop, device=self.device)
-            metrics.update(self.field(grid.coords(idx)), y[idx])
+            metrics.update(self.field(grid.coords(idx)), self.values_range(start, stop))
         self.train(was_training)
         out: dict[str, Any] = {k: float(v) for k, v in metrics.compute().items()}
         if metrics.long_tailed:

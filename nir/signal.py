@@ -13,6 +13,7 @@ Flat indices are row-major (C order), as ``numpy.ravel_multi_index``.
 
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from nir.errors import NirError, require
 
+FIT_SAMPLE = 1 << 22  # samples that data statistics are fitted on (see Signal.fit_sample)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -43,6 +45,8 @@ class Signal:
     bounds: tuple[tuple[float, float], ...]
     name: str = "signal"
     meta: dict = field(default_factory=dict)
+    source: "MappedFile | None" = field(default=None, repr=False, compare=False)
+    _summary: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         require(self.values.ndim >= 2, f"signal {self.name!r}: values need a grid axis and a channel axis")
@@ -74,6 +78,109 @@ class Signal:
     def flat(self) -> Tensor:
         """Values as ``(numel, channels)``, a view."""
         return self.values.reshape(self.numel, self.channels)
+
+    # -- bounded-memory access: every whole-signal pass goes through these ------------------
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.channels * self.values.element_size()
+
+    def read(self, start: int, stop: int) -> Tensor:
+        """Flat rows ``[start, stop)`` as ``(stop - start, channels)``. For a memory-mapped file
+        a copy, and the mapping's pages are released, so resident memory stays bounded."""
+        rows = self.flat()[start:stop]
+        if self.source is None:
+            return rows
+        out = rows.clone()
+        c = self.channels
+        self.source.release(start * c, stop * c)
+        return out
+
+    def gather(self, idx: Tensor) -> Tensor:
+        """Rows at flat indices ``idx`` (any order), as :meth:`read` does for ranges."""
+        rows = self.flat()[idx.cpu()]  # advanced indexing copies
+        if self.source is not None:
+            self.source.release()
+        return rows
+
+    def chunks(self, rows: int = 1 << 20):
+        """``(start, stop, values)`` over the whole signal in flat order, ``rows`` at a time."""
+        for start in range(0, self.numel, rows):
+            stop = min(start + rows, self.numel)
+            yield start, stop, self.read(start, stop)
+
+    def summary(self) -> dict[str, Tensor]:
+        """Exact per-channel ``min``/``max`` and whole-signal ``absmin``/``absmax`` (cached), in
+        one pass of reductions over views of the values, with no chunk-sized copies (which
+        fragment the heap). NaN propagates into min/max and Inf shows in them, so a finite
+        summary means finite values."""
+        if self._summary is None:
+            flat = self.flat()
+            lo, hi, alo = [], [], []
+            for start in range(0, self.numel, 1 << 20):
+                view = flat[start : start + (1 << 20)]
+                lo.append(view.amin(0))
+                hi.append(view.amax(0))
+                alo.append(torch.linalg.vector_norm(view, ord=float("-inf")))  # min |v|, abs fused in the reduction
+                if self.source is not None:
+                    self.source.release(start * self.channels, (start + (1 << 20)) * self.channels)
+            mn, mx = torch.stack(lo).amin(0), torch.stack(hi).amax(0)
+            self._summary = {"min": mn, "max": mx, "absmin": torch.stack(alo).min(),
+                             "absmax": torch.maximum(mn.abs(), mx.abs()).max()}
+        return self._summary
+
+    def count_nonfinite(self) -> int:
+        st = self.summary()
+        if bool(torch.isfinite(st["min"]).all() and torch.isfinite(st["max"]).all()):
+            return 0
+        return sum(int((~torch.isfinite(v)).sum()) for _, _, v in self.chunks())
+
+    def fit_sample(self, n: int = FIT_SAMPLE, blocks: int = 256, seed: int = 0) -> Tensor:
+        """Values to fit data statistics on (transform and loss floors, metric floor):
+        ``(m, channels)``. The whole signal (a view) up to ``n`` samples; beyond, ``blocks``
+        contiguous runs at seeded random places, ``n`` samples in all, plus one row of the
+        exact per-channel minima and one of the maxima, so ranges stay exact."""
+        if self.numel <= n:
+            return self.flat()
+        run = max(1, n // blocks)
+        rng = np.random.default_rng(seed)
+        starts = np.sort(rng.choice(self.numel - run + 1, size=blocks, replace=False))
+        parts = [self.read(int(s), int(s) + run) for s in starts]
+        st = self.summary()
+        return torch.cat(parts + [st["min"][None], st["max"][None]])
+
+
+class MappedFile:
+    """A read-only memory map of a ``.npy`` file's data, owned so that nir can release its
+    resident pages after each chunk (``madvise(MADV_DONTNEED)``: the pages stay in the page
+    cache, the process stops holding them)."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, fortran, dtype = (
+                np.lib.format.read_array_header_1_0(f) if version == (1, 0) else np.lib.format.read_array_header_2_0(f)
+            )
+            self.offset = f.tell()
+            self.shape, self.fortran, self.dtype = tuple(shape), bool(fortran), np.dtype(dtype)
+            count = int(np.prod(self.shape))
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if count else None
+        self.array = np.frombuffer(self._mm, self.dtype, count, self.offset).reshape(self.shape, order="F" if self.fortran else "C") if count else np.empty(self.shape, self.dtype)
+
+    @property
+    def streamable(self) -> bool:
+        """float32 in C order: flat rows are contiguous float32 in the file."""
+        return self.dtype == np.dtype("<f4") and not self.fortran
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        """Drop the resident pages of flat elements ``[start, stop)`` (default: all)."""
+        if self._mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        size = self.dtype.itemsize
+        lo = self.offset + start * size
+        hi = len(self._mm) if stop is None else min(len(self._mm), self.offset + stop * size)
+        lo -= lo % mmap.PAGESIZE
+        if hi > lo:
+            self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def default_bounds(ndim: int, bounds: Sequence | None) -> tuple[tuple[float, float], ...]:
@@ -235,8 +342,13 @@ def read_array(
     p = _check_file(path, "array", ARRAY_EXTENSIONS)
     name = str(p)
     try:
+        mapped = None
         if p.suffix.lower() == ".npy":
-            arr = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+            if mmap:
+                mapped = MappedFile(p)
+                arr = mapped.array
+            else:
+                arr = np.load(p, allow_pickle=False)
         else:
             with np.load(p, allow_pickle=False) as z:
                 names = list(z.files)
@@ -269,16 +381,18 @@ def read_array(
     values = np.asarray(arr, dtype=np.float32)
     if channel_axis is None:
         values = values[..., None]
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = int((~finite).sum())
-        raise NirError(f"data.path {name!r} contains {bad} NaN or Inf values; fill or mask them before fitting")
+    # still the file's memory (float32, C order, channels last): stream it, never copy it whole
+    source = mapped if mapped is not None and values.flags.c_contiguous and np.may_share_memory(values, mapped.array) else None
     with warnings.catch_warnings():  # a read-only memory map: nir never writes into signal values
         warnings.simplefilter("ignore", UserWarning)
-        tensor = torch.from_numpy(np.ascontiguousarray(values))
-    return Signal(
+        tensor = torch.from_numpy(values if source is not None else np.ascontiguousarray(values))
+    sig = Signal(
         values=tensor,
         bounds=default_bounds(grid_ndim, bounds),
         name=p.stem,
         meta={"kind": "array", "path": name},
+        source=source,
     )
+    bad = sig.count_nonfinite()
+    require(bad == 0, f"data.path {name!r} contains {bad} NaN or Inf values; fill or mask them before fitting")
+    return sig

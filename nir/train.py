@@ -40,6 +40,16 @@ def tune_allocator() -> bool:
         return False
 
 
+def release_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``): after the one-off data
+    passes and fits, whose temporaries :func:`tune_allocator` would otherwise keep resident."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def resolve_precision(precision: Any, accelerator: str) -> str:
     """``"auto"``: ``bf16-mixed`` where the hardware has native bf16 (CUDA with bf16, or a CPU
     with AMX / AVX512-BF16, where oneDNN runs bf16 matmuls natively), else ``"32"``.
@@ -151,6 +161,7 @@ def check_config(cfg: DictConfig) -> None:
     positive_int("trainer.max_steps", cfg.trainer.max_steps)
     positive_float("optim.lr", cfg.optim.lr)
     require(cfg.optim.schedule in ("cosine", "constant"), f"optim.schedule must be 'cosine' or 'constant', got {cfg.optim.schedule!r}")
+    positive_float("cache_mb", cfg.cache_mb)
     require(isinstance(cfg.compile, bool), f"compile must be true or false, got {cfg.compile!r}")
     vci = cfg.trainer.get("val_check_interval")
     if vci is not None:
@@ -195,7 +206,8 @@ def train_field(
     _seed_all(int(cfg.seed))
 
     signal = _build(cfg.data, "data")
-    vmin, vmax = float(signal.values.min()), float(signal.values.max())
+    st = signal.summary()
+    vmin, vmax = float(st["min"].min()), float(st["max"].max())
     require(vmax > vmin, f"data {signal.name!r} is constant (every value is {vmin:g}); there is nothing to fit")
     if int(cfg.batch_size) > signal.numel:
         log.info("batch_size %d is larger than the signal (%d samples): using full batches of %d",
@@ -204,7 +216,8 @@ def train_field(
     model_kwargs.update(in_dim=signal.ndim, out_dim=signal.channels)
     network = _build(cfg.model, "model", in_dim=signal.ndim, out_dim=signal.channels)
     transform_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.transform, resolve=True).items() if k != "_target_"}
-    transform = _build(cfg.transform, "transform").fit(signal.flat())
+    fit_values = signal.fit_sample()  # the whole signal, or a bounded sample of a large one
+    transform = _build(cfg.transform, "transform").fit(fit_values)
     spec = {
         "network": component_spec(network, model_kwargs),
         "transform": component_spec(transform, transform_kwargs),
@@ -214,7 +227,9 @@ def train_field(
         "meta": {"signal": signal.name, **signal.meta},
     }
     field = Field(network, transform, spec)
-    loss = _build(cfg.loss, "loss").fit(signal.flat())
+    loss = _build(cfg.loss, "loss").fit(fit_values)
+    del fit_values
+    release_heap()
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["precision"] = precision = resolve_precision(trainer_kwargs.get("precision", "32"), trainer_kwargs.get("accelerator", "auto"))
     check_setup(loss, transform, precision)
@@ -235,7 +250,7 @@ def train_field(
         field, loss, signal,
         batch_size=int(cfg.batch_size), lr=float(cfg.optim.lr), schedule=cfg.optim.schedule,
         warmup_steps=int(cfg.optim.warmup_steps), min_lr_ratio=float(cfg.optim.min_lr_ratio),
-        max_steps=max_steps, compile=bool(cfg.compile),
+        max_steps=max_steps, compile=bool(cfg.compile), cache_mb=float(cfg.cache_mb),
     )
     module.sampler_seed = int(cfg.seed)
     datamodule = FieldDataModule(signal)

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Peak resident memory of training on a memory-mapped 3-D float32 volume (issue target 4).
+
+Writes an n^3 float32 .npy (log-normal values, slab by slab, never whole in memory), then, in
+this process, resets the kernel's peak-RSS counter (/proc/self/clear_refs) once the imports
+are done, trains a small SIREN for a few steps (final full-grid evaluation included) and
+reports the peak resident set above that baseline, against the array's size. Prints one JSON line.
+
+    .venv/bin/python scripts/bench_memory.py --n 512 --cache-mb 4096   # the array fits the cache: held (page cache mapped)
+    .venv/bin/python scripts/bench_memory.py --n 512 --cache-mb 256    # larger than the cache: streamed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def status_kb(key: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def write_volume(path: Path, n: int, seed: int = 0) -> None:
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, n, n))
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        out[i] = rng.lognormal(-4.0, 2.0, size=(n, n)).astype(np.float32)
+    out.flush()
+    del out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--cache-mb", type=float, default=4096)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--loss", default="log_mse")
+    ap.add_argument("--dir", type=Path, default=None, help="where the volume is written (default: a temp dir)")
+    args = ap.parse_args(argv)
+    from tests.conftest import make_cfg
+    from nir.train import train_field
+    import pytorch_lightning  # noqa: F401  (imported before the baseline)
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="nir_mem_"))
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"volume{args.n}.npy"
+    write_volume(path, args.n)
+    size_mb = path.stat().st_size / 2**20
+    ov = ["data=array", f"data.path={path}", f"loss={args.loss}", f"cache_mb={args.cache_mb}",
+          f"model.hidden_dim={args.hidden}", "model.num_layers=1", f"trainer.max_steps={args.steps}",
+          f"trainer.val_check_interval={10 * args.steps}", "trainer.enable_progress_bar=false",
+          "log.images=false", "trainer.precision=32", "check_finite_every=0"]
+    cfg = make_cfg(ov)
+    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+    base = status_kb("VmRSS") / 1024
+    t = time.perf_counter()
+    _, m = train_field(cfg, work / "run")
+    peak = status_kb("VmHWM") / 1024
+    res = {"n": args.n, "array_mb": round(size_mb, 1), "cache_mb": args.cache_mb, "loss": args.loss,
+           "baseline_rss_mb": round(base, 1), "peak_rss_mb": round(peak, 1),
+           "peak_above_baseline_mb": round(peak - base, 1), "steps": m["steps"], "psnr": round(m["psnr"], 2),
+           "seconds": round(time.perf_counter() - t, 1)}
+    print(json.dumps(res), flush=True)
+    path.unlink()
+    return res
+
+
+if __name__ == "__main__":
+    main()

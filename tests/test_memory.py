@@ -1,0 +1,131 @@
+"""Bounded memory: memory-mapped arrays, exact statistics in chunks, and the block cache that
+streams a signal larger than ``cache_mb`` (issue: performance, target 4)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nir.module import BlockCache
+from nir.signal import read_array
+from nir.train import train
+from tests.conftest import ROOT, make_cfg
+
+
+def _save(tmp_path: Path, arr: np.ndarray, name: str = "a.npy") -> Path:
+    p = tmp_path / name
+    np.save(p, arr)
+    return p
+
+
+def test_float32_c_order_npy_is_mapped_not_copied(tmp_path):
+    a = np.random.default_rng(0).random((8, 9, 10)).astype(np.float32)
+    s = read_array(str(_save(tmp_path, a)))
+    assert s.source is not None and s.source.streamable
+    assert np.shares_memory(s.values.numpy(), s.source.array)
+    np.testing.assert_array_equal(s.values[..., 0].numpy(), a)
+    # other layouts are read into memory (converted), with the same values
+    for arr, kw in [(a.astype(np.float64), {}), (np.asfortranarray(a), {}), (np.stack([a, a]), {"channel_axis": 0})]:
+        s2 = read_array(str(_save(tmp_path, arr, "b.npy")), **kw)
+        assert s2.source is None
+        np.testing.assert_allclose(s2.values[..., 0].numpy(), a, rtol=1e-6)
+
+
+def test_summary_is_exact_and_fit_sample_is_bounded(tmp_path):
+    rng = np.random.default_rng(1)
+    a = rng.lognormal(-4, 2, size=50_000).astype(np.float32)
+    a[123] = -3.5
+    s = read_array(str(_save(tmp_path, a)))
+    st = s.summary()
+    assert float(st["min"]) == a.min() and float(st["max"]) == a.max()
+    assert float(st["absmin"]) == np.abs(a).min() and float(st["absmax"]) == np.abs(a).max()
+    assert s.fit_sample().shape == (50_000, 1)  # small signals: all of it
+    sample = s.fit_sample(n=4096, blocks=16)
+    assert sample.shape == (4096 + 2, 1)
+    assert float(sample.min()) == a.min() and float(sample.max()) == a.max()  # ranges stay exact
+    assert set(sample[:-2, 0].tolist()) <= set(a.tolist())
+
+
+def test_block_cache_pairs_indices_with_values_and_covers_uniformly(tmp_path):
+    n = 10_007  # prime: the last block is short
+    a = np.arange(n, dtype=np.float32)
+    s = read_array(str(_save(tmp_path, a)))
+    cache = BlockCache(s, lambda v: 2 * v, cache_bytes=4 * 1200, batch_size=256, device=torch.device("cpu"),
+                       block_rows=300)
+    assert cache.slots < cache.n_blocks  # the cache holds a part of the signal only
+    counts = torch.zeros(n)
+    for _ in range(2000):
+        idx, target = cache.next()
+        torch.testing.assert_close(target[:, 0], 2 * idx.float())  # each target is its index's value
+        counts += torch.bincount(idx, minlength=n)
+    assert (counts > 0).all()  # every sample drawn
+    per_block = torch.stack([counts[i : i + 300].mean() for i in range(0, n - 300, 300)])
+    assert float(per_block.std() / per_block.mean()) < 0.1, per_block
+    assert float(counts[-(n % 300):].mean() / counts.mean()) == pytest.approx(1.0, abs=0.25)  # the short block too
+
+
+def test_streaming_training_fits_like_in_memory(tmp_path):
+    rng = np.random.default_rng(2)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, 24)] * 3, indexing="ij")
+    vol = (np.exp(-8 * (x**2 + y**2 + z**2)) * 100 + 0.01 * rng.random((24,) * 3)).astype(np.float32)
+    p = _save(tmp_path, vol)
+    base = [f"data.path={p}", "data=array", "loss=log_mse", "model.hidden_dim=32", "model.num_layers=1",
+            "trainer.max_steps=150", "trainer.val_check_interval=150", "trainer.enable_progress_bar=false",
+            "log.images=false", "batch_size=2048", "trainer.precision=32"]
+    held = train(make_cfg(base), tmp_path / "held")
+    streamed = train(make_cfg(base + ["cache_mb=0.02"]), tmp_path / "streamed")  # 21 KB < 2 x 55 KB
+    assert streamed["psnr"] > held["psnr"] - 3.0, (streamed["psnr"], held["psnr"])
+    assert streamed["worst_decade_median"] < 2 * held["worst_decade_median"] + 0.02
+
+
+def test_streaming_module_never_holds_the_signal(tmp_path):
+    from nir.fields import Siren
+    from nir.field import Field
+    from nir.losses import MSE
+    from nir.module import FieldModule
+    from nir.transforms import Identity
+
+    s = read_array(str(_save(tmp_path, np.random.default_rng(3).random(40_000).astype(np.float32))))
+    field = Field(Siren(1, 1, 8, 1), Identity(), {"bounds": [[-1.0, 1.0]]})
+    module = FieldModule(field, MSE(), s, batch_size=512, lr=1e-3, cache_mb=0.05)
+    assert module.streaming()
+    y, t, _, sampler = module.data()
+    assert y is None and t is None and isinstance(sampler, BlockCache)
+    assert sampler.values.numel() * 4 <= 0.05 * 2**20
+
+
+def _peak(n: int, cache_mb: float, tmp: Path) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_memory.py"), "--n", str(n), "--cache-mb", str(cache_mb),
+                          "--steps", "10", "--dir", str(tmp)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_resident_memory_stays_bounded_when_the_array_exceeds_the_cache(tmp_path):
+    """Peak RSS above the post-import baseline, for a 216 MB volume streamed through a 16 MB cache
+    against an 8 MB volume held whole: the difference is the cache and noise, not the array."""
+    small, large = _peak(128, 16, tmp_path), _peak(384, 16, tmp_path)
+    assert large["array_mb"] > 200
+    assert large["peak_above_baseline_mb"] - small["peak_above_baseline_mb"] < 64, (small, large)
+
+
+def test_large_signals_draw_with_replacement_uniformly_and_resumably(monkeypatch):
+    from nir.module import IndexSampler
+
+    monkeypatch.setattr(IndexSampler, "PERMUTE_MAX", 1000)
+    s = IndexSampler(5000, 250, torch.device("cpu"), seed=4)
+    assert s.replace and s._perm.numel() == 0  # no permutation of the signal's size
+    counts = torch.zeros(5000)
+    batches = [s.next() for _ in range(400)]
+    for b in batches:
+        counts += torch.bincount(b, minlength=5000)
+    assert counts.mean() == 20 and float(counts.std()) < 1.5 * 20**0.5  # binomial spread: uniform draws
+    r = IndexSampler(5000, 250, torch.device("cpu"), seed=4)
+    r.load_state_dict({"epoch": -1, "pos": 123})
+    torch.testing.assert_close(r.next(), batches[123])
