@@ -125,9 +125,10 @@ class BlockCache:
     The cache holds ``slots`` blocks of training targets on the device; each step replaces the
     oldest ``per_step`` blocks with the next ones of an epoch-seeded block permutation (read
     from the file, transformed, copied in), and draws the batch uniformly from the cached
-    samples. Every block stays in the cache for the same number of steps, so every sample has
-    the same expected number of draws (draws are uniform over the cached samples); reading ``per_step * block_rows >= batch`` samples a step
-    moves through the data at least as fast as training consumes it. State: ``(epoch, pos)``;
+    samples. Every block stays in the cache for the same number of steps and draws are uniform
+    over the cached samples, so every sample has the same expected number of draws; reading
+    ``per_step * block_rows >= batch`` samples a step moves through the data at least as fast
+    as training consumes it. State: ``(epoch, pos)``;
     a resumed run refills the cache from that position (its batches differ from an
     uninterrupted run's, its coverage does not).
     """

@@ -146,6 +146,44 @@ class PlainLoop:
             return psnr(self.net(self.x), self.y, 2.0)  # values in [-1, 1]
 
 
+def graphed_step_time(signal: Signal, precision: str, steps: int = 200) -> float:
+    """GPU only: the plain loop's whole step (forward, backward, Adam) captured once in a CUDA
+    graph and replayed, i.e. the step without the host. Seconds per step."""
+    torch.manual_seed(0)
+    dev = "cuda"
+    net = Siren(2, 1, 256, 3).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, capturable=True)
+    x = Grid(signal.shape, signal.bounds).coords(torch.arange(signal.numel)).to(dev)
+    y = signal.flat().to(dev)
+    dtype = AUTOCAST[precision]
+
+    def step() -> None:
+        with torch.autocast(dev, dtype=dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=False):
+            p = net(x)
+        ((p.float() - y) ** 2).mean().backward()
+        opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up on a side stream, as graph capture requires
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)  # backward in the capture then writes fresh gradients on each replay
+    with torch.cuda.graph(graph):
+        step()
+    for _ in range(5):
+        graph.replay()
+    sync(dev)
+    t = time.perf_counter()
+    for _ in range(steps):
+        graph.replay()
+    sync(dev)
+    return (time.perf_counter() - t) / steps
+
+
 DEVICE_OVERRIDES: list[str] = []  # ["trainer=gpu"] with --device cuda
 
 
@@ -293,6 +331,14 @@ def main() -> None:
             scaling.append((b, statistics.median(ts)))
 
     print('bench: 5. time to quality', time.strftime('%T'), flush=True)
+    graphed = {}
+    if gpu:
+        for prec in ["32", "bf16-mixed"]:
+            try:
+                graphed[prec] = f"{graphed_step_time(sig, prec) * 1e3:.2f} ms"
+            except Exception as e:  # noqa: BLE001 - reported, not fatal: the other figures stand
+                graphed[prec] = f"failed ({type(e).__name__}: {str(e)[:80]})"
+
     # 5. time to quality: the SIREN notebook setup vs nir's default image setup
     budget_ref, budget_nir = (20, 20) if q else ((30, 30) if gpu else (150, 150))
     ref = PlainLoop(sig, 1e-4, device=dev)
@@ -343,7 +389,7 @@ def main() -> None:
         f"{100 * flops / cmed['32'] / 1e9 / ceil['32']:.0f} % compiled | {'met' if eff >= 0.6 else 'met with compile' if flops / cmed['32'] / 1e9 / ceil['32'] >= 0.6 else 'missed'} |")
     speed, cspeed = med["32"] / med["bf16-mixed"], cmed["32"] / cmed["bf16-mixed"]
     dpsnr = res["bf16-mixed"][1] - res["32"][1]
-    v3 = "met" if max(speed, cspeed) >= 2 and abs(dpsnr) <= 0.5 else "missed" if max(speed, cspeed) < 2 else "accuracy missed"
+    v3 = ("accuracy missed" if abs(dpsnr) > 0.5 else "met" if speed >= 2 else "met with compile" if cspeed >= 2 else "missed")
     out(f"| 3. bf16-mixed >= 2x fp32 throughput, PSNR within 0.5 dB after {prec_steps} steps | eager {speed:.2f}x, compiled {cspeed:.2f}x; "
         f"PSNR {res['32'][1]:.2f} vs {res['bf16-mixed'][1]:.2f} dB ({dpsnr:+.2f}) | {v3} |")
     def tt(r):
@@ -370,8 +416,15 @@ def main() -> None:
         for b, t in scaling:
             f = siren_flops_per_point() * b
             out(f"| {b:,} | {t * 1e3:.2f} ms | {sps(t, b)} | {100 * f / t / 1e9 / ceil['bf16-mixed']:.0f} % of {ceil['bf16-mixed']:.0f} GFLOP/s |")
+    if graphed:
+        out("")
+        out("The plain loop's whole full-batch step (forward, backward, Adam) captured in a CUDA graph and replayed, "
+            "i.e. without host work per step: " + ", ".join(f"{p} {v}" for p, v in graphed.items()) + ".")
     out("")
-    out(f"nir's default image setup for targets 5 and 6 is the {'GPU' if gpu else 'CPU'} preset: random batches of 16,384 pixels, Adam 1e-3, "
+    from tests.conftest import make_cfg
+
+    default = make_cfg(DEVICE_OVERRIDES)
+    out(f"nir's default image setup for targets 5 and 6 is the {'GPU' if gpu else 'CPU'} preset: random batches of {int(default.batch_size):,} pixels, Adam {default.optim.lr:g}, "
         f"cosine schedule over {nir_steps} steps, precision auto (bf16-mixed here), SIREN's first layer and sines in fp32. "
         "Times count training only (the PSNR evaluations are paused out).")
     out_path.write_text("\n".join(lines) + "\n")

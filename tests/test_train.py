@@ -208,14 +208,24 @@ def test_no_full_grid_coordinates_during_training(tmp_path, monkeypatch):
     assert sizes.count(4096) >= 3
 
 
-def test_compiled_training_matches_eager_and_saves_plain_weights(tiny_png, tmp_path):
-    """compile=true trains the same field as eager (same seed, same batches) and the saved field
-    carries no compiled state: its keys and its predictions are those of an eager network."""
+def test_compiled_training_matches_eager_and_saves_plain_weights(tiny_png, tmp_path, monkeypatch):
+    """compile=true goes through torch.compile, trains the same field as eager (same seed, same
+    batches) and the saved field carries no compiled state: the same plain weight names."""
     from nir.field import load_field
 
+    calls = []
+    real_compile = torch.compile
+
+    def spy(model, **kw):
+        calls.append(type(model).__name__)
+        return real_compile(model, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
     base = tiny_overrides(tiny_png, steps=30) + ["trainer.val_check_interval=30"]
     eager = train(make_cfg(base), tmp_path / "eager")
+    assert calls == []
     compiled = train(make_cfg(base + ["compile=true"]), tmp_path / "compiled")
+    assert calls == ["Siren"]
     assert compiled["psnr"] == pytest.approx(eager["psnr"], abs=0.2), (compiled["psnr"], eager["psnr"])
     a, b = load_field(tmp_path / "eager" / "field.safetensors"), load_field(tmp_path / "compiled" / "field.safetensors")
     assert a.state_dict().keys() == b.state_dict().keys()
