@@ -108,10 +108,11 @@ def _peak(n: int, cache_mb: float, tmp: Path) -> dict:
 
 
 def test_resident_memory_stays_bounded_when_the_array_exceeds_the_cache(tmp_path):
-    """Peak RSS above the post-import baseline, for a 216 MB volume streamed through a 16 MB cache
-    against an 8 MB volume held whole: the difference is the cache and noise, not the array."""
-    small, large = _peak(128, 16, tmp_path), _peak(384, 16, tmp_path)
-    assert large["array_mb"] > 200
+    """Peak RSS above the post-import baseline for a 64 MB and a 216 MB volume, both streamed
+    through a 16 MB cache: if memory followed the array, the larger would peak >= 152 MB higher;
+    bounded, the two peaks differ by noise (measured: 197 vs 206 MB)."""
+    small, large = _peak(256, 16, tmp_path), _peak(384, 16, tmp_path)
+    assert large["array_mb"] - small["array_mb"] > 150
     assert large["peak_above_baseline_mb"] - small["peak_above_baseline_mb"] < 64, (small, large)
 
 
