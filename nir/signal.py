@@ -75,6 +75,20 @@ class Signal:
         """Number of grid samples (not counting channels)."""
         return int(np.prod(self.shape))
 
+    def __getstate__(self) -> dict:
+        """A memory-mapped signal pickles as its file, not its values (a worker maps it again)."""
+        state = dict(self.__dict__)
+        if self.source is not None:
+            state["values"] = tuple(self.values.shape)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["values"], tuple):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                state["values"] = torch.from_numpy(state["source"].array.reshape(state["values"]))
+        self.__dict__.update(state)
+
     def flat(self) -> Tensor:
         """Values as ``(numel, channels)``, a view."""
         return self.values.reshape(self.numel, self.channels)
@@ -155,6 +169,7 @@ class MappedFile:
     cache, the process stops holding them)."""
 
     def __init__(self, path: Path) -> None:
+        self.path = Path(path)
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
             shape, fortran, dtype = (
@@ -165,6 +180,12 @@ class MappedFile:
             count = int(np.prod(self.shape))
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if count else None
         self.array = np.frombuffer(self._mm, self.dtype, count, self.offset).reshape(self.shape, order="F" if self.fortran else "C") if count else np.empty(self.shape, self.dtype)
+
+    def __getstate__(self) -> dict:  # pickled (ddp_spawn workers, multiprocessing) as its path
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
 
     @property
     def streamable(self) -> bool:

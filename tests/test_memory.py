@@ -130,3 +130,35 @@ def test_large_signals_draw_with_replacement_uniformly_and_resumably(monkeypatch
     r = IndexSampler(5000, 250, torch.device("cpu"), seed=4)
     r.load_state_dict({"epoch": -1, "pos": 123})
     torch.testing.assert_close(r.next(), batches[123])
+
+
+def test_mapped_signal_pickles_as_its_file(tmp_path):
+    """ddp_spawn sends the module (and its signal) to worker processes by pickling: a mapped
+    signal travels as its path and is mapped again, never copied."""
+    import pickle
+
+    a = np.random.default_rng(5).random((64, 64, 64)).astype(np.float32)
+    s = read_array(str(_save(tmp_path, a)))
+    blob = pickle.dumps(s)
+    assert len(blob) < 10_000  # the 1 MB of values did not travel
+    r = pickle.loads(blob)
+    assert r.source is not None and r.shape == s.shape and r.bounds == s.bounds
+    torch.testing.assert_close(r.values, s.values)
+    assert float(r.summary()["max"]) == a.max()
+
+
+@pytest.mark.slow
+def test_streamed_signal_trains_under_ddp_spawn(tmp_path):
+    """Two spawned workers each map the file again and stream their own blocks."""
+    from tests.test_sweeps import run
+
+    z = np.linspace(0, 1, 20_000, dtype=np.float32)
+    p = _save(tmp_path, (0.01 + 100 * np.exp(-((z - 0.5) / 0.02) ** 2)).astype(np.float32))
+    run_dir = tmp_path / "ddp"
+    r = run(["trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.max_steps=20", "trainer.val_check_interval=20",
+             "trainer.enable_progress_bar=false", "trainer.precision=32", "log.images=false", "data=array",
+             f"data.path={p}", "loss=log_mse", "cache_mb=0.05", "batch_size=512", "model.hidden_dim=16",
+             f"hydra.run.dir={run_dir}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["status"] == "ok" and m["steps"] == 20
