@@ -273,7 +273,7 @@ class Diverged(RuntimeError):
 
 
 class DivergenceGuard(pl.Callback):
-    """Stops a run whose loss or gradient became NaN/Inf, checked every ``every`` steps.
+    """Stops a run whose loss or weights became NaN/Inf, checked every ``every`` steps.
 
     The module counts non-finite values on the device without syncing; this reads the count
     once per ``every`` steps (one host sync), so a divergence is caught within ``every`` steps.
@@ -304,8 +304,10 @@ class DivergenceGuard(pl.Callback):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every and not trainer.sanity_checking:
+            pl_module.flag_nonfinite_weights()
             self._check(trainer, pl_module)  # never checkpoint or report a diverged model
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every:
+            pl_module.flag_nonfinite_weights()
             self._check(trainer, pl_module)

@@ -337,11 +337,11 @@ class FieldModule(pl.LightningModule):
         # log_every_n_steps (the same rule as its logger connector), so log only then
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        # counted on the device, no host sync in the step; checked together with the gradient
-        # in on_before_optimizer_step (one flag per step), or here under a gradient scaler
+        # counted on the device, no host sync in the step; the DivergenceGuard reads the count.
+        # A non-finite gradient with a finite loss makes the weights non-finite, and so the next
+        # step's loss; flag_nonfinite_weights covers the last step before a validation or the end.
         self._step_loss = loss.detach()
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            self._flag_nonfinite(self._step_loss)
+        self._flag_nonfinite(self._step_loss)
         return loss
 
     def _flag_nonfinite(self, value: Tensor) -> None:
@@ -351,18 +351,16 @@ class FieldModule(pl.LightningModule):
         self.first_bad_loss = torch.where(newly, value.float(), self.first_bad_loss)
         self.first_bad_step.masked_fill_(newly, self.global_step)
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """A finite loss with a non-finite gradient is divergence too, except under 16-mixed,
-        where the gradient scaler skips such steps by design (and they are counted there)."""
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None:
-            return
-        loss = self._step_loss
-        grads = [p.grad for p in self.field.parameters() if p.grad is not None]
-        if grads:
-            # loss + 0 * |g| is non-finite when either is (0 * inf = nan), and is the loss otherwise
-            loss = loss.float() + 0.0 * torch.stack(torch._foreach_norm(grads)).sum()
-        self._flag_nonfinite(loss)
+    @torch.no_grad()
+    def flag_nonfinite_weights(self) -> None:
+        """Count a non-finite weight as a divergence at the current step: called before every
+        validation (so no checkpoint holds one) and at the end of training. Under 16-mixed the
+        gradient scaler skips non-finite steps, so weights stay finite there."""
+        params = [p for p in self.field.parameters()]
+        if params:
+            total = torch.stack(torch._foreach_norm(params)).sum()
+            # loss + 0 * |w| is non-finite when either is (0 * inf = nan), and is the loss otherwise
+            self._flag_nonfinite(torch.where(torch.isfinite(total), self._step_loss.float(), total))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)

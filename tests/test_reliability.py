@@ -123,6 +123,33 @@ def test_divergence_stops_keeps_last_good_checkpoint(files, tmp_path):
     assert torch.isfinite(field.sample()).all()
 
 
+def test_nonfinite_gradient_before_validation_is_caught_and_not_checkpointed(files, tmp_path, monkeypatch):
+    """A finite loss whose gradient is NaN on the last step before a validation: the weights turn
+    NaN and no later loss exists to flag it; the check of the weights at validation must."""
+    from nir.module import FieldModule
+
+    real_step = FieldModule.training_step
+    steps = []
+
+    def poisoned(self, batch, batch_idx):
+        steps.append(self.global_step)
+        loss = real_step(self, batch, batch_idx)
+        if self.global_step == 9:  # the 10th step; validation follows it
+            zero = (self.field.network.head.bias * 0).sum()  # adds 0 to the loss ...
+            zero.register_hook(lambda g: g * float("nan"))  # ... and NaN to the gradient
+            loss = loss + zero
+        return loss
+
+    monkeypatch.setattr(FieldModule, "training_step", poisoned)
+    run = tmp_path / "run"
+    cfg = tiny_overrides(files / "ok.png", steps=30) + ["trainer.val_check_interval=5", "check_finite_every=1000"]
+    with pytest.raises(NirError, match=r"diverged at step 10: loss nan"):  # found at the validation of step 10
+        train(make_cfg(cfg), run)
+    assert max(steps) == 9  # stopped there: no step ran on the NaN weights (the losses would flag it only later)
+    field = __import__("nir").load_field(run / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(p).all() for p in field.parameters())
+
+
 def test_same_seed_same_result(files, tmp_path):
     ov = tiny_overrides(files / "ok.png", steps=15)
     a = train(make_cfg(ov), tmp_path / "a")
