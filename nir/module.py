@@ -254,11 +254,10 @@ class FieldModule(pl.LightningModule):
         self.register_buffer("first_bad_loss", torch.zeros(()), persistent=False)
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("_last_scale", torch.full((), float("inf")), persistent=False)
-        self._device_data: tuple[torch.device, Tensor, Tensor, Grid, IndexSampler] | None = None
+        self._device_data: tuple[torch.device, Tensor | None, Tensor | None, Grid, IndexSampler | BlockCache] | None = None
         # kept in a plain dict: an nn.Module attribute would register the wrapper as a submodule
         # and duplicate every weight in the state dict
         self._compiled: dict[str, Callable[[Tensor], Tensor]] = {}
-        self._step_loss = torch.zeros(())
         self.compile_network = bool(compile)
         self.cache_bytes = int(cache_mb * 2**20)
 
@@ -271,18 +270,20 @@ class FieldModule(pl.LightningModule):
         return self._compiled["net"]
 
     # -- data on the device ------------------------------------------------------------------
-    def streaming(self) -> bool:
-        """True when the signal is memory-mapped and its training values exceed the cache."""
+    def _transformed_copy(self) -> bool:
+        """Whether training needs the transformed values besides the signal's own."""
         from nir.transforms import Identity
 
-        copies = 1 if isinstance(self.field.transform, Identity) else 2
+        return not isinstance(self.field.transform, Identity)
+
+    def streaming(self) -> bool:
+        """True when the signal is memory-mapped and its training values exceed the cache."""
+        copies = 2 if self._transformed_copy() else 1
         return self.signal.source is not None and copies * self.signal.nbytes > self.cache_bytes
 
     def data(self) -> tuple[Tensor | None, Tensor | None, Grid, IndexSampler | BlockCache]:
         """Signal values (signal units and transformed) on this module's device, moved once;
         ``(None, None, grid, BlockCache)`` when the signal streams (see ``cache_mb``)."""
-        from nir.transforms import Identity
-
         dev = self.device
         if self._device_data is None or self._device_data[0] != dev:
             grid = Grid(self.signal.shape, self.signal.bounds).to(dev)
@@ -297,7 +298,7 @@ class FieldModule(pl.LightningModule):
             else:
                 y = self.signal.flat().to(dev)
                 t = y
-                if not isinstance(self.field.transform, Identity):
+                if self._transformed_copy():
                     t = torch.empty(y.shape, device=dev)
                     with torch.no_grad():  # in chunks: the transform's temporaries stay chunk-sized
                         for a in range(0, self.signal.numel, 1 << 20):
@@ -340,8 +341,7 @@ class FieldModule(pl.LightningModule):
         # counted on the device, no host sync in the step; the DivergenceGuard reads the count.
         # A non-finite gradient with a finite loss makes the weights non-finite, and so the next
         # step's loss; flag_nonfinite_weights covers the last step before a validation or the end.
-        self._step_loss = loss.detach()
-        self._flag_nonfinite(self._step_loss)
+        self._flag_nonfinite(loss.detach())
         return loss
 
     def _flag_nonfinite(self, value: Tensor) -> None:
@@ -356,11 +356,10 @@ class FieldModule(pl.LightningModule):
         """Count a non-finite weight as a divergence at the current step: called before every
         validation (so no checkpoint holds one) and at the end of training. Under 16-mixed the
         gradient scaler skips non-finite steps, so weights stay finite there."""
-        params = [p for p in self.field.parameters()]
+        params = list(self.field.parameters())
         if params:
             total = torch.stack(torch._foreach_norm(params)).sum()
-            # loss + 0 * |w| is non-finite when either is (0 * inf = nan), and is the loss otherwise
-            self._flag_nonfinite(torch.where(torch.isfinite(total), self._step_loss.float(), total))
+            self._flag_nonfinite(torch.where(torch.isfinite(total), torch.zeros_like(total), total))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)

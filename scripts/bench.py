@@ -340,7 +340,7 @@ def main() -> None:
                 graphed[prec] = f"failed ({type(e).__name__}: {str(e)[:80]})"
 
     # 5. time to quality: the SIREN notebook setup vs nir's default image setup
-    budget_ref, budget_nir = (20, 20) if q else ((30, 30) if gpu else (150, 150))
+    budget_ref = 20 if q else (30 if gpu else 150)
     ref = PlainLoop(sig, 1e-4, device=dev)
     ref_points, t_train, step = [], 0.0, 0
     while t_train < budget_ref:
