@@ -1,0 +1,24 @@
+"""Fields saved by an earlier nir (tests/data/legacy, written before the structure change of
+issue 11) load and answer exactly as they did then."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nir import load_field
+
+LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
+
+
+@pytest.mark.parametrize("name", ["siren_image.safetensors", "fourier_log3d.safetensors", "siren_tiny.ckpt"])
+def test_legacy_field_gives_the_same_outputs(name: str) -> None:
+    field = load_field(LEGACY / name)
+    coords = torch.from_numpy(np.load(LEGACY / "coords.npy"))[:, : field.in_dim]
+    expected = np.load(LEGACY / (name.split(".")[0] + ("_ckpt" if name.endswith(".ckpt") else "") + "_out.npy"))
+    with torch.no_grad():
+        got = field(coords).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
