@@ -6,13 +6,13 @@ from nir.signal import Grid, Signal, read_array, read_image
 
 
 def fit(*args, **kwargs):
-    """Train a field from Python; see :func:`nir.train.fit`."""
-    from nir.train import fit as _fit
+    """Train a field from Python; see :func:`nir.run.fit`."""
+    from nir.run import fit as _fit
 
     return _fit(*args, **kwargs)
 
 
-fit.__doc__ = "Train a field from Python with nir-train's configs; see nir.train.fit."
+fit.__doc__ = "Train a field from Python with nir-train's configs; see nir.run.fit."
 
 __all__ = ["Field", "Grid", "NirError", "Signal", "fit", "load_field", "read_array", "read_image"]
 __version__ = "0.1.0"

@@ -1,16 +1,20 @@
-"""TensorBoard callbacks: reconstructions and progress lines. Rank 0 only."""
+"""Lightning callbacks (TensorBoard figures, progress lines, final metrics, the divergence guard)
+and the crash-safe checkpoint plugin. The figure and logging callbacks write on rank 0 only."""
 
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
+from nir.checkpoint import atomic_write_bytes, load_checkpoint
 
 
 def preview_indices(shape: tuple[int, ...], max_side: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -30,11 +34,11 @@ def _colormap(x: np.ndarray, name: str = "magma") -> np.ndarray:
 
 def _predict(pl_module: pl.LightningModule, idx: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Prediction and target (``(n, channels)`` numpy) at flat indices, fp32, no grad."""
-    grid = pl_module.data()[2]
+    data = pl_module.batches()
     idx = idx.to(pl_module.device)
     with torch.no_grad():
-        pred = pl_module.field(grid.coords(idx)).float().cpu().numpy()
-    return pred, pl_module.values_at(idx).float().cpu().numpy()
+        pred = pl_module.field(data.grid.coords(idx)).float().cpu().numpy()
+    return pred, data.values_at(idx).float().cpu().numpy()
 
 
 def field_figure(pl_module: pl.LightningModule, max_side: int = 512):
@@ -51,8 +55,8 @@ def field_figure(pl_module: pl.LightningModule, max_side: int = 512):
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    signal = pl_module.signal
-    floor = getattr(pl_module.val_metrics, "floor", 1e-12)
+    signal = pl_module.data.signal
+    floor = pl_module.data.stats.floor or 1e-12
     shape = signal.shape
     if signal.ndim == 1:
         idx, (n,) = preview_indices(shape, 4096)
@@ -187,8 +191,8 @@ class ReconstructionLogger(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.logger is None:
             return
-        signal = pl_module.signal
-        if signal.meta.get("kind") != "image":
+        signal = pl_module.data.signal
+        if signal.long_tailed:
             fig = field_figure(pl_module, self.max_side)
             if fig is not None:
                 trainer.logger.experiment.add_figure("field/reconstruction", fig, trainer.global_step)
@@ -311,3 +315,14 @@ class DivergenceGuard(pl.Callback):
         if self.every:
             pl_module.flag_nonfinite_weights()
             self._check(trainer, pl_module)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes to a temporary file and renames it into place, and
+    reads checkpoints with ``weights_only=True`` (:func:`nir.checkpoint.load_checkpoint`)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_write_bytes(Path(path), lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(Path(path), map_location)

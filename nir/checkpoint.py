@@ -1,4 +1,4 @@
-"""Crash-safe checkpoint files and safe checkpoint loading."""
+"""Crash-safe file writes and safe checkpoint loading (no Lightning needed: the reuse API uses them)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from nir.errors import NirError
 
@@ -31,13 +30,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that writes to a temporary file and renames it into place."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        atomic_write_bytes(Path(path), lambda f: torch.save(checkpoint, f))
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(Path(path), map_location)
 
 

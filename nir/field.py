@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,24 +16,40 @@ from nir.errors import NirError, cli_errors, require
 from nir.signal import Grid
 
 
-def _import_nir_class(target: str) -> type:
-    """Import ``target`` ("nir.fields.siren.Siren"), refusing anything outside nir."""
+TRUSTED_ENV = "NIR_TRUSTED_MODULES"
+
+
+def trusted_prefixes(trusted: Iterable[str] = ()) -> tuple[str, ...]:
+    """Module prefixes a field spec may name: ``nir``, the ``trusted`` argument, and the
+    comma-separated ``NIR_TRUSTED_MODULES`` environment variable."""
+    env = [p.strip() for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip()]
+    return ("nir", *(str(p).strip() for p in trusted if str(p).strip()), *env)
+
+
+def _import_class(target: str, trusted: Iterable[str] = ()) -> type:
+    """Import ``target`` ("nir.fields.siren.Siren"), refusing modules outside the trusted prefixes.
+
+    Nothing is unpickled: the spec names a class and gives plain keyword arguments, and only
+    modules the user trusts are imported (importing runs a module's top-level code).
+    """
     module, _, name = target.rpartition(".")
+    prefixes = trusted_prefixes(trusted)
     require(
-        module == "nir" or module.startswith("nir."),
-        f"field spec names class {target!r}, which is not part of nir; refusing to load it",
+        any(module == p or module.startswith(p + ".") for p in prefixes),
+        f"field spec names class {target!r}, outside the trusted modules ({', '.join(prefixes)}); "
+        f"if you trust it, pass trusted=[{module.split('.')[0]!r}] to load_field or set {TRUSTED_ENV}={module.split('.')[0]}",
     )
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
-        raise NirError(f"field spec names unknown class {target!r}; was it saved by a newer nir?") from None
+        raise NirError(f"field spec names unknown class {target!r}; was it saved by a newer nir, or is its module not importable?") from None
     require(isinstance(cls, type) and issubclass(cls, nn.Module), f"field spec: {target!r} is not a module class")
     return cls
 
 
-def build_component(spec: dict[str, Any]) -> nn.Module:
-    """Build ``{"target": "nir....Class", "kwargs": {...}}`` (plain values only)."""
-    return _import_nir_class(spec["target"])(**spec.get("kwargs", {}))
+def build_component(spec: dict[str, Any], trusted: Iterable[str] = ()) -> nn.Module:
+    """Build ``{"target": "module.Class", "kwargs": {...}}`` (plain values only)."""
+    return _import_class(spec["target"], trusted)(**spec.get("kwargs", {}))
 
 
 def component_spec(obj: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +89,14 @@ class Field(nn.Module):
         return sum(p.numel() for p in self.network.parameters())
 
     def forward(self, coords: Tensor) -> Tensor:
-        """``(N, d)`` coordinates (in the box's units) -> ``(N, channels)`` values in signal units."""
+        """Values at coordinates.
+
+        Args:
+            coords: ``Float[Tensor, "N d"]``, in the box's units (``spec["bounds"]``).
+
+        Returns:
+            ``Float[Tensor, "N channels"]`` in signal units.
+        """
         require(
             torch.is_tensor(coords) and coords.is_floating_point(),
             "field coordinates must be a floating-point tensor of shape (N, d)",
@@ -84,7 +108,14 @@ class Field(nn.Module):
         return self.transform.inverse(self.network(coords))
 
     def gradient(self, coords: Tensor) -> Tensor:
-        """Spatial derivatives d value / d coordinate through autograd: ``(N, channels, d)``."""
+        """Spatial derivatives d value / d coordinate through autograd.
+
+        Args:
+            coords: ``Float[Tensor, "N d"]``.
+
+        Returns:
+            ``Float[Tensor, "N channels d"]``, in signal units per coordinate unit.
+        """
         x = coords.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             y = self(x)
@@ -99,7 +130,7 @@ class Field(nn.Module):
         chunk: int = 65536,
         out: str | Path | None = None,
     ) -> Tensor:
-        """Evaluate on a regular grid (cell centres) -> ``(*shape, channels)`` on CPU.
+        """Evaluate on a regular grid (cell centres) -> ``Float[Tensor, "*shape channels"]`` on CPU.
 
         Defaults: the training grid's shape and box (``bounds`` may be any sub- or super-box).
         Evaluated in chunks of ``chunk`` points, so memory beyond the output array is bounded
@@ -123,9 +154,8 @@ class Field(nn.Module):
             result = torch.from_numpy(arr.reshape(n, self.channels))
         else:
             result = torch.empty(n, self.channels, dtype=torch.float32)
-        for s in range(0, n, chunk):
-            idx = torch.arange(s, min(s + chunk, n), device=self.bounds.device)
-            result[s : s + len(idx)] = self(grid.coords(idx)).float().cpu()
+        for start, stop, coords in grid.chunks(chunk):
+            result[start:stop] = self(coords).float().cpu()
         result = result.reshape(*shape, self.channels)
         if suffix == ".npy":
             arr.flush()
@@ -183,8 +213,9 @@ class Field(nn.Module):
         return path
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "Field":
-        return cls(build_component(spec["network"]), build_component(spec["transform"]), spec)
+    def from_spec(cls, spec: dict[str, Any], trusted: Iterable[str] = ()) -> "Field":
+        """An untrained field from its spec; ``trusted``: more module prefixes its classes may come from."""
+        return cls(build_component(spec["network"], trusted), build_component(spec["transform"], trusted), spec)
 
 
 class _Exportable(nn.Module):
@@ -198,11 +229,13 @@ class _Exportable(nn.Module):
         return self.field.transform.inverse(self.field.network(coords))
 
 
-def load_field(path: str | Path, device: str | torch.device = "cpu") -> Field:
+def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: Iterable[str] = ()) -> Field:
     """Load a field from a ``.safetensors`` field file, a run directory, or a Lightning ``.ckpt``.
 
     Nothing is unpickled: field files are safetensors with a JSON spec; checkpoints are read
-    with ``weights_only=True``. A spec may only name nir's own classes.
+    with ``weights_only=True``. A spec may name nir's own classes, and classes from the module
+    prefixes in ``trusted`` (e.g. ``["mylab"]`` for ``mylab.nets.MyNet``) or in the
+    comma-separated environment variable ``NIR_TRUSTED_MODULES``.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -221,7 +254,7 @@ def load_field(path: str | Path, device: str | torch.device = "cpu") -> Field:
 
         ckpt = load_checkpoint(p)
         require("nir_spec" in ckpt, f"checkpoint {str(p)!r} has no nir spec; it was not written by nir")
-        field = Field.from_spec(ckpt["nir_spec"])
+        field = Field.from_spec(ckpt["nir_spec"], trusted)
         state = {k[len("field."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("field.")}
         field.load_state_dict(state)
         return field.to(device).eval()
@@ -231,7 +264,7 @@ def load_field(path: str | Path, device: str | torch.device = "cpu") -> Field:
     except Exception as e:
         raise NirError(f"{str(p)!r} is not a safetensors field file ({e})") from None
     require("nir_spec" in meta, f"{str(p)!r} has no nir spec in its header; it was not written by Field.save")
-    field = Field.from_spec(json.loads(meta["nir_spec"]))
+    field = Field.from_spec(json.loads(meta["nir_spec"]), trusted)
     field.load_state_dict(load_file(str(p)))
     return field.to(device).eval()
 

@@ -21,6 +21,7 @@ processes and chunks.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -144,26 +145,55 @@ class MagnitudeBins(Metric):
         return rows
 
 
+@dataclass(frozen=True)
+class SignalStats:
+    """What the metrics need to know about a signal, measured once per run.
+
+    Attributes:
+        range: the R of PSNR (:func:`data_range`).
+        long_tailed: the signal's own flag (:attr:`Signal.long_tailed`): per-decade bins and
+            ``psnr_log`` are computed only then.
+        floor: the metric floor, ``floor_from_data(values, 1e-7)`` (long-tailed only).
+        absmin, absmax: exact smallest and largest magnitudes.
+    """
+
+    range: float
+    long_tailed: bool
+    floor: float = 0.0
+    absmin: float = 0.0
+    absmax: float = 0.0
+
+    @classmethod
+    def measure(cls, signal: Signal, sample: Tensor | None = None) -> "SignalStats":
+        """Statistics of ``signal``; ``sample`` is its fit sample if the caller drew it already
+        (:meth:`Signal.fit_sample`), so a large signal is sampled once per run."""
+        if not signal.long_tailed:
+            return cls(range=data_range(signal), long_tailed=False)
+        from nir.transforms import floor_from_data
+
+        st = signal.summary()
+        sample = signal.fit_sample() if sample is None else sample
+        return cls(range=data_range(signal), long_tailed=True, floor=floor_from_data(sample, 1e-7),
+                    absmin=float(st["absmin"]), absmax=float(st["absmax"]))
+
+
 class GridMetrics(nn.Module):
     """Whole-grid metrics, accumulated chunk by chunk; ``compute()`` -> ``{name: scalar tensor}``.
 
-    Images get ``psnr``. Other signals also get ``psnr_log`` and the per-magnitude bins, with
-    the scalar summary ``worst_decade_median`` (the largest per-bin median relative error over
-    the bins above the floor that hold samples).
+    Every signal gets ``psnr``. Long-tailed signals also get ``psnr_log`` and the per-magnitude
+    bins, with the scalar summary ``worst_decade_median`` (the largest per-bin median relative
+    error over the bins above the floor that hold samples).
     """
 
-    def __init__(self, signal: Signal) -> None:
+    def __init__(self, stats: SignalStats) -> None:
         super().__init__()
-        from nir.transforms import floor_from_data
-
-        self.range = data_range(signal)
+        self.range = stats.range
         self.psnr = PeakSignalNoiseRatio(data_range=self.range)
-        self.long_tailed = signal.meta.get("kind") != "image"
+        self.long_tailed = stats.long_tailed
         if self.long_tailed:
-            st = signal.summary()
-            self.floor = floor_from_data(signal.fit_sample(), 1e-7)
-            top = float(st["absmax"])
-            self.log_range = math.log10(top + self.floor) - math.log10(float(st["absmin"]) + self.floor)
+            self.floor = stats.floor
+            top = stats.absmax
+            self.log_range = math.log10(top + self.floor) - math.log10(stats.absmin + self.floor)
             self.psnr_log = PeakSignalNoiseRatio(data_range=self.log_range or 1.0)
             self.bins = MagnitudeBins(self.floor, top)
 
@@ -177,15 +207,20 @@ class GridMetrics(nn.Module):
             self.psnr_log.update(lp, ly)
             self.bins.update(pred, target)
 
-    def magnitude_table(self) -> list[dict[str, Any]] | None:
-        return self.bins.table() if self.long_tailed else None
-
     def compute(self) -> dict[str, Tensor]:
         out = {"psnr": self.psnr.compute()}
         if self.long_tailed:
             out["psnr_log"] = self.psnr_log.compute()
             med = self.bins.compute()["median"][1:]
             out["worst_decade_median"] = torch.nan_to_num(med, nan=0.0).max()
+        return out
+
+    def results(self) -> dict[str, Any]:
+        """:meth:`compute` as plain values, with the per-decade table of a long-tailed signal."""
+        out: dict[str, Any] = {k: float(v) for k, v in self.compute().items()}
+        if self.long_tailed:
+            out["magnitude_floor"] = self.floor
+            out["magnitude_bins"] = self.bins.table()
         return out
 
     def reset(self) -> None:

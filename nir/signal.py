@@ -18,7 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,12 +39,17 @@ class Signal:
         bounds: one ``(lo, hi)`` pair per grid axis.
         name: short label used in logs.
         meta: plain-value metadata (source path, value range, generator parameters ...).
+        long_tailed: whether the values span decades and are judged per magnitude decade
+            (per-decade metrics, log-space figures). Readers of scientific fields set it;
+            images and any new signal type default to ``False``, so nothing is binned by
+            magnitude unless its reader says so.
     """
 
     values: Tensor
     bounds: tuple[tuple[float, float], ...]
     name: str = "signal"
     meta: dict = field(default_factory=dict)
+    long_tailed: bool = False
     source: "MappedFile | None" = field(default=None, repr=False, compare=False)
     _summary: dict | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -221,6 +226,17 @@ def default_bounds(ndim: int, bounds: Sequence | None) -> tuple[tuple[float, flo
     return tuple((float(lo), float(hi)) for lo, hi in b)
 
 
+def chunk_ranges(n: int, chunk: int, rank: int = 0, world: int = 1) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` ranges covering ``n`` flat indices, ``chunk`` at a time; under DDP rank
+    r takes every ``world``-th chunk, so the ranks' metric states merge into exactly the full
+    grid. Chunks shrink so that every rank gets at least one (a rank without batches would skip
+    the validation hooks and leave the others waiting in the metric sync)."""
+    chunk = max(1, min(chunk, -(-n // world)))
+    for i, s in enumerate(range(0, n, chunk)):
+        if i % world == rank:
+            yield (s, min(s + chunk, n))
+
+
 class Grid:
     """Coordinates of a regular grid computed from flat indices, on any device.
 
@@ -255,6 +271,17 @@ class Grid:
             rem = rem.div(n, rounding_mode="floor")
         return torch.addcmul(self.lo, out + 0.5, self.step)
 
+    def coords_range(self, start: int, stop: int) -> Tensor:
+        """Coordinates ``(stop - start, d)`` of flat rows ``[start, stop)``."""
+        return self.coords(torch.arange(start, stop, device=self.lo.device))
+
+    def chunks(self, chunk: int = 65536, rank: int = 0, world: int = 1) -> Iterator[tuple[int, int, Tensor]]:
+        """The one chunked pass over the grid: ``(start, stop, coords)`` per chunk of
+        :func:`chunk_ranges` (this rank's share under DDP). Validation, the final evaluation and
+        ``Field.sample`` all walk the grid through it, so memory stays ``chunk x d``."""
+        for start, stop in chunk_ranges(self.numel, chunk, rank, world):
+            yield start, stop, self.coords_range(start, stop)
+
 
 # ----------------------------------------------------------------------------- readers
 
@@ -270,15 +297,24 @@ def _check_file(path: str | os.PathLike, what: str, extensions: Sequence[str]) -
     return p
 
 
-def sample_image_path(name: str) -> Path:
-    """Path of a photo bundled with scikit-image's wheel (read from disk, never downloaded)."""
-    import skimage.data
+SAMPLE_DIR = Path(__file__).resolve().parent / "data"
 
-    p = Path(skimage.data.__file__).parent / f"{name}.png"
-    if not p.is_file():
-        avail = sorted(q.stem for q in p.parent.glob("*.png"))
-        raise NirError(f"data.sample {name!r} is not a bundled photo; choose one of {', '.join(avail)}")
-    return p
+
+def sample_image_path(name: str) -> Path:
+    """Path of a bundled sample photo (read from disk, never downloaded): nir ships ``chelsea``
+    and ``camera`` (nir/data/README.md); with scikit-image installed, its bundled photos too."""
+    dirs = [SAMPLE_DIR]
+    try:
+        import skimage.data
+
+        dirs.append(Path(skimage.data.__file__).parent)
+    except ImportError:
+        pass
+    for d in dirs:
+        if (d / f"{name}.png").is_file():
+            return d / f"{name}.png"
+    avail = sorted({q.stem for d in dirs for q in d.glob("*.png")})
+    raise NirError(f"data.sample {name!r} is not a bundled photo; choose one of {', '.join(avail)}")
 
 
 def read_image(
@@ -412,6 +448,7 @@ def read_array(
         bounds=default_bounds(grid_ndim, bounds),
         name=p.stem,
         meta={"kind": "array", "path": name},
+        long_tailed=True,
         source=source,
     )
     bad = sig.count_nonfinite()

@@ -46,7 +46,8 @@ def _lognormal(shape, slope, lo, hi, rng) -> np.ndarray:
 
 def _signal(values: np.ndarray, name: str, bounds, params: dict) -> Signal:
     v = torch.from_numpy(values.astype(np.float32)[..., None])
-    return Signal(v, default_bounds(values.ndim, bounds), name=name, meta={"kind": "synthetic", "generator": name, "params": params})
+    return Signal(v, default_bounds(values.ndim, bounds), name=name, meta={"kind": "synthetic", "generator": name, "params": params},
+                  long_tailed=True)
 
 
 def peaks1d(

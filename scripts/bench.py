@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from nir.fields import Siren  # noqa: E402
 from nir.signal import Grid, Signal, read_image  # noqa: E402
-from nir.train import tune_allocator  # noqa: E402
+from nir.allocator import tune_allocator  # noqa: E402
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 
@@ -189,7 +189,7 @@ DEVICE_OVERRIDES: list[str] = []  # ["trainer=gpu"] with --device cuda
 
 def nir_run(signal_path: str, overrides: list[str], steps: int, run_dir: Path, cb=()) -> dict:
     from tests.conftest import make_cfg
-    from nir.train import train_field
+    from nir.run import train_field
 
     ov = [*DEVICE_OVERRIDES, f"data.path={signal_path}", f"trainer.max_steps={steps}",
           "trainer.enable_progress_bar=false", "log.images=false", "check_finite_every=0", *overrides]

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dir", type=Path, default=None, help="where the volume is written (default: a temp dir)")
     args = ap.parse_args(argv)
     from tests.conftest import make_cfg
-    from nir.train import train_field
+    from nir.run import train_field
     import pytorch_lightning  # noqa: F401  (imported before the baseline)
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="nir_mem_"))

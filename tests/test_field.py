@@ -172,7 +172,7 @@ def test_field_file_naming_foreign_class_refused(tmp_path, target):
             "bounds": [[-1, 1]], "shape": [4], "channels": 1}
     p = tmp_path / "f.safetensors"
     save_file({"x": torch.zeros(1)}, str(p), metadata={"nir_spec": json.dumps(spec)})
-    with pytest.raises(NirError, match="unknown class|not part of nir"):
+    with pytest.raises(NirError, match="unknown class|outside the trusted modules"):
         load_field(p)
 
 
@@ -223,3 +223,26 @@ def test_fit_accepts_arrays_and_tensors(tmp_path):
     field2, _ = nir.fit(np.stack([y.numpy()] * 2, -1), run_dir=tmp_path / "a", steps=5, channel_axis=-1,
                         trainer__enable_progress_bar=False)
     assert field2.channels == 2
+
+
+def test_user_network_loads_only_from_trusted_modules(tmp_path, monkeypatch):
+    """A field whose network is the user's own class: refused by default, loaded (same answers)
+    when its module prefix is trusted by argument or by NIR_TRUSTED_MODULES; still no unpickling."""
+    from nir.field import Field, component_spec
+    from nir.transforms import Identity
+    from tests.usernet import TinyNet
+
+    net = TinyNet(2, 1)
+    spec = {"network": component_spec(net, {"in_dim": 2, "out_dim": 1}), "transform": component_spec(Identity(), {}),
+            "bounds": [[-1.0, 1.0]] * 2, "shape": [4, 4], "channels": 1, "meta": {}}
+    path = Field(net, Identity(), spec).save(tmp_path / "f.safetensors")
+    x = torch.rand(16, 2)
+    monkeypatch.delenv("NIR_TRUSTED_MODULES", raising=False)
+    with pytest.raises(NirError, match=r"outside the trusted modules .*trusted=\['tests'\]"):
+        load_field(path)
+    with pytest.raises(NirError, match="outside the trusted modules"):
+        load_field(path, trusted=["tes"])  # a prefix is a whole module path, not a string prefix
+    with torch.no_grad():
+        torch.testing.assert_close(load_field(path, trusted=["tests"])(x), net(x))
+        monkeypatch.setenv("NIR_TRUSTED_MODULES", "other, tests.usernet")
+        torch.testing.assert_close(load_field(path)(x), net(x))

@@ -11,11 +11,11 @@ import torch
 
 from nir.errors import NirError
 from nir.losses import MSE, L1, Huber, LogHuber, LogMSE, RelL2, RelL2TCNN, check_setup
-from nir.metrics import GridMetrics, MagnitudeBins, decade_edges
+from nir.metrics import GridMetrics, MagnitudeBins, SignalStats, decade_edges
 from nir.signal import read_array
 from nir.synthetic import lognormal3d, peaks1d, sources3d
 from nir.transforms import Asinh, Identity, Log, Softplus, Standardize, floor_from_data
-from nir.train import train
+from nir.run import train
 from tests.conftest import make_cfg
 
 # ----------------------------------------------------------------------------- generators
@@ -211,7 +211,7 @@ def test_bin_quantiles_on_many_samples():
 
 def test_grid_metrics_psnr_conventions():
     s = peaks1d(n=1024)
-    gm = GridMetrics(s)
+    gm = GridMetrics(SignalStats.measure(s))
     y = s.flat()
     gm.update(y * 1.01, y)
     out = gm.compute()

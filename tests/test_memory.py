@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from nir.module import BlockCache
+from nir.batches import BlockCache
 from nir.signal import read_array
-from nir.train import train
+from nir.run import train
 from tests.conftest import ROOT, make_cfg
 
 
@@ -84,20 +84,18 @@ def test_streaming_training_fits_like_in_memory(tmp_path):
     assert streamed["worst_decade_median"] < 2 * held["worst_decade_median"] + 0.02
 
 
-def test_streaming_module_never_holds_the_signal(tmp_path):
-    from nir.fields import Siren
-    from nir.field import Field
+def test_streaming_data_never_holds_the_signal(tmp_path):
+    from nir.batches import TrainingData
     from nir.losses import MSE
-    from nir.module import FieldModule
     from nir.transforms import Identity
 
     s = read_array(str(_save(tmp_path, np.random.default_rng(3).random(40_000).astype(np.float32))))
-    field = Field(Siren(1, 1, 8, 1), Identity(), {"bounds": [[-1.0, 1.0]]})
-    module = FieldModule(field, MSE(), s, batch_size=512, lr=1e-3, cache_mb=0.05)
-    assert module.streaming()
-    y, t, _, sampler = module.data()
-    assert y is None and t is None and isinstance(sampler, BlockCache)
-    assert sampler.values.numel() * 4 <= 0.05 * 2**20
+    data = TrainingData(s, Identity(), MSE(), batch_size=512, cache_mb=0.05).to(torch.device("cpu"))
+    assert data.streaming
+    assert data._y is None and data._t is None and isinstance(data.sampler, BlockCache)
+    assert data.sampler.values.numel() * 4 <= 0.05 * 2**20
+    idx, target = data.next_batch()
+    torch.testing.assert_close(target, s.flat()[idx])  # the streamed targets are the signal's values
 
 
 def _peak(n: int, cache_mb: float, tmp: Path) -> dict:
@@ -117,7 +115,7 @@ def test_resident_memory_stays_bounded_when_the_array_exceeds_the_cache(tmp_path
 
 
 def test_large_signals_draw_with_replacement_uniformly_and_resumably(monkeypatch):
-    from nir.module import IndexSampler
+    from nir.batches import IndexSampler
 
     monkeypatch.setattr(IndexSampler, "PERMUTE_MAX", 1000)
     s = IndexSampler(5000, 250, torch.device("cpu"), seed=4)

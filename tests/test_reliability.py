@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from nir.errors import NirError
-from nir.train import train
+from nir.run import train
 from tests.conftest import make_cfg, smooth_image, tiny_overrides
 
 NIR_TRAIN = [sys.executable, "-m", "nir.train"]

@@ -102,7 +102,7 @@ def test_submitit_local_launcher(tmp_path):
 def test_slurm_preset_composes(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from nir.train import CONF_DIR
+    from nir.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
@@ -115,7 +115,7 @@ def test_ddp_two_processes_metrics_equal_full_grid(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import nir
-    from nir.metrics import GridMetrics
+    from nir.metrics import GridMetrics, SignalStats
     from nir.synthetic import peaks1d
 
     run_dir = tmp_path / "ddp"
@@ -130,7 +130,7 @@ def test_ddp_two_processes_metrics_equal_full_grid(tmp_path):
     logged = {tag: acc.Scalars(tag)[-1].value for tag in ("val/psnr", "val/worst_decade_median")}
     field = nir.load_field(run_dir)
     signal = peaks1d(n=3000)
-    gm = GridMetrics(signal)
+    gm = GridMetrics(SignalStats.measure(signal))
     with torch.no_grad():
         gm.update(field.sample().reshape(-1, 1), signal.flat())
     full = {k: float(v) for k, v in gm.compute().items()}

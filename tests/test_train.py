@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nir.errors import NirError
-from nir.train import CONF_DIR, train
+from nir.config import CONF_DIR
+from nir.run import train
 from tests.conftest import make_cfg, tiny_overrides
 
 
@@ -165,7 +166,7 @@ def test_bad_config_values(override, match, tiny_png, tmp_path):
 
 
 def test_index_sampler_covers_every_sample_uniformly():
-    from nir.module import IndexSampler
+    from nir.batches import IndexSampler
 
     n, batch = 1000, 128
     s = IndexSampler(n, batch, torch.device("cpu"), seed=3)
@@ -176,7 +177,7 @@ def test_index_sampler_covers_every_sample_uniformly():
 
 
 def test_index_sampler_state_round_trip():
-    from nir.module import IndexSampler
+    from nir.batches import IndexSampler
 
     a = IndexSampler(100, 30, torch.device("cpu"), seed=1)
     for _ in range(5):

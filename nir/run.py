@@ -1,0 +1,367 @@
+"""One training run, in the order it happens: prepare the run directory, build the parts, build
+the trainer, fit with the guards, collect the metrics, write the run. ``nir-train`` (through
+Hydra) and ``nir.fit`` (from Python) both call :func:`train_field`.
+
+Library calls leave the process as they found it: no allocator settings (``nir-train`` sets
+them, :mod:`nir.allocator`), and Lightning's noise is silenced only inside the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from nir.config import ALIASES, build, check_config, compose_config, flat, groups, kwargs_of, preset_line
+from nir.errors import NirError, require
+
+log = logging.getLogger("nir")
+
+
+@dataclass
+class Parts:
+    """What a run trains: the signal, its training data, the field, the Lightning module."""
+
+    signal: Any
+    data: Any
+    field: Any
+    module: Any
+    precision: str
+
+
+def resolve_precision(precision: Any, accelerator: str) -> str:
+    """``"auto"``: ``bf16-mixed`` where the hardware has native bf16 (CUDA with bf16, or a CPU
+    with AMX / AVX512-BF16, where oneDNN runs bf16 matmuls natively), else ``"32"``.
+    Any other value is passed to Lightning unchanged."""
+    import torch
+
+    if str(precision) != "auto":
+        return str(precision)
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16-mixed" if native else "32"
+
+
+def hydra_job() -> tuple[bool, Any]:
+    """(is this a multirun job, Hydra's config) — (False, None) outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return hc.mode == RunMode.MULTIRUN, hc
+    except Exception:  # noqa: BLE001 - not running under Hydra (tests, nir.fit)
+        return False, None
+
+
+def _check_strategy(trainer_kwargs: dict[str, Any]) -> None:
+    """Refuse script-relaunching DDP inside a multirun: its child processes re-run the whole sweep."""
+    strategy = str(trainer_kwargs.get("strategy", "auto"))
+    multirun, _ = hydra_job()
+    relaunch = strategy.startswith("ddp") and not strategy.startswith(("ddp_spawn", "ddp_notebook"))
+    require(not (multirun and relaunch),
+            f"trainer.strategy={strategy} inside a multirun would re-run the whole sweep in every DDP process; "
+            "run DDP jobs one at a time (no -m), or use trainer.strategy=ddp_spawn in sweeps")
+
+
+def _threads_for_parallel_jobs() -> None:
+    """Under Hydra's joblib launcher, give each job cores / n_jobs threads (no oversubscription)."""
+    import torch
+
+    _, hc = hydra_job()
+    launcher = hc.launcher if hc is not None else None
+    if launcher is None or "Joblib" not in str(launcher.get("_target_", "")):
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = int(launcher.get("n_jobs", -1))
+    n_jobs = cores if n_jobs <= 0 else n_jobs
+    threads = max(1, cores // n_jobs)
+    torch.set_num_threads(threads)
+    log.info("joblib launcher with %d parallel jobs on %d cores: %d torch thread(s) per job", n_jobs, cores, threads)
+
+
+def _seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (all devices), as Lightning's seed_everything does."""
+    import random
+
+    import numpy as np
+    import torch
+
+    os.environ["PL_GLOBAL_SEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    from nir.checkpoint import atomic_write_bytes
+
+    text = json.dumps(obj, indent=2, default=float) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+# ----------------------------------------------------------------------------- the run's steps
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: str | Path | None) -> Path:
+    """Check the config, create the run directory (Hydra's output dir by default) and make
+    sure it is writable, then seed everything."""
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir)
+    check_config(cfg)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".nir-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise NirError(f"run directory {str(run_dir)!r} is not writable ({e.strerror}); choose another with hydra.run.dir=...") from None
+    _seed_all(int(cfg.seed))
+    return run_dir
+
+
+def build_parts(cfg: DictConfig) -> Parts:
+    """Signal, network, transform and loss from the config; the training data (which fits the
+    transform and the loss once); the field; the Lightning module."""
+    from nir.field import Field, component_spec
+    from nir.losses import check_setup
+
+    signal = build(cfg.data, "data")
+    dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
+    network = build(cfg.model, "model", **dims)
+    transform = build(cfg.transform, "transform")
+    loss = build(cfg.loss, "loss")
+    optim = build(cfg.optim, "optim")
+    trainer_cfg = cfg.trainer
+    precision = resolve_precision(trainer_cfg.get("precision", "32"), trainer_cfg.get("accelerator", "auto"))
+
+    from nir.batches import TrainingData  # Lightning's import cost only once the input is known good
+    from nir.module import FieldModule
+
+    data = TrainingData(signal, transform, loss, int(cfg.batch_size), float(cfg.cache_mb), int(cfg.seed))
+    check_setup(loss, transform, precision)
+    spec = {
+        "network": component_spec(network, {**kwargs_of(cfg.model), **dims}),
+        "transform": component_spec(transform, kwargs_of(cfg.transform)),
+        "bounds": [list(b) for b in signal.bounds],
+        "shape": list(signal.shape),
+        "channels": signal.channels,
+        "meta": {"signal": signal.name, **signal.meta},
+    }
+    field = Field(network, transform, spec)
+    module = FieldModule(field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile))
+    return Parts(signal, data, field, module, precision)
+
+
+def build_trainer(cfg: DictConfig, parts: Parts, run_dir: Path, extra_callbacks: Sequence[Any] = ()) -> tuple[Any, Any]:
+    """The Lightning trainer with nir's callbacks and crash-safe checkpoints; returns it and the
+    :class:`~nir.callbacks.FinalMetrics` callback that holds the end-of-run metrics."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from nir.callbacks import (AtomicCheckpointIO, DivergenceGuard, FinalMetrics, MagnitudeLogger, ProgressPrinter,
+                               ReconstructionLogger)
+
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs["precision"] = parts.precision
+    _check_strategy(trainer_kwargs)
+    _threads_for_parallel_jobs()
+    long_tailed = parts.signal.long_tailed
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    hp_metrics = {"hp/psnr": float("nan"), "hp/fit_time_s": float("nan")}
+    if long_tailed:
+        hp_metrics.update({"hp/psnr_log": float("nan"), "hp/worst_decade_median": float("nan")})
+    final_metrics = FinalMetrics(flat(OmegaConf.to_container(cfg, resolve=True)), hp_metrics)
+    callbacks: list[pl.Callback] = [
+        DivergenceGuard(int(cfg.check_finite_every)),  # first: nothing is evaluated or saved after a divergence
+        final_metrics,
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/psnr", mode="max",
+                        save_top_k=1, save_last=True, auto_insert_metric_name=False),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    callbacks += [ReconstructionLogger()] if cfg.log.images else []
+    callbacks += [MagnitudeLogger()] if long_tailed else []
+    callbacks += [] if trainer_kwargs.get("enable_progress_bar", True) else [ProgressPrinter()]
+    trainer = pl.Trainer(**trainer_kwargs, logger=logger, callbacks=[*callbacks, *extra_callbacks],
+                         plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), enable_model_summary=False)
+    return trainer, final_metrics
+
+
+def fit_with_guards(cfg: DictConfig, parts: Parts, trainer: Any, final_metrics: Any, run_dir: Path,
+                    t_start: float) -> tuple[dict[str, Any], int]:
+    """Fit (resuming if asked); a divergence writes ``metrics.json`` with status ``diverged`` and
+    ends in one line. Returns the final fp32 metrics and the number of optimizer steps."""
+    from nir.callbacks import Diverged
+    from nir.checkpoint import load_checkpoint
+
+    ckpt_path = None
+    if cfg.resume:
+        ckpt_path = run_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+        require(ckpt_path.is_file(), f"resume: checkpoint {str(ckpt_path)!r} not found; pass a .ckpt path or 'last' with the run's hydra.run.dir")
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        trainer.fit(parts.module, datamodule=_datamodule(parts), ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    except Diverged as d:
+        info = {"status": "diverged", "step": d.step, "loss": d.loss, "precision": parts.precision,
+                "last_good_checkpoint": str(last) if last.is_file() else None,
+                "wall_time_s": time.perf_counter() - t_start, "message": str(d)}
+        if trainer.is_global_zero:
+            write_json(run_dir / "metrics.json", info)
+        raise NirError(str(d) + (f"; last good checkpoint: {last}" if last.is_file() else "")) from None
+    if final_metrics.metrics:
+        return final_metrics.metrics, int(trainer.global_step)
+    # ddp_spawn: the callback ran in the worker processes; the weights came back here
+    final = {**parts.module.evaluate(), "nonfinite_steps": 0, "fit_time_s": time.perf_counter() - t_start}
+    return final, int(load_checkpoint(last).get("global_step", 0))
+
+
+def _datamodule(parts: Parts) -> Any:
+    from nir.batches import FieldDataModule
+
+    return FieldDataModule(parts.signal)
+
+
+def collect_metrics(parts: Parts, trainer: Any, final: dict[str, Any], steps: int, t_start: float,
+                    t_wall0: float) -> dict[str, Any]:
+    """``metrics.json``'s content: the final fp32 metrics with their convention and the run's facts."""
+    final = dict(final)
+    fit_s = final.pop("fit_time_s")
+    diverged = final.get("nonfinite_steps", 0) > 0 or not math.isfinite(final["psnr"])
+    signal = parts.signal
+    return {
+        "status": "diverged" if diverged else "ok",
+        **final,
+        "psnr_convention": f"10 log10(R^2/MSE) over all samples and channels, signal units, R = {parts.data.stats.range:g}; fp32 evaluation",
+        "steps": steps,
+        "num_params": parts.field.num_parameters(),
+        "fit_time_s": fit_s,
+        "wall_time_s": time.perf_counter() - t_start,
+        "started_at": t_wall0,
+        "finished_at": time.time(),
+        "precision": parts.precision,
+        "device": str(trainer.strategy.root_device),  # the module is back on the CPU after fit
+        "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
+    }
+
+
+def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: float) -> None:
+    """``field.safetensors`` and ``metrics.json`` into the run directory; the summary lines."""
+    field.cpu().save(run_dir / "field.safetensors")
+    write_json(run_dir / "metrics.json", metrics)
+    finite = math.isfinite(metrics["psnr"])
+    worst = metrics.get("worst_decade_median")
+    print(
+        f"nir: {metrics['steps']} steps in {metrics['fit_time_s']:.1f} s, PSNR {metrics['psnr']:.2f} dB"
+        f" (data range {data_range:g}, all samples){'' if finite else ' (not finite!)'}\n"
+        + (f"worst-decade median relative error {worst:.2%} (per-decade table in metrics.json)\n" if worst is not None else "")
+        + f"run directory: {run_dir}\n"
+        f"look at it:    tensorboard --logdir {run_dir}",
+        flush=True,
+    )
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fit the field described by ``cfg``; write the run directory; return the final metrics.
+
+    The run directory gets: ``tb/`` (TensorBoard events), ``checkpoints/`` (``last.ckpt``,
+    ``best.ckpt``), ``config.yaml`` (resolved), ``field.safetensors`` and ``metrics.json``.
+    """
+    return train_field(cfg, run_dir)[1]
+
+
+def train_field(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: Sequence[Any] = (),
+                choices: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """:func:`train`, also returning the trained :class:`~nir.field.Field` (on the CPU, eval mode).
+    ``callbacks``: extra Lightning callbacks (benchmarks, custom logging). ``choices``: the
+    chosen option per config group (Hydra's, by default), for the data preset's line."""
+    t_start, t_wall0 = time.perf_counter(), time.time()
+    run_dir = prepare_run_dir(cfg, run_dir)
+    _, hc = hydra_job()
+    line = preset_line(cfg, choices if choices is not None else dict(hc.runtime.choices) if hc else {})
+    if line and os.environ.get("LOCAL_RANK", "0") == "0":
+        print(line, flush=True)
+    with warnings.catch_warnings():  # Lightning's noise, silenced for this run only
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
+        parts = build_parts(cfg)
+        trainer, final_metrics = build_trainer(cfg, parts, run_dir, callbacks)
+        final, steps = fit_with_guards(cfg, parts, trainer, final_metrics, run_dir, t_start)
+    metrics = collect_metrics(parts, trainer, final, steps, t_start, t_wall0)
+    if trainer.is_global_zero:
+        write_run(parts.field, metrics, run_dir, parts.data.stats.range)
+    return parts.field.cpu().eval(), metrics
+
+
+def _signal_overrides(signal: Any, run_dir: Path) -> list[str]:
+    """The ``data=...`` overrides for what ``nir.fit`` was given (a path, an option, an array)."""
+    import numpy as np
+    import torch
+
+    if isinstance(signal, (str, Path)) and Path(signal).suffix.lower() in (".npy", ".npz"):
+        return ["data=array", f"data.path={Path(signal).resolve()}"]
+    if isinstance(signal, (str, Path)) and Path(signal).suffix:
+        return ["data=image", f"data.path={Path(signal).resolve()}"]
+    if isinstance(signal, str):
+        options = groups()["data"]
+        require(signal in options, f"signal {signal!r} is neither a file nor a data option ({', '.join(options)})")
+        return [f"data={signal}"]
+    arr = signal.detach().cpu().numpy() if torch.is_tensor(signal) else np.asarray(signal)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    np.save(run_dir / "signal.npy", arr.astype(np.float32, copy=False))
+    return ["data=array", f"data.path={(run_dir / 'signal.npy').resolve()}"]
+
+
+def fit(signal: Any, overrides: Sequence[str] = (), run_dir: str | Path | None = None, **options: Any) -> tuple[Any, dict[str, Any]]:
+    """Train a field from Python with the same configs as ``nir-train``; return ``(field, metrics)``.
+
+    Args:
+        signal: an image path (.png/.jpg/.tif), an array path (.npy/.npz), the name of a data
+            option (``"peaks1d"``), or a numpy array / torch tensor of shape ``(*grid)`` (scalar
+            field; pass ``channel_axis=-1`` for ``(*grid, channels)``), saved as ``signal.npy``
+            in the run directory and read back through ``data=array``.
+        overrides: Hydra override strings, exactly as on the command line.
+        run_dir: where the run goes (default ``outputs/fit/<date>_<time>``).
+        **options: more overrides as keywords: a config group picks an option (``model="siren"``),
+            ``steps``, ``lr``, ``precision`` and ``channel_axis`` are short for
+            ``trainer.max_steps``, ``optim.lr``, ``trainer.precision`` and ``data.channel_axis``,
+            and ``__`` stands for a dot (``model__hidden_dim=64``).
+
+    The run directory has the same layout as a ``nir-train`` run (``.hydra/`` included), and
+    the returned field is the trained one, in memory (``nir.load_field(run_dir)`` gives the
+    same answers from disk). The process's warning filters and allocator are left unchanged.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else Path("outputs/fit") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    ov = _signal_overrides(signal, run_dir)
+    names = groups()
+    for key, value in options.items():
+        key = ALIASES.get(key, key.replace("__", "."))
+        literal = json.dumps(value) if isinstance(value, (list, tuple, bool)) or value is None else value
+        ov.append(f"{key}={value if key in names else literal}")
+    ov += list(overrides)
+    cfg, choices = compose_config(ov)
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ov)))
+    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    return train_field(cfg, run_dir, choices=choices)
