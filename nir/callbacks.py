@@ -41,6 +41,15 @@ def _predict(pl_module: pl.LightningModule, idx: torch.Tensor) -> tuple[np.ndarr
     return pred, data.values_at(idx).float().cpu().numpy()
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def field_figure(pl_module: pl.LightningModule, max_side: int = 512):
     """Matplotlib figure of a long-tailed field (first channel).
 
@@ -49,44 +58,54 @@ def field_figure(pl_module: pl.LightningModule, max_side: int = 512):
     relative error (log scale, 1e-4 .. 1). 2-D non-image fields: the same with one slice.
     Relative error is |p - y| / max(|y|, floor) with the metric floor.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    signal = pl_module.data.signal
     floor = pl_module.data.stats.floor or 1e-12
-    shape = signal.shape
-    if signal.ndim == 1:
-        idx, (n,) = preview_indices(shape, 4096)
-        pred, target = _predict(pl_module, idx)
-        x = idx.numpy()
-        fig, (a0, a1) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-        a0.semilogy(x, np.maximum(np.abs(target[:, 0]), floor), lw=0.8, label="target")
-        a0.semilogy(x, np.maximum(np.abs(pred[:, 0]), floor), lw=0.8, ls="--", label="prediction")
-        a0.set_ylabel("|value|")
-        a0.legend(loc="upper right")
-        rel = np.abs(pred[:, 0] - target[:, 0]) / np.maximum(np.abs(target[:, 0]), floor)
-        a1.semilogy(x, np.maximum(rel, 1e-7), lw=0.6, color="C3")
-        a1.set_ylabel("relative error")
-        a1.set_xlabel("sample index")
-        fig.tight_layout()
-        return fig
+    if pl_module.data.signal.ndim == 1:
+        return _profile_figure(pl_module, floor)
+    return _slices_figure(_central_slices(pl_module, max_side), floor)
+
+
+def _profile_figure(pl_module: pl.LightningModule, floor: float):
+    idx, _ = preview_indices(pl_module.data.signal.shape, 4096)
+    pred, target = _predict(pl_module, idx)
+    x = idx.numpy()
+    fig, (a0, a1) = _pyplot().subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    a0.semilogy(x, np.maximum(np.abs(target[:, 0]), floor), lw=0.8, label="target")
+    a0.semilogy(x, np.maximum(np.abs(pred[:, 0]), floor), lw=0.8, ls="--", label="prediction")
+    a0.set_ylabel("|value|")
+    a0.legend(loc="upper right")
+    rel = np.abs(pred[:, 0] - target[:, 0]) / np.maximum(np.abs(target[:, 0]), floor)
+    a1.semilogy(x, np.maximum(rel, 1e-7), lw=0.6, color="C3")
+    a1.set_ylabel("relative error")
+    a1.set_xlabel("sample index")
+    fig.tight_layout()
+    return fig
+
+
+def _central_slices(pl_module: pl.LightningModule, max_side: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(prediction, target) of the central slice along each axis of a 3-D field (the whole grid
+    of a 2-D one), strided to at most ``max_side`` samples per axis."""
+    signal = pl_module.data.signal
+    shape, three = signal.shape, signal.ndim == 3
     slices = []
-    for ax in range(signal.ndim if signal.ndim == 3 else 1):
+    for ax in range(signal.ndim if three else 1):
         axes = [np.arange(n) for n in shape]
         axes[ax] = np.array([shape[ax] // 2])
-        keep = [a for i, a in enumerate(axes) if i != ax] if signal.ndim == 3 else axes
+        keep = [a for i, a in enumerate(axes) if i != ax] if three else axes
         keep = [a[np.unique(np.linspace(0, len(a) - 1, min(len(a), max_side)).round().astype(int))] for a in keep]
-        if signal.ndim == 3:
+        if three:
             keep.insert(ax, axes[ax])
         mesh = np.meshgrid(*keep, indexing="ij")
         flat = torch.from_numpy(np.ravel_multi_index([m.ravel() for m in mesh], shape))
         pred, target = _predict(pl_module, flat)
-        hw = [len(a) for i, a in enumerate(keep) if not (signal.ndim == 3 and i == ax)]
+        hw = [len(a) for i, a in enumerate(keep) if not (three and i == ax)]
         slices.append((pred[:, 0].reshape(hw), target[:, 0].reshape(hw)))
-    fig, axs = plt.subplots(3, len(slices), figsize=(3.2 * len(slices), 9), squeeze=False)
+    return slices
+
+
+def _slices_figure(slices: list[tuple[np.ndarray, np.ndarray]], floor: float):
+    from matplotlib.colors import LogNorm
+
+    fig, axs = _pyplot().subplots(3, len(slices), figsize=(3.2 * len(slices), 9), squeeze=False)
     vmax = max(float(np.abs(t).max()) for _, t in slices)
     norm = LogNorm(vmin=max(floor, vmax * 1e-7), vmax=vmax)
     for j, (p, t) in enumerate(slices):
@@ -106,11 +125,7 @@ def field_figure(pl_module: pl.LightningModule, max_side: int = 512):
 
 def magnitude_figure(table: list[dict]):
     """Relative-error quantiles (median, p90, max) per decade bin against magnitude."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = [r for r in table if r["count"] > 0]
     labels = [r["bin"] for r in rows]
     x = np.arange(len(rows))

@@ -378,6 +378,30 @@ def read_image(
 ARRAY_EXTENSIONS = (".npy", ".npz")
 
 
+def _load_array(p: Path, key: str | None, mmap: bool) -> tuple[np.ndarray, MappedFile | None]:
+    """The array in ``p`` (``.npy``, memory-mapped if ``mmap``, or one array of an ``.npz``),
+    never unpickled, and its :class:`MappedFile` when mapped."""
+    name = str(p)
+    try:
+        if p.suffix.lower() == ".npy":
+            if mmap:
+                mapped = MappedFile(p)
+                return mapped.array, mapped
+            return np.load(p, allow_pickle=False), None
+        with np.load(p, allow_pickle=False) as z:
+            names = list(z.files)
+            require(names, f"data.path {name!r} holds no arrays")
+            k = key if key is not None else (names[0] if len(names) == 1 else "values")
+            require(k in names, f"data.key {k!r} not in {name!r}; it holds {', '.join(names)}")
+            return z[k], None
+    except NirError:
+        raise
+    except ValueError as e:
+        raise NirError(f"data.path {name!r} could not be read without unpickling ({e}); save a plain numeric array") from None
+    except Exception as e:
+        raise NirError(f"data.path {name!r} could not be read as an array ({type(e).__name__}: {e})") from None
+
+
 def read_array(
     path: str,
     key: str | None = None,
@@ -398,27 +422,7 @@ def read_array(
     """
     p = _check_file(path, "array", ARRAY_EXTENSIONS)
     name = str(p)
-    try:
-        mapped = None
-        if p.suffix.lower() == ".npy":
-            if mmap:
-                mapped = MappedFile(p)
-                arr = mapped.array
-            else:
-                arr = np.load(p, allow_pickle=False)
-        else:
-            with np.load(p, allow_pickle=False) as z:
-                names = list(z.files)
-                require(names, f"data.path {name!r} holds no arrays")
-                k = key if key is not None else (names[0] if len(names) == 1 else "values")
-                require(k in names, f"data.key {k!r} not in {name!r}; it holds {', '.join(names)}")
-                arr = z[k]
-    except NirError:
-        raise
-    except ValueError as e:
-        raise NirError(f"data.path {name!r} could not be read without unpickling ({e}); save a plain numeric array") from None
-    except Exception as e:
-        raise NirError(f"data.path {name!r} could not be read as an array ({type(e).__name__}: {e})") from None
+    arr, mapped = _load_array(p, key, mmap)
     require(
         np.issubdtype(arr.dtype, np.number) or arr.dtype == bool,
         f"data.path {name!r} has non-numeric dtype {arr.dtype}; save numbers",
