@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.nir-installed
 ARGS ?=
 
-.PHONY: venv train test test-fast bench clean
+.PHONY: venv train test lint format clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,15 @@ train: $(STAMP)
 ## the test suite (CPU only)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+## ruff: lint and format check (configuration in pyproject.toml); `make format` applies the formatter
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -7,6 +7,7 @@ Python caller who wants the same speed-up calls it too, before training (docs/pe
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -40,7 +41,5 @@ def release_heap() -> None:
     passes and fits. Only needed, and only done, when :func:`tune_allocator` raised the trim
     threshold in this process; otherwise glibc trims by itself."""
     if _tuned:
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass

@@ -13,7 +13,7 @@ Where a new sampler goes: a class beside :class:`IndexSampler` with ``next()``, 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytorch_lightning as pl
@@ -95,8 +95,16 @@ class BlockCache:
     position (its batches differ from an uninterrupted run's, its coverage does not).
     """
 
-    def __init__(self, signal: Signal, prepare: Callable[[Tensor], Tensor], cache_bytes: int,
-                 batch_size: int, device: torch.device, seed: int = 0, block_rows: int = 1 << 16) -> None:
+    def __init__(
+        self,
+        signal: Signal,
+        prepare: Callable[[Tensor], Tensor],
+        cache_bytes: int,
+        batch_size: int,
+        device: torch.device,
+        seed: int = 0,
+        block_rows: int = 1 << 16,
+    ) -> None:
         self.signal, self.prepare, self.device, self.seed = signal, prepare, device, int(seed)
         c = signal.channels
         row_bytes = 4 * c
@@ -172,14 +180,25 @@ class TrainingData:
         seed: sampler seed; DDP rank r draws with ``seed + 1_000_003 r``.
     """
 
-    def __init__(self, signal: Signal, transform: nn.Module, loss: nn.Module, batch_size: int,
-                 cache_mb: float = 4096, seed: int = 0) -> None:
+    def __init__(
+        self,
+        signal: Signal,
+        transform: nn.Module,
+        loss: nn.Module,
+        batch_size: int,
+        cache_mb: float = 4096,
+        seed: int = 0,
+    ) -> None:
         st = signal.summary()
         vmin, vmax = float(st["min"].min()), float(st["max"].max())
         require(vmax > vmin, f"data {signal.name!r} is constant (every value is {vmin:g}); there is nothing to fit")
         if batch_size > signal.numel:
-            log.info("batch_size %d is larger than the signal (%d samples): using full batches of %d",
-                     batch_size, signal.numel, signal.numel)
+            log.info(
+                "batch_size %d is larger than the signal (%d samples): using full batches of %d",
+                batch_size,
+                signal.numel,
+                signal.numel,
+            )
         sample = signal.fit_sample()  # the whole signal, or a bounded sample of a large one
         transform.fit(sample)
         loss.fit(sample)
@@ -208,7 +227,7 @@ class TrainingData:
         copies = 2 if self.transformed_copy else 1
         return self.signal.source is not None and copies * self.signal.nbytes > self.cache_bytes
 
-    def to(self, device: torch.device, rank: int = 0) -> "TrainingData":
+    def to(self, device: torch.device, rank: int = 0) -> TrainingData:
         """Put the values and the sampler on ``device`` (once; a no-op when they are there)."""
         if self._device == device:
             return self

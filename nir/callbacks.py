@@ -110,11 +110,13 @@ def _slices_figure(slices: list[tuple[np.ndarray, np.ndarray]], floor: float):
     norm = LogNorm(vmin=max(floor, vmax * 1e-7), vmax=vmax)
     for j, (p, t) in enumerate(slices):
         rel = np.abs(p - t) / np.maximum(np.abs(t), floor)
-        for i, (img, title, nrm, cmap) in enumerate([
-            (np.maximum(np.abs(t), floor), "target", norm, "viridis"),
-            (np.maximum(np.abs(p), floor), "prediction", norm, "viridis"),
-            (np.clip(rel, 1e-4, 1), "relative error", LogNorm(1e-4, 1), "magma"),
-        ]):
+        for i, (img, title, nrm, cmap) in enumerate(
+            [
+                (np.maximum(np.abs(t), floor), "target", norm, "viridis"),
+                (np.maximum(np.abs(p), floor), "prediction", norm, "viridis"),
+                (np.clip(rel, 1e-4, 1), "relative error", LogNorm(1e-4, 1), "magma"),
+            ]
+        ):
             im = axs[i, j].imshow(img, norm=nrm, cmap=cmap, origin="lower")
             axs[i, j].set_title(f"{title} (axis {j} centre)" if len(slices) > 1 else title, fontsize=8)
             axs[i, j].axis("off")
@@ -173,18 +175,25 @@ class MagnitudeLogger(pl.Callback):
             sl = slice(nz[0], nz[-1] + 1)
             tb.add_histogram_raw(
                 f"magnitude/log10_rel_err/{row['bin']}",
-                min=float(centres[nz[0]]), max=float(centres[nz[-1]]), num=int(counts.sum()),
-                sum=float((counts * centres).sum()), sum_squares=float((counts * centres**2).sum()),
-                bucket_limits=limits[sl].tolist(), bucket_counts=counts[sl].tolist(), global_step=step,
+                min=float(centres[nz[0]]),
+                max=float(centres[nz[-1]]),
+                num=int(counts.sum()),
+                sum=float((counts * centres).sum()),
+                sum_squares=float((counts * centres**2).sum()),
+                bucket_limits=limits[sl].tolist(),
+                bucket_counts=counts[sl].tolist(),
+                global_step=step,
             )
             for key in ("median", "p90"):
                 tb.add_scalar(f"magnitude/{key}/{row['bin']}", row[key], step)
         if not self._layout_done:
-            tb.add_custom_scalars({
-                "per-magnitude relative error": {
-                    key: ["Multiline", [f"magnitude/{key}/{r['bin']}" for r in table]] for key in ("median", "p90")
+            tb.add_custom_scalars(
+                {
+                    "per-magnitude relative error": {
+                        key: ["Multiline", [f"magnitude/{key}/{r['bin']}" for r in table]] for key in ("median", "p90")
+                    }
                 }
-            })
+            )
             self._layout_done = True
         tb.add_figure("magnitude/quantiles", magnitude_figure(table), step)
 
@@ -313,11 +322,15 @@ class DivergenceGuard(pl.Callback):
         if type(pl_module.field.network).__name__ == "Siren":
             causes.append("w0 too large for the signal (model.w0, model.w0_first)")
         raise Diverged(
-            f"training diverged at step {step}: loss {loss} (precision {precision}); likely causes: " + "; ".join(causes),
-            step, loss,
+            f"training diverged at step {step}: loss {loss} (precision {precision}); likely causes: "
+            + "; ".join(causes),
+            step,
+            loss,
         )
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.every and (trainer.global_step % self.every == 0):
             self._check(trainer, pl_module)
 

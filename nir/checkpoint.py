@@ -30,10 +30,6 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
-def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return load_checkpoint(Path(path), map_location)
-
-
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``: plain containers and tensors only; anything
     else (a pickled object, code) is refused before it runs."""
@@ -43,4 +39,6 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
         raise NirError(f"checkpoint {str(path)!r} does not exist") from None
     except Exception as e:  # UnpicklingError, truncated files, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NirError(f"checkpoint {str(path)!r} refused: not a complete plain-data checkpoint ({first[:160]})") from None
+        raise NirError(
+            f"checkpoint {str(path)!r} refused: not a complete plain-data checkpoint ({first[:160]})"
+        ) from None

@@ -4,8 +4,9 @@ config nodes into components (Hydra ``_target_``, the one selection mechanism)."
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -15,8 +16,12 @@ from nir.errors import NirError, positive_float, positive_int, require
 CONF_DIR = Path(os.environ.get("NIR_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
 
 #: keyword shorthands of ``nir.fit``
-ALIASES = {"steps": "trainer.max_steps", "lr": "optim.lr", "precision": "trainer.precision",
-           "channel_axis": "data.channel_axis"}
+ALIASES = {
+    "steps": "trainer.max_steps",
+    "lr": "optim.lr",
+    "precision": "trainer.precision",
+    "channel_axis": "data.channel_axis",
+}
 
 
 def groups() -> dict[str, list[str]]:
@@ -41,8 +46,10 @@ def check_config(cfg: DictConfig) -> None:
     """Refuse impossible settings before anything is built (one-line errors). Component
     arguments (``model.*``, ``optim.*``, ...) are checked by the components themselves."""
     positive_int("batch_size", cfg.batch_size)
-    require(isinstance(cfg.check_finite_every, int) and cfg.check_finite_every >= 0,
-            f"check_finite_every must be an integer >= 0 (0 = off), got {cfg.check_finite_every!r}")
+    require(
+        isinstance(cfg.check_finite_every, int) and cfg.check_finite_every >= 0,
+        f"check_finite_every must be an integer >= 0 (0 = off), got {cfg.check_finite_every!r}",
+    )
     positive_int("trainer.max_steps", cfg.trainer.max_steps)
     positive_float("cache_mb", cfg.cache_mb)
     require(isinstance(cfg.compile, bool), f"compile must be true or false, got {cfg.compile!r}")

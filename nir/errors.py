@@ -2,7 +2,7 @@
 
 import contextlib
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class NirError(ValueError):

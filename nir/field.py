@@ -6,15 +6,15 @@ import importlib
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from nir.errors import NirError, cli_errors, require
 from nir.signal import Grid
-
 
 TRUSTED_ENV = "NIR_TRUSTED_MODULES"
 
@@ -42,7 +42,9 @@ def _import_class(target: str, trusted: Iterable[str] = ()) -> type:
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
-        raise NirError(f"field spec names unknown class {target!r}; was it saved by a newer nir, or is its module not importable?") from None
+        raise NirError(
+            f"field spec names unknown class {target!r}; was it saved by a newer nir, or is its module not importable?"
+        ) from None
     require(isinstance(cls, type) and issubclass(cls, nn.Module), f"field spec: {target!r} is not a module class")
     return cls
 
@@ -119,7 +121,9 @@ class Field(nn.Module):
         x = coords.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             y = self(x)
-            rows = [torch.autograd.grad(y[:, c].sum(), x, retain_graph=c + 1 < y.shape[1])[0] for c in range(y.shape[1])]
+            rows = [
+                torch.autograd.grad(y[:, c].sum(), x, retain_graph=c + 1 < y.shape[1])[0] for c in range(y.shape[1])
+            ]
         return torch.stack(rows, dim=1)
 
     @torch.no_grad()
@@ -141,10 +145,16 @@ class Field(nn.Module):
         """
         shape = tuple(int(v) for v in (self.spec["shape"] if shape is None else shape))
         bounds = self.spec["bounds"] if bounds is None else [list(map(float, b)) for b in bounds]
-        require(len(shape) == self.in_dim, f"sample shape {shape} must have {self.in_dim} axes for this {self.in_dim}-D field")
+        require(
+            len(shape) == self.in_dim,
+            f"sample shape {shape} must have {self.in_dim} axes for this {self.in_dim}-D field",
+        )
         require(all(v >= 1 for v in shape), f"sample shape {shape} must be positive")
         suffix = Path(out).suffix.lower() if out is not None else None
-        require(suffix in (None, ".npy", ".png", ".tif", ".tiff"), f"cannot write {str(out)!r}: use .npy, .png, .tif or .tiff")
+        require(
+            suffix in (None, ".npy", ".png", ".tif", ".tiff"),
+            f"cannot write {str(out)!r}: use .npy, .png, .tif or .tiff",
+        )
         grid = Grid(shape, bounds).to(self.bounds.device)
         n = math.prod(shape)
         if suffix == ".npy":
@@ -167,7 +177,9 @@ class Field(nn.Module):
         import imageio.v3 as iio
         import numpy as np
 
-        require(self.in_dim == 2 and self.channels in (1, 3), f"{path.suffix} output needs a 2-D field with 1 or 3 channels")
+        require(
+            self.in_dim == 2 and self.channels in (1, 3), f"{path.suffix} output needs a 2-D field with 1 or 3 channels"
+        )
         v = values.numpy()
         if path.suffix.lower() == ".png":
             lo, hi = self.spec.get("meta", {}).get("value_range", (float(v.min()), float(v.max())))
@@ -196,8 +208,15 @@ class Field(nn.Module):
                 import onnxscript  # noqa: F401  (the exporter needs it; fail with one line)
             except ImportError:
                 raise NirError("ONNX export needs the onnx extra: pip install 'nir[onnx]'") from None
-            program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=dynamic,
-                                        input_names=["coords"], output_names=["values"], verbose=False)
+            program = torch.onnx.export(
+                module,
+                example,
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                input_names=["coords"],
+                output_names=["values"],
+                verbose=False,
+            )
             program.save(str(path))
         return path
 
@@ -213,7 +232,7 @@ class Field(nn.Module):
         return path
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], trusted: Iterable[str] = ()) -> "Field":
+    def from_spec(cls, spec: dict[str, Any], trusted: Iterable[str] = ()) -> Field:
         """An untrained field from its spec; ``trusted``: more module prefixes its classes may come from."""
         return cls(build_component(spec["network"], trusted), build_component(spec["transform"], trusted), spec)
 
@@ -255,7 +274,7 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
         ckpt = load_checkpoint(p)
         require("nir_spec" in ckpt, f"checkpoint {str(p)!r} has no nir spec; it was not written by nir")
         field = Field.from_spec(ckpt["nir_spec"], trusted)
-        state = {k[len("field."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("field.")}
+        state = {k[len("field.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("field.")}
         field.load_state_dict(state)
         return field.to(device).eval()
     try:

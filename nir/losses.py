@@ -22,7 +22,7 @@ class _FP32Loss(nn.Module):
     space = "transformed"
     needs_log_transform = False
 
-    def fit(self, values: Tensor) -> "_FP32Loss":
+    def fit(self, values: Tensor) -> _FP32Loss:
         """Set data-dependent constants (floors) from the training values; default: none."""
         return self
 
@@ -93,7 +93,7 @@ class RelL2(_FP32Loss):
         self.floor_arg = floor
         self.floor = float(floor) if floor is not None else None
 
-    def fit(self, values: Tensor) -> "RelL2":
+    def fit(self, values: Tensor) -> RelL2:
         from nir.transforms import floor_from_data
 
         if self.floor_arg is None:
@@ -115,7 +115,7 @@ class RelL2TCNN(_FP32Loss):
     def __init__(self, epsilon: float = 0.01) -> None:
         super().__init__()
         self.epsilon = positive_float("loss.epsilon", epsilon)
-        self.floor = self.epsilon ** 0.5
+        self.floor = self.epsilon**0.5
 
     def compute(self, pred: Tensor, target: Tensor) -> Tensor:
         return ((pred - target) ** 2 / (pred.detach() ** 2 + self.epsilon)).mean()
@@ -148,5 +148,7 @@ def check_setup(loss: nn.Module, transform: nn.Module, precision: str) -> None:
                 f"got transform={tname}: a linear output crosses zero and the relative weight explodes"
             )
         floor = getattr(loss, "floor", None)
-        if floor is not None and floor ** 2 < torch.finfo(torch.float32).tiny:
-            raise NirError(f"loss floor {floor:g} underflows when squared in fp32 (precision {precision}); use a floor >= 1e-19")
+        if floor is not None and floor**2 < torch.finfo(torch.float32).tiny:
+            raise NirError(
+                f"loss floor {floor:g} underflows when squared in fp32 (precision {precision}); use a floor >= 1e-19"
+            )

@@ -98,7 +98,9 @@ class MagnitudeBins(Metric):
         self.count += torch.bincount(b, minlength=nb).double()
         self.mass += torch.zeros(nb, dtype=torch.float64, device=y.device).index_add_(0, b, mag.double())
         self.bias_sum += torch.zeros(nb, dtype=torch.float64, device=y.device).index_add_(0, b, bias.double())
-        mx = torch.zeros(nb, dtype=torch.float32, device=y.device).scatter_reduce(0, b, rel.nan_to_num(nan=float("inf")), "amax")
+        mx = torch.zeros(nb, dtype=torch.float32, device=y.device).scatter_reduce(
+            0, b, rel.nan_to_num(nan=float("inf")), "amax"
+        )
         self.max_rel = torch.maximum(self.max_rel, mx.double())
         lr = torch.log10(rel.clamp_min(10**HIST_LO)).nan_to_num(nan=HIST_HI, posinf=HIST_HI)
         h = ((lr - HIST_LO) / (HIST_HI - HIST_LO) * HIST_BINS).long().clamp(0, HIST_BINS - 1)
@@ -164,7 +166,7 @@ class SignalStats:
     absmax: float = 0.0
 
     @classmethod
-    def measure(cls, signal: Signal, sample: Tensor | None = None) -> "SignalStats":
+    def measure(cls, signal: Signal, sample: Tensor | None = None) -> SignalStats:
         """Statistics of ``signal``; ``sample`` is its fit sample if the caller drew it already
         (:meth:`Signal.fit_sample`), so a large signal is sampled once per run."""
         if not signal.long_tailed:
@@ -173,8 +175,13 @@ class SignalStats:
 
         st = signal.summary()
         sample = signal.fit_sample() if sample is None else sample
-        return cls(range=data_range(signal), long_tailed=True, floor=floor_from_data(sample, 1e-7),
-                    absmin=float(st["absmin"]), absmax=float(st["absmax"]))
+        return cls(
+            range=data_range(signal),
+            long_tailed=True,
+            floor=floor_from_data(sample, 1e-7),
+            absmin=float(st["absmin"]),
+            absmax=float(st["absmax"]),
+        )
 
 
 class GridMetrics(nn.Module):

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -29,8 +30,15 @@ class FieldModule(pl.LightningModule):
             the saved field stay eager, so a loaded field never carries compiled state.
     """
 
-    def __init__(self, field: Field, loss: nn.Module, data: TrainingData, optim: Adam | None = None,
-                 max_steps: int = 1000, compile: bool = False) -> None:
+    def __init__(
+        self,
+        field: Field,
+        loss: nn.Module,
+        data: TrainingData,
+        optim: Adam | None = None,
+        max_steps: int = 1000,
+        compile: bool = False,
+    ) -> None:
         super().__init__()
         self.field, self.loss_fn, self.data = field, loss, data
         self.optim, self.max_steps = optim or Adam(), max_steps
@@ -128,7 +136,9 @@ class FieldModule(pl.LightningModule):
         was_training = self.training
         self.eval()
         dist = torch.distributed
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        rank, world = (
+            (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        )
         for start, stop, coords in data.grid.chunks(chunk, rank, world):
             metrics.update(self.field(coords), data.values_range(start, stop))
         self.train(was_training)

@@ -10,7 +10,8 @@ grid encoding: instant-ngp uses eps 1e-15, betas (0.9, 0.99), no weight decay) g
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,20 +51,35 @@ class Adam:
 
     KEYS = ("lr", "betas", "eps", "weight_decay")
 
-    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, schedule: str = "cosine", warmup_steps: int = 0,
-                 min_lr_ratio: float = 0.01, groups: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        schedule: str = "cosine",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.01,
+        groups: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         positive_float("optim.lr", lr)
         positive_float("optim.eps", eps)
         require(schedule in ("cosine", "constant"), f"optim.schedule must be 'cosine' or 'constant', got {schedule!r}")
-        require(len(betas) == 2 and all(0 <= b < 1 for b in betas), f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
+        require(
+            len(betas) == 2 and all(0 <= b < 1 for b in betas),
+            f"optim.betas must be two numbers in [0, 1), got {list(betas)}",
+        )
         require(weight_decay >= 0, f"optim.weight_decay must be >= 0, got {weight_decay!r}")
         groups = {k: dict(v) for k, v in (groups or {}).items()}
         for name, g in groups.items():
             bad = sorted(set(g) - set(self.KEYS))
             require(not bad, f"optim.groups.{name}: unknown key(s) {', '.join(bad)}; use {', '.join(self.KEYS)}")
-        self.defaults = {"lr": float(lr), "betas": tuple(float(b) for b in betas), "eps": float(eps),
-                         "weight_decay": float(weight_decay)}
+        self.defaults = {
+            "lr": float(lr),
+            "betas": tuple(float(b) for b in betas),
+            "eps": float(eps),
+            "weight_decay": float(weight_decay),
+        }
         self.schedule, self.warmup_steps, self.min_lr_ratio = schedule, int(warmup_steps), float(min_lr_ratio)
         self.groups = groups
 
@@ -72,7 +88,9 @@ class Adam:
         named = named_parameter_groups(network)
         unknown = sorted(set(self.groups) - set(named))
         if unknown:
-            raise NirError(f"optim.groups names {', '.join(unknown)}, but this network's parameter groups are {', '.join(named)}")
+            raise NirError(
+                f"optim.groups names {', '.join(unknown)}, but this network's parameter groups are {', '.join(named)}"
+            )
         param_groups = []
         for name, params in named.items():
             extra = dict(self.groups.get(name, {}))
@@ -83,5 +101,7 @@ class Adam:
         opt = torch.optim.Adam(param_groups, **self.defaults)
         if self.schedule == "constant":
             return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(max_steps, self.warmup_steps, self.min_lr_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, cosine_with_warmup(max_steps, self.warmup_steps, self.min_lr_ratio)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

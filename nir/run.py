@@ -14,9 +14,10 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -62,7 +63,7 @@ def hydra_job() -> tuple[bool, Any]:
 
         hc = HydraConfig.get()
         return hc.mode == RunMode.MULTIRUN, hc
-    except Exception:  # noqa: BLE001 - not running under Hydra (tests, nir.fit)
+    except Exception:
         return False, None
 
 
@@ -71,9 +72,11 @@ def _check_strategy(trainer_kwargs: dict[str, Any]) -> None:
     strategy = str(trainer_kwargs.get("strategy", "auto"))
     multirun, _ = hydra_job()
     relaunch = strategy.startswith("ddp") and not strategy.startswith(("ddp_spawn", "ddp_notebook"))
-    require(not (multirun and relaunch),
-            f"trainer.strategy={strategy} inside a multirun would re-run the whole sweep in every DDP process; "
-            "run DDP jobs one at a time (no -m), or use trainer.strategy=ddp_spawn in sweeps")
+    require(
+        not (multirun and relaunch),
+        f"trainer.strategy={strategy} inside a multirun would re-run the whole sweep in every DDP process; "
+        "run DDP jobs one at a time (no -m), or use trainer.strategy=ddp_spawn in sweeps",
+    )
 
 
 def _threads_for_parallel_jobs() -> None:
@@ -101,7 +104,7 @@ def _seed_all(seed: int) -> None:
 
     os.environ["PL_GLOBAL_SEED"] = str(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds the legacy global generator that user code may use
     torch.manual_seed(seed)
 
 
@@ -130,7 +133,9 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str | Path | None) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise NirError(f"run directory {str(run_dir)!r} is not writable ({e.strerror}); choose another with hydra.run.dir=...") from None
+        raise NirError(
+            f"run directory {str(run_dir)!r} is not writable ({e.strerror}); choose another with hydra.run.dir=..."
+        ) from None
     _seed_all(int(cfg.seed))
     return run_dir
 
@@ -175,8 +180,14 @@ def build_trainer(cfg: DictConfig, parts: Parts, run_dir: Path, extra_callbacks:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from nir.callbacks import (AtomicCheckpointIO, DivergenceGuard, FinalMetrics, MagnitudeLogger, ProgressPrinter,
-                               ReconstructionLogger)
+    from nir.callbacks import (
+        AtomicCheckpointIO,
+        DivergenceGuard,
+        FinalMetrics,
+        MagnitudeLogger,
+        ProgressPrinter,
+        ReconstructionLogger,
+    )
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["precision"] = parts.precision
@@ -191,20 +202,34 @@ def build_trainer(cfg: DictConfig, parts: Parts, run_dir: Path, extra_callbacks:
     callbacks: list[pl.Callback] = [
         DivergenceGuard(int(cfg.check_finite_every)),  # first: nothing is evaluated or saved after a divergence
         final_metrics,
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/psnr", mode="max",
-                        save_top_k=1, save_last=True, auto_insert_metric_name=False),
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor="val/psnr",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+        ),
         LearningRateMonitor(logging_interval="step"),
     ]
     callbacks += [ReconstructionLogger()] if cfg.log.images else []
     callbacks += [MagnitudeLogger()] if long_tailed else []
     callbacks += [] if trainer_kwargs.get("enable_progress_bar", True) else [ProgressPrinter()]
-    trainer = pl.Trainer(**trainer_kwargs, logger=logger, callbacks=[*callbacks, *extra_callbacks],
-                         plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), enable_model_summary=False)
+    trainer = pl.Trainer(
+        **trainer_kwargs,
+        logger=logger,
+        callbacks=[*callbacks, *extra_callbacks],
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        enable_model_summary=False,
+    )
     return trainer, final_metrics
 
 
-def fit_with_guards(cfg: DictConfig, parts: Parts, trainer: Any, final_metrics: Any, run_dir: Path,
-                    t_start: float) -> tuple[dict[str, Any], int]:
+def fit_with_guards(
+    cfg: DictConfig, parts: Parts, trainer: Any, final_metrics: Any, run_dir: Path, t_start: float
+) -> tuple[dict[str, Any], int]:
     """Fit (resuming if asked); a divergence writes ``metrics.json`` with status ``diverged`` and
     ends in one line. Returns the final fp32 metrics and the number of optimizer steps."""
     from nir.callbacks import Diverged
@@ -213,16 +238,27 @@ def fit_with_guards(cfg: DictConfig, parts: Parts, trainer: Any, final_metrics: 
     ckpt_path = None
     if cfg.resume:
         ckpt_path = run_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
-        require(ckpt_path.is_file(), f"resume: checkpoint {str(ckpt_path)!r} not found; pass a .ckpt path or 'last' with the run's hydra.run.dir")
+        require(
+            ckpt_path.is_file(),
+            f"resume: checkpoint {str(ckpt_path)!r} not found; pass a .ckpt path or 'last' with the run's hydra.run.dir",
+        )
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     try:
-        trainer.fit(parts.module, datamodule=_datamodule(parts), ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+        trainer.fit(
+            parts.module, datamodule=_datamodule(parts), ckpt_path=ckpt_path, weights_only=True if ckpt_path else None
+        )
     except Diverged as d:
-        info = {"status": "diverged", "step": d.step, "loss": d.loss, "precision": parts.precision,
-                "last_good_checkpoint": str(last) if last.is_file() else None,
-                "wall_time_s": time.perf_counter() - t_start, "message": str(d)}
+        info = {
+            "status": "diverged",
+            "step": d.step,
+            "loss": d.loss,
+            "precision": parts.precision,
+            "last_good_checkpoint": str(last) if last.is_file() else None,
+            "wall_time_s": time.perf_counter() - t_start,
+            "message": str(d),
+        }
         if trainer.is_global_zero:
             write_json(run_dir / "metrics.json", info)
         raise NirError(str(d) + (f"; last good checkpoint: {last}" if last.is_file() else "")) from None
@@ -239,8 +275,9 @@ def _datamodule(parts: Parts) -> Any:
     return FieldDataModule(parts.signal)
 
 
-def collect_metrics(parts: Parts, trainer: Any, final: dict[str, Any], steps: int, t_start: float,
-                    t_wall0: float) -> dict[str, Any]:
+def collect_metrics(
+    parts: Parts, trainer: Any, final: dict[str, Any], steps: int, t_start: float, t_wall0: float
+) -> dict[str, Any]:
     """``metrics.json``'s content: the final fp32 metrics with their convention and the run's facts."""
     final = dict(final)
     fit_s = final.pop("fit_time_s")
@@ -271,7 +308,11 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
     print(
         f"nir: {metrics['steps']} steps in {metrics['fit_time_s']:.1f} s, PSNR {metrics['psnr']:.2f} dB"
         f" (data range {data_range:g}, all samples){'' if finite else ' (not finite!)'}\n"
-        + (f"worst-decade median relative error {worst:.2%} (per-decade table in metrics.json)\n" if worst is not None else "")
+        + (
+            f"worst-decade median relative error {worst:.2%} (per-decade table in metrics.json)\n"
+            if worst is not None
+            else ""
+        )
         + f"run directory: {run_dir}\n"
         f"look at it:    tensorboard --logdir {run_dir}",
         flush=True,
@@ -290,8 +331,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     return train_field(cfg, run_dir)[1]
 
 
-def train_field(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: Sequence[Any] = (),
-                choices: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+def train_field(
+    cfg: DictConfig,
+    run_dir: str | Path | None = None,
+    callbacks: Sequence[Any] = (),
+    choices: dict[str, Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """:func:`train`, also returning the trained :class:`~nir.field.Field` (on the CPU, eval mode).
     ``callbacks``: extra Lightning callbacks (benchmarks, custom logging). ``choices``: the
     chosen option per config group (Hydra's, by default), for the data preset's line."""
@@ -332,7 +377,9 @@ def _signal_overrides(signal: Any, run_dir: Path) -> list[str]:
     return ["data=array", f"data.path={(run_dir / 'signal.npy').resolve()}"]
 
 
-def fit(signal: Any, overrides: Sequence[str] = (), run_dir: str | Path | None = None, **options: Any) -> tuple[Any, dict[str, Any]]:
+def fit(
+    signal: Any, overrides: Sequence[str] = (), run_dir: str | Path | None = None, **options: Any
+) -> tuple[Any, dict[str, Any]]:
     """Train a field from Python with the same configs as ``nir-train``; return ``(field, metrics)``.
 
     Args:

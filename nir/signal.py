@@ -16,9 +16,9 @@ from __future__ import annotations
 import mmap
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class Signal:
     name: str = "signal"
     meta: dict = field(default_factory=dict)
     long_tailed: bool = False
-    source: "MappedFile | None" = field(default=None, repr=False, compare=False)
+    source: MappedFile | None = field(default=None, repr=False, compare=False)
     _summary: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -143,8 +143,12 @@ class Signal:
                 if self.source is not None:
                     self.source.release(start * self.channels, (start + (1 << 20)) * self.channels)
             mn, mx = torch.stack(lo).amin(0), torch.stack(hi).amax(0)
-            self._summary = {"min": mn, "max": mx, "absmin": torch.stack(alo).min(),
-                             "absmax": torch.maximum(mn.abs(), mx.abs()).max()}
+            self._summary = {
+                "min": mn,
+                "max": mx,
+                "absmin": torch.stack(alo).min(),
+                "absmax": torch.maximum(mn.abs(), mx.abs()).max(),
+            }
         return self._summary
 
     def count_nonfinite(self) -> int:
@@ -184,7 +188,13 @@ class MappedFile:
             self.shape, self.fortran, self.dtype = tuple(shape), bool(fortran), np.dtype(dtype)
             count = int(np.prod(self.shape))
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if count else None
-        self.array = np.frombuffer(self._mm, self.dtype, count, self.offset).reshape(self.shape, order="F" if self.fortran else "C") if count else np.empty(self.shape, self.dtype)
+        self.array = (
+            np.frombuffer(self._mm, self.dtype, count, self.offset).reshape(
+                self.shape, order="F" if self.fortran else "C"
+            )
+            if count
+            else np.empty(self.shape, self.dtype)
+        )
 
     def __getstate__(self) -> dict:  # pickled (ddp_spawn workers, multiprocessing) as its path
         return {"path": self.path}
@@ -255,7 +265,7 @@ class Grid:
     def numel(self) -> int:
         return int(np.prod(self.shape))
 
-    def to(self, device: torch.device | str) -> "Grid":
+    def to(self, device: torch.device | str) -> Grid:
         self.lo = self.lo.to(device)
         self.step = self.step.to(device)
         return self
@@ -317,6 +327,16 @@ def sample_image_path(name: str) -> Path:
     raise NirError(f"data.sample {name!r} is not a bundled photo; choose one of {', '.join(avail)}")
 
 
+def _unit_range(img: np.ndarray, p: Path) -> tuple[np.ndarray, int]:
+    """Pixels as float64 in [0, 1] (integers divided by their dtype's maximum, floats as they
+    are) and the bit depth."""
+    if np.issubdtype(img.dtype, np.integer):
+        return img.astype(np.float64) / float(np.iinfo(img.dtype).max), int(np.iinfo(img.dtype).bits)
+    if np.issubdtype(img.dtype, np.floating) or img.dtype == bool:
+        return img.astype(np.float64), 32
+    raise NirError(f"data.path {str(p)!r}: unsupported pixel type {img.dtype}")
+
+
 def read_image(
     path: str | None = None,
     sample: str = "chelsea",
@@ -345,18 +365,16 @@ def read_image(
     try:
         img = np.asarray(iio.imread(p))
     except Exception as e:  # imageio raises many types for corrupt files
-        raise NirError(f"data.path {str(p)!r} could not be read as an image ({type(e).__name__}: {e}); check the file") from None
+        raise NirError(
+            f"data.path {str(p)!r} could not be read as an image ({type(e).__name__}: {e}); check the file"
+        ) from None
     if img.ndim == 3 and img.shape[0] > 1 and img.shape[-1] not in (1, 2, 3, 4):
         img = img[0]  # multi-page TIFF: first page
-    require(img.ndim in (2, 3) and img.size > 0, f"data.path {str(p)!r}: expected a 2-D image, got array of shape {img.shape}")
-    if np.issubdtype(img.dtype, np.integer):
-        scaled = img.astype(np.float64) / float(np.iinfo(img.dtype).max)
-        bits = int(np.iinfo(img.dtype).bits)
-    elif np.issubdtype(img.dtype, np.floating) or img.dtype == bool:
-        scaled = img.astype(np.float64)
-        bits = 32
-    else:
-        raise NirError(f"data.path {str(p)!r}: unsupported pixel type {img.dtype}")
+    require(
+        img.ndim in (2, 3) and img.size > 0,
+        f"data.path {str(p)!r}: expected a 2-D image, got array of shape {img.shape}",
+    )
+    scaled, bits = _unit_range(img, p)
     if scaled.ndim == 2:
         scaled = scaled[..., None]
     if scaled.shape[-1] in (2, 4):  # gray+alpha, RGBA
@@ -397,9 +415,23 @@ def _load_array(p: Path, key: str | None, mmap: bool) -> tuple[np.ndarray, Mappe
     except NirError:
         raise
     except ValueError as e:
-        raise NirError(f"data.path {name!r} could not be read without unpickling ({e}); save a plain numeric array") from None
+        raise NirError(
+            f"data.path {name!r} could not be read without unpickling ({e}); save a plain numeric array"
+        ) from None
     except Exception as e:
         raise NirError(f"data.path {name!r} could not be read as an array ({type(e).__name__}: {e})") from None
+
+
+def _check_numeric(arr: np.ndarray, name: str) -> None:
+    require(
+        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool,
+        f"data.path {name!r} has non-numeric dtype {arr.dtype}; save numbers",
+    )
+    require(
+        not np.issubdtype(arr.dtype, np.complexfloating),
+        f"data.path {name!r} is complex; save the real part or the magnitude",
+    )
+    require(arr.size > 0, f"data.path {name!r} is empty (shape {arr.shape})")
 
 
 def read_array(
@@ -423,12 +455,7 @@ def read_array(
     p = _check_file(path, "array", ARRAY_EXTENSIONS)
     name = str(p)
     arr, mapped = _load_array(p, key, mmap)
-    require(
-        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool,
-        f"data.path {name!r} has non-numeric dtype {arr.dtype}; save numbers",
-    )
-    require(not np.issubdtype(arr.dtype, np.complexfloating), f"data.path {name!r} is complex; save the real part or the magnitude")
-    require(arr.size > 0, f"data.path {name!r} is empty (shape {arr.shape})")
+    _check_numeric(arr, name)
     if channel_axis is not None:
         arr = np.moveaxis(arr, channel_axis, -1)
         grid_ndim = arr.ndim - 1
@@ -443,7 +470,11 @@ def read_array(
     if channel_axis is None:
         values = values[..., None]
     # still the file's memory (float32, C order, channels last): stream it, never copy it whole
-    source = mapped if mapped is not None and values.flags.c_contiguous and np.may_share_memory(values, mapped.array) else None
+    source = (
+        mapped
+        if mapped is not None and values.flags.c_contiguous and np.may_share_memory(values, mapped.array)
+        else None
+    )
     with warnings.catch_warnings():  # a read-only memory map: nir never writes into signal values
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.from_numpy(values if source is not None else np.ascontiguousarray(values))

@@ -20,7 +20,17 @@ from nir.errors import cli_errors, require
 #: failed jobs of the last multirun in this process (read by ``nir-train`` for its exit status)
 LAST_FAILED = 0
 LOWER_IS_BETTER = {"worst_decade_median", "wall_time_s", "fit_time_s", "num_params"}
-COLUMNS = ["job", "overrides", "status", "psnr", "psnr_log", "worst_decade_median", "wall_time_s", "num_params", "error"]
+COLUMNS = [
+    "job",
+    "overrides",
+    "status",
+    "psnr",
+    "psnr_log",
+    "worst_decade_median",
+    "wall_time_s",
+    "num_params",
+    "error",
+]
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -31,7 +41,11 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         job = ov.parent.parent
         overrides = yaml.safe_load(ov.read_text()) or []
         mfile = job / "metrics.json"
-        m = json.loads(mfile.read_text()) if mfile.is_file() else {"status": "failed", "error": "no metrics.json (killed?)"}
+        m = (
+            json.loads(mfile.read_text())
+            if mfile.is_file()
+            else {"status": "failed", "error": "no metrics.json (killed?)"}
+        )
         row = {"job": str(job.relative_to(sweep_dir)), "overrides": overrides, **m}
         rows.append(row)
     # show only what differs between jobs (overrides shared by every job are the sweep's setting)

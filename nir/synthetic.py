@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -46,8 +46,13 @@ def _lognormal(shape, slope, lo, hi, rng) -> np.ndarray:
 
 def _signal(values: np.ndarray, name: str, bounds, params: dict) -> Signal:
     v = torch.from_numpy(values.astype(np.float32)[..., None])
-    return Signal(v, default_bounds(values.ndim, bounds), name=name, meta={"kind": "synthetic", "generator": name, "params": params},
-                  long_tailed=True)
+    return Signal(
+        v,
+        default_bounds(values.ndim, bounds),
+        name=name,
+        meta={"kind": "synthetic", "generator": name, "params": params},
+        long_tailed=True,
+    )
 
 
 def peaks1d(
@@ -84,8 +89,15 @@ def peaks1d(
     c = rng.uniform(-0.9, 0.9, num_peaks)
     for hi, wi, ci in zip(h, w, c):
         y = y + hi / (1 + ((x - ci) / wi) ** 2) ** 2
-    params = dict(n=n, num_peaks=num_peaks, background=list(background), heights=list(heights),
-                  widths=list(widths), slope=slope, seed=seed)
+    params = dict(
+        n=n,
+        num_peaks=num_peaks,
+        background=list(background),
+        heights=list(heights),
+        widths=list(widths),
+        slope=slope,
+        seed=seed,
+    )
     return _signal(y, "peaks1d", bounds, params)
 
 
@@ -140,8 +152,16 @@ def sources3d(
     for a, (cx, cy, cz) in zip(amps, centres):
         r2 = (X - cx) ** 2 + (Y - cy) ** 2 + (Z - cz) ** 2
         y = y + a * r0**2 / (r2 + r0**2) * np.exp(-np.sqrt(r2) / screening)
-    params = dict(n=n, num_sources=num_sources, background=list(background), amplitudes=list(amplitudes),
-                  r0=r0, screening=screening, slope=slope, seed=seed)
+    params = dict(
+        n=n,
+        num_sources=num_sources,
+        background=list(background),
+        amplitudes=list(amplitudes),
+        r0=r0,
+        screening=screening,
+        slope=slope,
+        seed=seed,
+    )
     return _signal(y, "sources3d", bounds, params)
 
 

@@ -45,8 +45,10 @@ def _precheck_output_dir(overrides: list[str]) -> None:
             p = Path(value).expanduser().absolute()
             while not p.exists():
                 p = p.parent
-            require(p.is_dir() and os.access(p, os.W_OK),
-                    f"{key} {value!r} cannot be created: {str(p)!r} is not a writable directory; choose another {key}")
+            require(
+                p.is_dir() and os.access(p, os.W_OK),
+                f"{key} {value!r} cannot be created: {str(p)!r} is not a writable directory; choose another {key}",
+            )
 
 
 def _precheck_compose(overrides: list[str]) -> None:
@@ -102,7 +104,7 @@ def _hydra_app() -> Any:
                 return _objective(train(cfg), cfg)
         try:
             return _objective(train(cfg), cfg)
-        except Exception as e:  # noqa: BLE001 - any failure of one job must not end the sweep
+        except Exception as e:
             _record_failed_job(Path(HydraConfig.get().runtime.output_dir), HydraConfig.get().job.num, e)
             return float("nan")
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 class Identity(nn.Module):
     """``t = y``. For images scaled to a known range."""
 
-    def fit(self, values: Tensor) -> "Identity":
+    def fit(self, values: Tensor) -> Identity:
         return self
 
     def forward(self, y: Tensor) -> Tensor:
@@ -30,7 +30,7 @@ class Identity(nn.Module):
 class _Fitted(nn.Module):
     """Base for transforms with data statistics: buffers take the saved shapes on load."""
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, buf in list(self._buffers.items()):
             key = prefix + name
             if key in state_dict and buf is not None and state_dict[key].shape != buf.shape:
@@ -46,7 +46,7 @@ class Standardize(_Fitted):
         self.register_buffer("mean", torch.zeros(1))
         self.register_buffer("std", torch.ones(1))
 
-    def fit(self, values: Tensor) -> "Standardize":
+    def fit(self, values: Tensor) -> Standardize:
         v = values.reshape(-1, values.shape[-1]).double()
         self.mean = v.mean(0).float()
         self.std = v.std(0).clamp_min(1e-12).float()
@@ -103,13 +103,15 @@ class Log(_Fitted):
         self.register_buffer("log_lo", torch.tensor(-30.0))
         self.register_buffer("log_hi", torch.tensor(30.0))
 
-    def fit(self, values: Tensor) -> "Log":
+    def fit(self, values: Tensor) -> Log:
         from nir.errors import NirError
 
         v = values.reshape(-1, values.shape[-1])
         vmin = float(v.min())
         if vmin < 0:
-            raise NirError(f"transform log needs values >= 0, but the data's minimum is {vmin:.3g}; use transform=asinh or shift the data")
+            raise NirError(
+                f"transform log needs values >= 0, but the data's minimum is {vmin:.3g}; use transform=asinh or shift the data"
+            )
         f = self.floor_arg if self.floor_arg is not None else floor_from_data(v, 1e-7)
         logs = torch.log(v.double() + f)
         self.floor = torch.tensor(float(f))
@@ -146,7 +148,7 @@ class Asinh(_Fitted):
         self.register_buffer("mu", torch.zeros(1))
         self.register_buffer("sigma", torch.ones(1))
 
-    def fit(self, values: Tensor) -> "Asinh":
+    def fit(self, values: Tensor) -> Asinh:
         v = values.reshape(-1, values.shape[-1])
         s = self.scale_arg if self.scale_arg is not None else floor_from_data(v, 1e-7)
         a = torch.asinh(v.double() / s)
@@ -174,7 +176,7 @@ class Softplus(_Fitted):
         super().__init__()
         self.register_buffer("scale", torch.ones(1))
 
-    def fit(self, values: Tensor) -> "Softplus":
+    def fit(self, values: Tensor) -> Softplus:
         from nir.errors import NirError
 
         v = values.reshape(-1, values.shape[-1])

@@ -30,21 +30,24 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nir.fields import Siren  # noqa: E402
-from nir.signal import Grid, Signal, read_image  # noqa: E402
-from nir.allocator import tune_allocator  # noqa: E402
+from nir.allocator import tune_allocator
+from nir.fields import Siren
+from nir.signal import Grid, Signal, read_image
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 
 
 def cameraman256() -> Signal:
     """The SIREN notebook's target: cameraman resized to 256x256, gray, values in [-1, 1],
-    saved as an 8-bit PNG so that the plain loop and nir read exactly the same pixels."""
+    saved as an 8-bit PNG so that the plain loop and nir read exactly the same pixels.
+    Resized by torch's antialiased bilinear interpolation (scikit-image's ``resize`` until
+    nir stopped depending on scikit-image; the two differ by a fraction of a grey level)."""
     import imageio.v3 as iio
-    from skimage.transform import resize
+    import torch.nn.functional as F
 
     s = read_image(sample="camera", value_range=(0, 1))
-    img = resize(s.values[..., 0].numpy(), (256, 256), anti_aliasing=True)
+    x = s.values[..., 0][None, None]
+    img = F.interpolate(x, size=(256, 256), mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
     path = Path(tempfile.gettempdir()) / "nir_cameraman256.png"
     iio.imwrite(path, (np.clip(img, 0, 1) * 255).round().astype(np.uint8), extension=".png")
     return read_image(str(path), value_range=(-1, 1))
@@ -95,8 +98,16 @@ class PlainLoop:
     """The reference: a minimal PyTorch loop (coordinates precomputed, full batch). ``16-mixed``
     uses a gradient scaler, as Lightning does; ``compile`` wraps the network in torch.compile."""
 
-    def __init__(self, signal: Signal, lr: float, precision: str = "32", seed: int = 0,
-                 device: str = "cpu", compile: bool = False, batch: int | None = None) -> None:
+    def __init__(
+        self,
+        signal: Signal,
+        lr: float,
+        precision: str = "32",
+        seed: int = 0,
+        device: str = "cpu",
+        compile: bool = False,
+        batch: int | None = None,
+    ) -> None:
         torch.manual_seed(seed)
         self.device = device
         self.net = Siren(2, 1, 256, 3).to(device)
@@ -188,11 +199,18 @@ DEVICE_OVERRIDES: list[str] = []  # ["trainer=gpu"] with --device cuda
 
 
 def nir_run(signal_path: str, overrides: list[str], steps: int, run_dir: Path, cb=()) -> dict:
-    from tests.conftest import make_cfg
     from nir.run import train_field
+    from tests.conftest import make_cfg
 
-    ov = [*DEVICE_OVERRIDES, f"data.path={signal_path}", f"trainer.max_steps={steps}",
-          "trainer.enable_progress_bar=false", "log.images=false", "check_finite_every=0", *overrides]
+    ov = [
+        *DEVICE_OVERRIDES,
+        f"data.path={signal_path}",
+        f"trainer.max_steps={steps}",
+        "trainer.enable_progress_bar=false",
+        "log.images=false",
+        "check_finite_every=0",
+        *overrides,
+    ]
     _, m = train_field(make_cfg(ov), run_dir, callbacks=list(cb))
     return m
 
@@ -216,7 +234,7 @@ def step_timer(device: str = "cpu"):
             self.n += 1
 
         def step_times(self, skip: int = 3) -> list[float]:
-            return [d / self.k for d in np.diff(self.starts)][max(1, skip // self.k):]
+            return [d / self.k for d in np.diff(self.starts)][max(1, skip // self.k) :]
 
     return StepTimer()
 
@@ -260,8 +278,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="report path (default docs/performance.md, or docs/performance-gpu.md with --device cuda)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="report path (default docs/performance.md, or docs/performance-gpu.md with --device cuda)",
+    )
     args = ap.parse_args()
     dev = args.device
     gpu = dev == "cuda"
@@ -282,12 +304,19 @@ def main() -> None:
         ceil["16-mixed"] = matmul_ceiling(torch.float16, dev)
         precisions.append("16-mixed")
 
-    print('bench: 1. framework', time.strftime('%T'), flush=True)
+    print("bench: 1. framework", time.strftime("%T"), flush=True)
     # 1. framework overhead: alternate plain and nir, same model / data / batch / optimizer
     reps, steps = (2, 8) if q else ((3, 100) if gpu else (3, 25))
     plain_t, nir_t = [], []
-    ref_overrides = ["model.hidden_dim=256", "model.num_layers=3", "optim.lr=1e-4", "optim.schedule=constant",
-                     "batch_size=65536", "trainer.precision=32", "trainer.val_check_interval=100000"]
+    ref_overrides = [
+        "model.hidden_dim=256",
+        "model.num_layers=3",
+        "optim.lr=1e-4",
+        "optim.schedule=constant",
+        "batch_size=65536",
+        "trainer.precision=32",
+        "trainer.val_check_interval=100000",
+    ]
     for r in range(reps):
         plain_t += PlainLoop(sig, 1e-4, device=dev).timed(steps)
         timer = step_timer(dev)
@@ -295,7 +324,7 @@ def main() -> None:
         nir_t += timer.step_times()
     ratio = statistics.median(nir_t) / statistics.median(plain_t)
 
-    print('bench: 2. efficiency', time.strftime('%T'), flush=True)
+    print("bench: 2. efficiency", time.strftime("%T"), flush=True)
     # 2. efficiency, 3. precision and 6. compile: throughput, and PSNR after the same steps (eager)
     prec_steps = 30 if q else (1000 if gpu else 300)
     comp_steps = 10 if q else (200 if gpu else 25)
@@ -312,7 +341,7 @@ def main() -> None:
     med = {p: statistics.median(res[p][0]) for p in precisions}
     cmed = {p: statistics.median(comp[p][0]) for p in precisions}
 
-    print('bench: 6. torch.compile ins', time.strftime('%T'), flush=True)
+    print("bench: 6. torch.compile ins", time.strftime("%T"), flush=True)
     # 6. torch.compile inside nir: compile=true against the same run eager, default precision
     nir_comp = {}
     n6 = 12 if q else (200 if gpu else 30)
@@ -322,7 +351,7 @@ def main() -> None:
         nir_run(path, ["trainer.val_check_interval=100000", f"compile={flag}"], n6 + 4, tmp / f"c{flag}", [timer])
         nir_comp[flag] = (timer.step_times(), time.perf_counter() - t0)
 
-    print('bench: GPU only', time.strftime('%T'), flush=True)
+    print("bench: GPU only", time.strftime("%T"), flush=True)
     # GPU only: throughput against batch size (random coordinates), bf16-mixed eager
     scaling = []
     if gpu:
@@ -330,13 +359,13 @@ def main() -> None:
             ts = PlainLoop(sig, 1e-4, "bf16-mixed", device=dev, batch=b).timed(10 if q else 50)
             scaling.append((b, statistics.median(ts)))
 
-    print('bench: 5. time to quality', time.strftime('%T'), flush=True)
+    print("bench: 5. time to quality", time.strftime("%T"), flush=True)
     graphed = {}
     if gpu:
         for prec in ["32", "bf16-mixed"]:
             try:
                 graphed[prec] = f"{graphed_step_time(sig, prec) * 1e3:.2f} ms"
-            except Exception as e:  # noqa: BLE001 - reported, not fatal: the other figures stand
+            except Exception as e:
                 graphed[prec] = f"failed ({type(e).__name__}: {str(e)[:80]})"
 
     # 5. time to quality: the SIREN notebook setup vs nir's default image setup
@@ -356,18 +385,24 @@ def main() -> None:
                 break
     curve = psnr_curve(10)
     nir_steps = 150 if q else (2000 if gpu else 1000)
-    nir_run(path, ["trainer.val_check_interval=100000", f"trainer.max_steps={nir_steps}"], nir_steps, tmp / "ttq", [curve])
+    nir_run(
+        path, ["trainer.val_check_interval=100000", f"trainer.max_steps={nir_steps}"], nir_steps, tmp / "ttq", [curve]
+    )
     r30, r40 = first_reach(ref_points, 30), first_reach(ref_points, 40)
     n30, n40 = first_reach(curve.points, 30), first_reach(curve.points, 40)
 
-    print('bench: report', time.strftime('%T'), flush=True)
+    print("bench: report", time.strftime("%T"), flush=True)
     # report
     if gpu:
         p = torch.cuda.get_device_properties(0)
-        machine = f"{p.name} ({p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
+        machine = (
+            f"{p.name} ({p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
+        )
     else:
-        machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (CPU), "
-                   f"threads {torch.get_num_threads()}; glibc malloc tuned by nir (see troubleshooting.md)")
+        machine = (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (CPU), "
+            f"threads {torch.get_num_threads()}; glibc malloc tuned by nir (see troubleshooting.md)"
+        )
     sps = lambda t, n=sig.numel: f"{n / t / 1e6:.2f} M samples/s"  # noqa: E731
     out("# Performance" + (" on a GPU" if gpu else ""))
     out("")
@@ -376,37 +411,65 @@ def main() -> None:
     out("    .venv/bin/python scripts/bench.py" + (" --device cuda" if gpu else "") + (" --quick" if q else ""))
     out("")
     out(f"Machine: {machine}; {time.strftime('%Y-%m-%d')}.")
-    out("Workload: cameraman 256x256, SIREN 3x256 (198,657 parameters), Adam 1e-4, full batch of 65,536 pixels "
-        f"({flops / 1e9:.1f} GFLOP per training step).")
-    out("Figures are min / median / max over the repeats of one run; ceilings are the best large square matmul "
-        f"({'8192' if gpu else '2048'}^3) in the same precision.")
+    out(
+        "Workload: cameraman 256x256, SIREN 3x256 (198,657 parameters), Adam 1e-4, full batch of 65,536 pixels "
+        f"({flops / 1e9:.1f} GFLOP per training step)."
+    )
+    out(
+        "Figures are min / median / max over the repeats of one run; ceilings are the best large square matmul "
+        f"({'8192' if gpu else '2048'}^3) in the same precision."
+    )
     out("")
     out("| target | measured | verdict |")
     out("|---|---|---|")
-    out(f"| 1. framework overhead: nir step / plain PyTorch step <= 1.05 | {ratio:.3f} (nir {fmt3(nir_t)} s, plain {fmt3(plain_t)} s; {reps} alternations of {steps} steps) | {'met' if ratio <= 1.05 else 'missed'} |")
+    out(
+        f"| 1. framework overhead: nir step / plain PyTorch step <= 1.05 | {ratio:.3f} (nir {fmt3(nir_t)} s, plain {fmt3(plain_t)} s; {reps} alternations of {steps} steps) | {'met' if ratio <= 1.05 else 'missed'} |"
+    )
     eff = flops / med["32"] / 1e9 / ceil["32"]
-    out(f"| 2. fp32 step GFLOP/s over fp32 matmul ceiling >= 60 % | {flops / med['32'] / 1e9:.0f} GFLOP/s of {ceil['32']:.0f}: {100 * eff:.0f} % eager; "
-        f"{100 * flops / cmed['32'] / 1e9 / ceil['32']:.0f} % compiled | {'met' if eff >= 0.6 else 'met with compile' if flops / cmed['32'] / 1e9 / ceil['32'] >= 0.6 else 'missed'} |")
+    out(
+        f"| 2. fp32 step GFLOP/s over fp32 matmul ceiling >= 60 % | {flops / med['32'] / 1e9:.0f} GFLOP/s of {ceil['32']:.0f}: {100 * eff:.0f} % eager; "
+        f"{100 * flops / cmed['32'] / 1e9 / ceil['32']:.0f} % compiled | {'met' if eff >= 0.6 else 'met with compile' if flops / cmed['32'] / 1e9 / ceil['32'] >= 0.6 else 'missed'} |"
+    )
     speed, cspeed = med["32"] / med["bf16-mixed"], cmed["32"] / cmed["bf16-mixed"]
     dpsnr = res["bf16-mixed"][1] - res["32"][1]
-    v3 = ("accuracy missed" if abs(dpsnr) > 0.5 else "met" if speed >= 2 else "met with compile" if cspeed >= 2 else "missed")
-    out(f"| 3. bf16-mixed >= 2x fp32 throughput, PSNR within 0.5 dB after {prec_steps} steps | eager {speed:.2f}x, compiled {cspeed:.2f}x; "
-        f"PSNR {res['32'][1]:.2f} vs {res['bf16-mixed'][1]:.2f} dB ({dpsnr:+.2f}) | {v3} |")
+    v3 = (
+        "accuracy missed"
+        if abs(dpsnr) > 0.5
+        else "met"
+        if speed >= 2
+        else "met with compile"
+        if cspeed >= 2
+        else "missed"
+    )
+    out(
+        f"| 3. bf16-mixed >= 2x fp32 throughput, PSNR within 0.5 dB after {prec_steps} steps | eager {speed:.2f}x, compiled {cspeed:.2f}x; "
+        f"PSNR {res['32'][1]:.2f} vs {res['bf16-mixed'][1]:.2f} dB ({dpsnr:+.2f}) | {v3} |"
+    )
+
     def tt(r):
         return "not reached" if r[0] is None else f"{r[0]:.1f} s (step {r[1]})"
+
     verdict5 = "met" if (r30[0] and n30[0] and n30[0] <= r30[0] / 4) else "missed"
-    out(f"| 5. time to 30 dB <= 1/4 of the SIREN notebook setup | nir default: 30 dB {tt(n30)}, 40 dB {tt(n40)}; notebook setup (full batch, Adam 1e-4, fp32): 30 dB {tt(r30)}, 40 dB {tt(r40)} (budget {budget_ref} s) | {verdict5} |")
+    out(
+        f"| 5. time to 30 dB <= 1/4 of the SIREN notebook setup | nir default: 30 dB {tt(n30)}, 40 dB {tt(n40)}; notebook setup (full batch, Adam 1e-4, fp32): 30 dB {tt(r30)}, 40 dB {tt(r40)} (budget {budget_ref} s) | {verdict5} |"
+    )
     ce, cc = statistics.median(nir_comp["false"][0]), statistics.median(nir_comp["true"][0])
-    out(f"| 6. `compile=true` helps measurably | nir default setup: {ce * 1e3:.1f} ms/step eager, {cc * 1e3:.1f} ms/step compiled ({ce / cc:.2f}x); "
-        f"whole run of {n6 + 4} steps {nir_comp['false'][1]:.1f} s vs {nir_comp['true'][1]:.1f} s (compilation included) | {'helps' if ce / cc >= 1.1 else 'no gain'} |")
+    out(
+        f"| 6. `compile=true` helps measurably | nir default setup: {ce * 1e3:.1f} ms/step eager, {cc * 1e3:.1f} ms/step compiled ({ce / cc:.2f}x); "
+        f"whole run of {n6 + 4} steps {nir_comp['false'][1]:.1f} s vs {nir_comp['true'][1]:.1f} s (compilation included) | {'helps' if ce / cc >= 1.1 else 'no gain'} |"
+    )
     out("")
     out("Per precision, plain loop on the full-batch workload (eager PSNR after the same steps):")
     out("")
-    out("| precision | eager step | eager throughput | of its matmul ceiling | compiled step | compiled throughput | of ceiling | compile time | PSNR |")
+    out(
+        "| precision | eager step | eager throughput | of its matmul ceiling | compiled step | compiled throughput | of ceiling | compile time | PSNR |"
+    )
     out("|---|---|---|---|---|---|---|---|---|")
     for p in precisions:
-        out(f"| {p} | {fmt3(res[p][0], 1e3, 2)} ms | {sps(med[p])} | {100 * flops / med[p] / 1e9 / ceil[p]:.0f} % of {ceil[p]:.0f} GFLOP/s | "
-            f"{fmt3(comp[p][0], 1e3, 2)} ms | {sps(cmed[p])} | {100 * flops / cmed[p] / 1e9 / ceil[p]:.0f} % | {comp[p][1]:.1f} s | {res[p][1]:.2f} dB |")
+        out(
+            f"| {p} | {fmt3(res[p][0], 1e3, 2)} ms | {sps(med[p])} | {100 * flops / med[p] / 1e9 / ceil[p]:.0f} % of {ceil[p]:.0f} GFLOP/s | "
+            f"{fmt3(comp[p][0], 1e3, 2)} ms | {sps(cmed[p])} | {100 * flops / cmed[p] / 1e9 / ceil[p]:.0f} % | {comp[p][1]:.1f} s | {res[p][1]:.2f} dB |"
+        )
     if scaling:
         out("")
         out("Throughput against batch size (bf16-mixed, eager, random coordinates):")
@@ -415,18 +478,24 @@ def main() -> None:
         out("|---|---|---|---|")
         for b, t in scaling:
             f = siren_flops_per_point() * b
-            out(f"| {b:,} | {t * 1e3:.2f} ms | {sps(t, b)} | {100 * f / t / 1e9 / ceil['bf16-mixed']:.0f} % of {ceil['bf16-mixed']:.0f} GFLOP/s |")
+            out(
+                f"| {b:,} | {t * 1e3:.2f} ms | {sps(t, b)} | {100 * f / t / 1e9 / ceil['bf16-mixed']:.0f} % of {ceil['bf16-mixed']:.0f} GFLOP/s |"
+            )
     if graphed:
         out("")
-        out("The plain loop's whole full-batch step (forward, backward, Adam) captured in a CUDA graph and replayed, "
-            "i.e. without host work per step: " + ", ".join(f"{p} {v}" for p, v in graphed.items()) + ".")
+        out(
+            "The plain loop's whole full-batch step (forward, backward, Adam) captured in a CUDA graph and replayed, "
+            "i.e. without host work per step: " + ", ".join(f"{p} {v}" for p, v in graphed.items()) + "."
+        )
     out("")
     from tests.conftest import make_cfg
 
     default = make_cfg(DEVICE_OVERRIDES)
-    out(f"nir's default image setup for targets 5 and 6 is the {'GPU' if gpu else 'CPU'} preset: random batches of {int(default.batch_size):,} pixels, Adam {default.optim.lr:g}, "
+    out(
+        f"nir's default image setup for targets 5 and 6 is the {'GPU' if gpu else 'CPU'} preset: random batches of {int(default.batch_size):,} pixels, Adam {default.optim.lr:g}, "
         f"cosine schedule over {nir_steps} steps, precision auto (bf16-mixed here), SIREN's first layer and sines in fp32. "
-        "Times count training only (the PSNR evaluations are paused out).")
+        "Times count training only (the PSNR evaluations are paused out)."
+    )
     out_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench  # noqa: E402
+import bench
 
 
 def main() -> None:
@@ -29,8 +29,15 @@ def main() -> None:
         bench.DEVICE_OVERRIDES.append("trainer=gpu")
     bench.tune_allocator()
     sig = bench.cameraman256()
-    ov = ["model.hidden_dim=256", "model.num_layers=3", "optim.lr=1e-4", "optim.schedule=constant",
-          f"batch_size={args.batch}", "trainer.precision=32", "trainer.val_check_interval=100000"]
+    ov = [
+        "model.hidden_dim=256",
+        "model.num_layers=3",
+        "optim.lr=1e-4",
+        "optim.schedule=constant",
+        f"batch_size={args.batch}",
+        "trainer.precision=32",
+        "trainer.val_check_interval=100000",
+    ]
     tmp = Path(tempfile.mkdtemp(prefix="nir_host_"))
     plain, nir = [], []
     for r in range(args.reps):
@@ -38,8 +45,10 @@ def main() -> None:
         timer = bench.step_timer(args.device)
         bench.nir_run(sig.meta["path"], ov, 304, tmp / f"r{r}", [timer])
         nir.append(statistics.median(timer.step_times()))
-    print(f"batch {args.batch} on {args.device}: plain {bench.fmt3(plain, 1e3)} ms, nir {bench.fmt3(nir, 1e3)} ms "
-          f"(min / median / max of {args.reps} alternations); ratio {statistics.median(nir) / statistics.median(plain):.2f}")
+    print(
+        f"batch {args.batch} on {args.device}: plain {bench.fmt3(plain, 1e3)} ms, nir {bench.fmt3(nir, 1e3)} ms "
+        f"(min / median / max of {args.reps} alternations); ratio {statistics.median(nir) / statistics.median(plain):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def status_kb(key: str) -> int:
-    for line in open("/proc/self/status"):
+    for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(key)
@@ -50,29 +50,48 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--loss", default="log_mse")
     ap.add_argument("--dir", type=Path, default=None, help="where the volume is written (default: a temp dir)")
     args = ap.parse_args(argv)
-    from tests.conftest import make_cfg
-    from nir.run import train_field
     import pytorch_lightning  # noqa: F401  (imported before the baseline)
+
+    from nir.run import train_field
+    from tests.conftest import make_cfg
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="nir_mem_"))
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"volume{args.n}.npy"
     write_volume(path, args.n)
     size_mb = path.stat().st_size / 2**20
-    ov = ["data=array", f"data.path={path}", f"loss={args.loss}", f"cache_mb={args.cache_mb}",
-          f"model.hidden_dim={args.hidden}", "model.num_layers=1", f"trainer.max_steps={args.steps}",
-          f"trainer.val_check_interval={10 * args.steps}", "trainer.enable_progress_bar=false",
-          "log.images=false", "trainer.precision=32", "check_finite_every=0"]
+    ov = [
+        "data=array",
+        f"data.path={path}",
+        f"loss={args.loss}",
+        f"cache_mb={args.cache_mb}",
+        f"model.hidden_dim={args.hidden}",
+        "model.num_layers=1",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.val_check_interval={10 * args.steps}",
+        "trainer.enable_progress_bar=false",
+        "log.images=false",
+        "trainer.precision=32",
+        "check_finite_every=0",
+    ]
     cfg = make_cfg(ov)
-    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     base = status_kb("VmRSS") / 1024
     t = time.perf_counter()
     _, m = train_field(cfg, work / "run")
     peak = status_kb("VmHWM") / 1024
-    res = {"n": args.n, "array_mb": round(size_mb, 1), "cache_mb": args.cache_mb, "loss": args.loss,
-           "baseline_rss_mb": round(base, 1), "peak_rss_mb": round(peak, 1),
-           "peak_above_baseline_mb": round(peak - base, 1), "steps": m["steps"], "psnr": round(m["psnr"], 2),
-           "seconds": round(time.perf_counter() - t, 1)}
+    res = {
+        "n": args.n,
+        "array_mb": round(size_mb, 1),
+        "cache_mb": args.cache_mb,
+        "loss": args.loss,
+        "baseline_rss_mb": round(base, 1),
+        "peak_rss_mb": round(peak, 1),
+        "peak_above_baseline_mb": round(peak - base, 1),
+        "steps": m["steps"],
+        "psnr": round(m["psnr"], 2),
+        "seconds": round(time.perf_counter() - t, 1),
+    }
     print(json.dumps(res), flush=True)
     path.unlink()
     return res

@@ -24,9 +24,14 @@ import torch
 from nir.field import Field
 
 MODELS = {
-    "siren": {"target": "nir.fields.siren.Siren", "kwargs": {"in_dim": 3, "out_dim": 1, "hidden_dim": 256, "num_layers": 3}},
-    "fourier_lt3d": {"target": "nir.fields.fourier.FourierMLP", "kwargs": {
-        "in_dim": 3, "out_dim": 1, "hidden_dim": 64, "num_layers": 2, "num_features": 64, "sigma": 4.0}},
+    "siren": {
+        "target": "nir.fields.siren.Siren",
+        "kwargs": {"in_dim": 3, "out_dim": 1, "hidden_dim": 256, "num_layers": 3},
+    },
+    "fourier_lt3d": {
+        "target": "nir.fields.fourier.FourierMLP",
+        "kwargs": {"in_dim": 3, "out_dim": 1, "hidden_dim": 64, "num_layers": 2, "num_features": 64, "sigma": 4.0},
+    },
 }
 
 
@@ -46,8 +51,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="also write the grid to this .npy (memory-mapped)")
     args = ap.parse_args()
-    spec = {"network": MODELS[args.model], "transform": {"target": "nir.transforms.Log", "kwargs": {}},
-            "bounds": [[-1.0, 1.0]] * 3, "shape": [args.n] * 3, "channels": 1}
+    spec = {
+        "network": MODELS[args.model],
+        "transform": {"target": "nir.transforms.Log", "kwargs": {}},
+        "bounds": [[-1.0, 1.0]] * 3,
+        "shape": [args.n] * 3,
+        "channels": 1,
+    }
     torch.manual_seed(0)
     field = Field.from_spec(spec).to(args.device).eval()
     params = field.num_parameters()
@@ -65,12 +75,19 @@ def main() -> None:
     out_mb = out.numel() * 4 / 2**20
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res = {
-        "model": args.model, "params": params, "n": args.n, "points": out.numel(), "chunk": args.chunk,
+        "model": args.model,
+        "params": params,
+        "n": args.n,
+        "points": out.numel(),
+        "chunk": args.chunk,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
-        "seconds": round(dt, 2), "mpoints_per_s": round(out.numel() / dt / 1e6, 2), "output_mb": round(out_mb),
+        "seconds": round(dt, 2),
+        "mpoints_per_s": round(out.numel() / dt / 1e6, 2),
+        "output_mb": round(out_mb),
         # a memory-mapped output's written pages count in RSS too, so the output is subtracted either way
         "host_peak_beyond_output_mb": round(peak_rss - before - out_mb),
-        "to_npy": bool(args.out), "torch": torch.__version__,
+        "to_npy": bool(args.out),
+        "torch": torch.__version__,
     }
     if args.device.startswith("cuda"):
         res["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)

@@ -32,8 +32,15 @@ LOSSES = "mse,l1,huber,log_mse,log_huber,rel_l2,rel_l2_tcnn"
 COMMON = ["log.images=false", "trainer.enable_progress_bar=false"]
 SWEEPS: dict[str, list[str]] = {
     "peaks1d": ["data=peaks1d", f"loss={LOSSES}", "trainer.precision=32,bf16-mixed", "seed=0,1"],
-    "peaks1d-siren": ["data=peaks1d", "model=siren", "model.hidden_dim=72", "model.num_layers=2",
-                      "model.w0_first=30,300", "loss=mse,log_mse,rel_l2", "trainer.precision=32"],
+    "peaks1d-siren": [
+        "data=peaks1d",
+        "model=siren",
+        "model.hidden_dim=72",
+        "model.num_layers=2",
+        "model.w0_first=30,300",
+        "loss=mse,log_mse,rel_l2",
+        "trainer.precision=32",
+    ],
     "lognormal3d": ["data=lognormal3d", f"loss={LOSSES}", "trainer.precision=32"],
     "sources3d": ["data=sources3d", f"loss={LOSSES}", "trainer.precision=32"],
 }
@@ -96,17 +103,27 @@ def render(root: Path, names: list[str], wall: dict[str, float]) -> str:
             continue
         sweep = " ".join(SWEEPS[name])
         m0 = rows[0]["metrics"]
-        out += [f"## {name}", "", f"`nir-train -m {sweep}` ({len(rows)} jobs"
-                + (f", {wall[name] / 60:.0f} min" if name in wall else "") + f"); network parameters: {m0['num_params']:,}; "
-                f"samples: {math.prod(m0['signal']['shape']):,}.", ""]
+        out += [
+            f"## {name}",
+            "",
+            f"`nir-train -m {sweep}` ({len(rows)} jobs"
+            + (f", {wall[name] / 60:.0f} min" if name in wall else "")
+            + f"); network parameters: {m0['num_params']:,}; "
+            f"samples: {math.prod(m0['signal']['shape']):,}.",
+            "",
+        ]
         groups: dict[tuple, list[dict]] = defaultdict(list)
         vary = [k for k in rows[0]["overrides"] if k != "seed" and len({r["overrides"].get(k) for r in rows}) > 1]
         for r in rows:
             groups[tuple(r["overrides"].get(k) for k in vary)].append(r)
         present = [d for d in DECADES if any(d in r["median"] for r in rows)]
-        head = vary + [f"{d:.0e}" for d in present] + ["worst", "range PSNR", "log PSNR", "non-finite", "seeds", "s/run"]
+        head = (
+            vary + [f"{d:.0e}" for d in present] + ["worst", "range PSNR", "log PSNR", "non-finite", "seeds", "s/run"]
+        )
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for key, rs in sorted(groups.items(), key=lambda kv: max(r["metrics"].get("worst_decade_median", 1e9) for r in kv[1])):
+        for key, rs in sorted(
+            groups.items(), key=lambda kv: max(r["metrics"].get("worst_decade_median", 1e9) for r in kv[1])
+        ):
             cells = list(key)
             for d in present:
                 vals = [r["median"].get(d) for r in rs if r["median"].get(d) is not None]

@@ -16,8 +16,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nir.fields import Siren  # noqa: E402
-from nir.allocator import tune_allocator  # noqa: E402
+from nir.allocator import tune_allocator
+from nir.fields import Siren
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn")
 

@@ -23,7 +23,7 @@ def smooth_image(h: int = 32, w: int = 40, channels: int = 3, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
     chans = []
-    for c in range(channels):
+    for _ in range(channels):
         a, b, p = rng.uniform(1, 3, 3)
         chans.append(0.5 + 0.4 * np.sin(a * np.pi * x + p) * np.cos(b * np.pi * y))
     return (np.stack(chans, -1) * 255).round().astype(np.uint8)

@@ -26,3 +26,36 @@ def test_multirun_gives_each_job_its_own_run_dir(tiny_png, tmp_path):
     for p in runs:
         assert list((p / "tb").glob("events.out.tfevents.*"))
         assert (p / "field.safetensors").is_file()
+
+
+def test_hydra_flags_with_values_are_not_taken_for_overrides(tmp_path):
+    """``--cfg job`` / ``-c job`` / ``-p KEY`` / ``--info``: Hydra's own parser reads argv."""
+    r = run(["--cfg", "job", "model=fourier"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "nir.fields.FourierMLP" in r.stdout
+    r = run(["-c", "job", "-p", "optim"], tmp_path)
+    assert r.returncode == 0 and "lr: 0.001" in r.stdout and "_target_: nir.optim.Adam" in r.stdout, r.stderr[-2000:]
+    r = run(["--info", "defaults"], tmp_path)
+    assert r.returncode == 0 and "optim/adam" in r.stdout, r.stderr[-2000:]
+
+
+def test_data_preset_says_what_it_brought(tmp_path):
+    r = run(
+        [
+            "data=peaks1d",
+            "data.n=512",
+            "model.hidden_dim=8",
+            "optim.lr=0.01",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "trainer.enable_progress_bar=false",
+            "log.images=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (line,) = [l for l in r.stdout.splitlines() if l.startswith("data=peaks1d brings")]
+    # the choices and values in effect after the command line, not the preset's own
+    for part in ("model=fourier_lt", "loss=log_mse", "optim.lr=0.01", "trainer.max_steps=2", "batch_size=16384"):
+        assert part in line, line

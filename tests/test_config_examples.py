@@ -7,7 +7,6 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,9 @@ def _examples():
         for line in path.read_text().splitlines():
             m = re.match(r"\s*#.*?\bnir-train (.*)$", line)
             if m and "=" in m.group(1):
-                cmd = re.sub(r"\s\(.*\)\s*$", "", m.group(1)).replace("...", "").strip()  # drop "(explanation)" and "..."
+                cmd = (
+                    re.sub(r"\s\(.*\)\s*$", "", m.group(1)).replace("...", "").strip()
+                )  # drop "(explanation)" and "..."
                 yield pytest.param(shlex.split(cmd), id=f"{path.relative_to(CONF_DIR)}: {cmd}")
 
 

@@ -41,8 +41,13 @@ CASES = {
     "sources3d-fourier": ["data=sources3d", "data.n=10"],
     "lognormal3d-siren": ["data=lognormal3d", "data.n=10", "model=siren", "model.hidden_dim=32", "model.num_layers=1"],
 }
-TINY = ["trainer.max_steps=15", "trainer.val_check_interval=15", "trainer.enable_progress_bar=false",
-        "batch_size=1024", "log.images=false"]
+TINY = [
+    "trainer.max_steps=15",
+    "trainer.val_check_interval=15",
+    "trainer.enable_progress_bar=false",
+    "batch_size=1024",
+    "log.images=false",
+]
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -69,8 +74,12 @@ def test_round_trip_in_fresh_process(trained, tmp_path):
     lo, hi = field.bounds[:, 0], field.bounds[:, 1]
     x = lo + torch.rand(257, field.in_dim) * (hi - lo)
     np.save(tmp_path / "x.npy", x.numpy())
-    r = subprocess.run([sys.executable, "-c", FRESH, str(run), str(tmp_path / "x.npy"), str(tmp_path / "out.npz")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", FRESH, str(run), str(tmp_path / "x.npy"), str(tmp_path / "out.npz")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with torch.no_grad():
         ref = field(x).numpy()
@@ -109,8 +118,16 @@ def test_image_sampled_at_4x_and_3x(tmp_path):
     every third sample sits exactly on a training pixel centre and must equal it."""
     from nir.signal import sample_image_path
 
-    field, _ = nir.fit(str(sample_image_path("camera")), run_dir=tmp_path / "r", steps=10, trainer__enable_progress_bar=False, log__images=False,
-                       model__hidden_dim=32, model__num_layers=1, model__w0_first=10.0)
+    field, _ = nir.fit(
+        str(sample_image_path("camera")),
+        run_dir=tmp_path / "r",
+        steps=10,
+        trainer__enable_progress_bar=False,
+        log__images=False,
+        model__hidden_dim=32,
+        model__num_layers=1,
+        model__w0_first=10.0,
+    )
     H, W = field.spec["shape"]
     base = field.sample()
     big = field.sample((4 * H, 4 * W))
@@ -168,8 +185,13 @@ def test_malicious_checkpoint_refused_without_running_payload(tmp_path):
 def test_field_file_naming_foreign_class_refused(tmp_path, target):
     from safetensors.torch import save_file
 
-    spec = {"network": {"target": target, "kwargs": {}}, "transform": {"target": "nir.transforms.Identity"},
-            "bounds": [[-1, 1]], "shape": [4], "channels": 1}
+    spec = {
+        "network": {"target": target, "kwargs": {}},
+        "transform": {"target": "nir.transforms.Identity"},
+        "bounds": [[-1, 1]],
+        "shape": [4],
+        "channels": 1,
+    }
     p = tmp_path / "f.safetensors"
     save_file({"x": torch.zeros(1)}, str(p), metadata={"nir_spec": json.dumps(spec)})
     with pytest.raises(NirError, match="unknown class|outside the trusted modules"):
@@ -193,12 +215,20 @@ def test_bad_paths_and_coordinates(trained, tmp_path):
 
 def test_nir_field_cli(trained, tmp_path):
     run, field, _ = trained
-    r = subprocess.run([NIR_FIELD, "sample", str(run), str(tmp_path / "o.npy"), "--scale", "2"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [NIR_FIELD, "sample", str(run), str(tmp_path / "o.npy"), "--scale", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / "o.npy").shape == (*[2 * s for s in field.spec["shape"]], field.channels)
-    r = subprocess.run([NIR_FIELD, "export", str(tmp_path / "nope"), str(tmp_path / "x.pt2")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [NIR_FIELD, "export", str(tmp_path / "nope"), str(tmp_path / "x.pt2")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -207,8 +237,12 @@ def test_fit_matches_cli_with_same_overrides(tmp_path, tiny_png):
 
     ov = tiny_overrides(tiny_png, steps=20)
     _, m_py = nir.fit(str(tiny_png), ov, run_dir=tmp_path / "py")
-    r = subprocess.run([sys.executable, "-m", "nir.train", *ov, f"hydra.run.dir={tmp_path / 'cli'}"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "nir.train", *ov, f"hydra.run.dir={tmp_path / 'cli'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     m_cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert m_cli["psnr"] == pytest.approx(m_py["psnr"], abs=1e-4)
@@ -220,8 +254,13 @@ def test_fit_accepts_arrays_and_tensors(tmp_path):
     y = torch.linspace(0, 1, 300) ** 2
     field, m = nir.fit(y, run_dir=tmp_path / "t", steps=5, precision="32", trainer__enable_progress_bar=False)
     assert isinstance(field, Field) and field.spec["shape"] == [300]
-    field2, _ = nir.fit(np.stack([y.numpy()] * 2, -1), run_dir=tmp_path / "a", steps=5, channel_axis=-1,
-                        trainer__enable_progress_bar=False)
+    field2, _ = nir.fit(
+        np.stack([y.numpy()] * 2, -1),
+        run_dir=tmp_path / "a",
+        steps=5,
+        channel_axis=-1,
+        trainer__enable_progress_bar=False,
+    )
     assert field2.channels == 2
 
 
@@ -233,8 +272,14 @@ def test_user_network_loads_only_from_trusted_modules(tmp_path, monkeypatch):
     from tests.usernet import TinyNet
 
     net = TinyNet(2, 1)
-    spec = {"network": component_spec(net, {"in_dim": 2, "out_dim": 1}), "transform": component_spec(Identity(), {}),
-            "bounds": [[-1.0, 1.0]] * 2, "shape": [4, 4], "channels": 1, "meta": {}}
+    spec = {
+        "network": component_spec(net, {"in_dim": 2, "out_dim": 1}),
+        "transform": component_spec(Identity(), {}),
+        "bounds": [[-1.0, 1.0]] * 2,
+        "shape": [4, 4],
+        "channels": 1,
+        "meta": {},
+    }
     path = Field(net, Identity(), spec).save(tmp_path / "f.safetensors")
     x = torch.rand(16, 2)
     monkeypatch.delenv("NIR_TRUSTED_MODULES", raising=False)

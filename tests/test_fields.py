@@ -95,12 +95,15 @@ def test_fourier_positional_frequencies_log_linear_per_axis():
     torch.testing.assert_close(enc[0, :8], torch.ones(8))  # cos(0)
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"hidden_dim": 0}, "model.hidden_dim"),
-    ({"hidden_dim": -3}, "model.hidden_dim"),
-    ({"num_layers": -1}, "model.num_layers"),
-    ({"w0": 0.0}, "model.w0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"hidden_dim": 0}, "model.hidden_dim"),
+        ({"hidden_dim": -3}, "model.hidden_dim"),
+        ({"num_layers": -1}, "model.num_layers"),
+        ({"w0": 0.0}, "model.w0"),
+    ],
+)
 def test_siren_bad_sizes(kwargs, key):
     with pytest.raises(NirError, match=key):
         Siren(2, 1, **kwargs)

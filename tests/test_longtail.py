@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from nir.errors import NirError
-from nir.losses import MSE, L1, Huber, LogHuber, LogMSE, RelL2, RelL2TCNN, check_setup
+from nir.losses import L1, MSE, Huber, LogHuber, LogMSE, RelL2, RelL2TCNN, check_setup
 from nir.metrics import GridMetrics, MagnitudeBins, SignalStats, decade_edges
+from nir.run import train
 from nir.signal import read_array
 from nir.synthetic import lognormal3d, peaks1d, sources3d
 from nir.transforms import Asinh, Identity, Log, Softplus, Standardize, floor_from_data
-from nir.run import train
 from tests.conftest import make_cfg
 
 # ----------------------------------------------------------------------------- generators
@@ -62,6 +62,7 @@ def test_nir_synth_writes_npy(tmp_path):
     np.testing.assert_array_equal(arr, peaks1d(n=1024, seed=2).values[..., 0].numpy())
     with pytest.raises(SystemExit):
         main(["nope", str(out)])
+
 
 # ----------------------------------------------------------------------------- transforms
 
@@ -113,6 +114,7 @@ def test_floor_rule():
     tiny = torch.cat([torch.full((1000,), 1e-12), torch.tensor([100.0])])
     assert floor_from_data(tiny, 1e-5) == pytest.approx(1e-3)
 
+
 # ----------------------------------------------------------------------------- losses
 
 EXTREMES = torch.tensor([[0.0, 0.0], [0.0, 1.0], [-3.0, 0.0], [-3.0, 1e4], [1e4, 1e4], [0.5, 1e-4]])
@@ -149,13 +151,16 @@ def test_rel_l2_tcnn_parity_formula():
     torch.testing.assert_close(RelL2TCNN()(p, y), expect)
 
 
-@pytest.mark.parametrize("loss,transform,match", [
-    (LogMSE(), Identity(), "needs transform=log"),
-    (LogHuber(), Asinh(), "needs transform=log"),
-    (RelL2(floor=0.1), Identity(), "needs a non-negative output"),
-    (RelL2TCNN(), Standardize(), "needs a non-negative output"),
-    (RelL2(floor=1e-20), Softplus(), "underflows"),
-])
+@pytest.mark.parametrize(
+    "loss,transform,match",
+    [
+        (LogMSE(), Identity(), "needs transform=log"),
+        (LogHuber(), Asinh(), "needs transform=log"),
+        (RelL2(floor=0.1), Identity(), "needs a non-negative output"),
+        (RelL2TCNN(), Standardize(), "needs a non-negative output"),
+        (RelL2(floor=1e-20), Softplus(), "underflows"),
+    ],
+)
 def test_blow_up_combinations_refused(loss, transform, match):
     with pytest.raises(NirError, match=match):
         check_setup(loss, transform, "32")
@@ -165,6 +170,7 @@ def test_safe_combinations_accepted():
     check_setup(LogMSE(), Log(), "bf16-mixed")
     check_setup(RelL2(floor=1e-3), Softplus(), "16-mixed")
     check_setup(MSE(), Identity(), "32")
+
 
 # ----------------------------------------------------------------------------- per-magnitude bins
 
@@ -220,6 +226,7 @@ def test_grid_metrics_psnr_conventions():
     assert float(out["psnr"]) == pytest.approx(10 * math.log10(rng**2 / mse), abs=1e-3)
     assert float(out["worst_decade_median"]) == pytest.approx(0.01, rel=0.03)
 
+
 # ----------------------------------------------------------------------------- arrays
 
 
@@ -244,14 +251,17 @@ def test_read_npz_key_and_channels(tmp_path):
         read_array(str(p))
 
 
-@pytest.mark.parametrize("array,match", [
-    (np.array([1.0, np.nan, 2.0]), "NaN or Inf"),
-    (np.array([1.0, np.inf]), "NaN or Inf"),
-    (np.zeros((0,)), "is empty"),
-    (np.zeros((2, 2, 2, 2)), "4 grid axes"),
-    (np.array(3.0), "0 grid axes"),
-    (np.array(["a", "b"]), "non-numeric dtype"),
-])
+@pytest.mark.parametrize(
+    "array,match",
+    [
+        (np.array([1.0, np.nan, 2.0]), "NaN or Inf"),
+        (np.array([1.0, np.inf]), "NaN or Inf"),
+        (np.zeros((0,)), "is empty"),
+        (np.zeros((2, 2, 2, 2)), "4 grid axes"),
+        (np.array(3.0), "0 grid axes"),
+        (np.array(["a", "b"]), "non-numeric dtype"),
+    ],
+)
 def test_bad_arrays(tmp_path, array, match):
     p = tmp_path / "bad.npy"
     np.save(p, array)
@@ -266,17 +276,25 @@ def test_pickled_npy_refused(tmp_path):
     with pytest.raises(NirError, match="obj.npy"):
         read_array(str(p))
 
+
 # ----------------------------------------------------------------------------- end to end
 
 
 @pytest.fixture(scope="module")
 def peaks_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("peaks") / "run"
-    cfg = make_cfg([
-        "data=peaks1d", "data.n=2048", "data.widths=[0.01,0.03]", "trainer.max_steps=300",
-        "trainer.val_check_interval=150", "trainer.enable_progress_bar=false", "trainer.precision=32",
-        "model.sigma=10",
-    ])
+    cfg = make_cfg(
+        [
+            "data=peaks1d",
+            "data.n=2048",
+            "data.widths=[0.01,0.03]",
+            "trainer.max_steps=300",
+            "trainer.val_check_interval=150",
+            "trainer.enable_progress_bar=false",
+            "trainer.precision=32",
+            "model.sigma=10",
+        ]
+    )
     return run, train(cfg, run)
 
 
@@ -310,8 +328,16 @@ def test_long_tail_run_records_bins_and_tensorboard(peaks_run):
 def test_3d_presets_train(data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = make_cfg([f"data={data}", "data.n=12", "trainer.max_steps=20", "trainer.val_check_interval=10",
-                    "trainer.enable_progress_bar=false", "batch_size=512"])
+    cfg = make_cfg(
+        [
+            f"data={data}",
+            "data.n=12",
+            "trainer.max_steps=20",
+            "trainer.val_check_interval=10",
+            "trainer.enable_progress_bar=false",
+            "batch_size=512",
+        ]
+    )
     m = train(cfg, tmp_path / "r")
     assert math.isfinite(m["psnr"]) and math.isfinite(m["worst_decade_median"])
     acc = EventAccumulator(str(tmp_path / "r" / "tb"), size_guidance={"images": 0})

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from nir.batches import BlockCache
-from nir.signal import read_array
 from nir.run import train
+from nir.signal import read_array
 from tests.conftest import ROOT, make_cfg
 
 
@@ -56,8 +56,9 @@ def test_block_cache_pairs_indices_with_values_and_covers_uniformly(tmp_path):
     n = 10_007  # prime: the last block is short
     a = np.arange(n, dtype=np.float32)
     s = read_array(str(_save(tmp_path, a)))
-    cache = BlockCache(s, lambda v: 2 * v, cache_bytes=4 * 1200, batch_size=256, device=torch.device("cpu"),
-                       block_rows=300)
+    cache = BlockCache(
+        s, lambda v: 2 * v, cache_bytes=4 * 1200, batch_size=256, device=torch.device("cpu"), block_rows=300
+    )
     assert cache.slots < cache.n_blocks  # the cache holds a part of the signal only
     counts = torch.zeros(n)
     for _ in range(2000):
@@ -67,7 +68,7 @@ def test_block_cache_pairs_indices_with_values_and_covers_uniformly(tmp_path):
     assert (counts > 0).all()  # every sample drawn
     per_block = torch.stack([counts[i : i + 300].mean() for i in range(0, n - 300, 300)])
     assert float(per_block.std() / per_block.mean()) < 0.1, per_block
-    assert float(counts[-(n % 300):].mean() / counts.mean()) == pytest.approx(1.0, abs=0.25)  # the short block too
+    assert float(counts[-(n % 300) :].mean() / counts.mean()) == pytest.approx(1.0, abs=0.25)  # the short block too
 
 
 def test_streaming_training_fits_like_in_memory(tmp_path):
@@ -75,9 +76,19 @@ def test_streaming_training_fits_like_in_memory(tmp_path):
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, 24)] * 3, indexing="ij")
     vol = (np.exp(-8 * (x**2 + y**2 + z**2)) * 100 + 0.01 * rng.random((24,) * 3)).astype(np.float32)
     p = _save(tmp_path, vol)
-    base = [f"data.path={p}", "data=array", "loss=log_mse", "model.hidden_dim=32", "model.num_layers=1",
-            "trainer.max_steps=150", "trainer.val_check_interval=150", "trainer.enable_progress_bar=false",
-            "log.images=false", "batch_size=2048", "trainer.precision=32"]
+    base = [
+        f"data.path={p}",
+        "data=array",
+        "loss=log_mse",
+        "model.hidden_dim=32",
+        "model.num_layers=1",
+        "trainer.max_steps=150",
+        "trainer.val_check_interval=150",
+        "trainer.enable_progress_bar=false",
+        "log.images=false",
+        "batch_size=2048",
+        "trainer.precision=32",
+    ]
     held = train(make_cfg(base), tmp_path / "held")
     streamed = train(make_cfg(base + ["cache_mb=0.02"]), tmp_path / "streamed")  # 21 KB < 2 x 55 KB
     assert streamed["psnr"] > held["psnr"] - 3.0, (streamed["psnr"], held["psnr"])
@@ -99,8 +110,24 @@ def test_streaming_data_never_holds_the_signal(tmp_path):
 
 
 def _peak(n: int, cache_mb: float, tmp: Path) -> dict:
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_memory.py"), "--n", str(n), "--cache-mb", str(cache_mb),
-                          "--steps", "10", "--dir", str(tmp)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_memory.py"),
+            "--n",
+            str(n),
+            "--cache-mb",
+            str(cache_mb),
+            "--steps",
+            "10",
+            "--dir",
+            str(tmp),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -151,12 +178,27 @@ def test_streamed_signal_trains_under_ddp_spawn(tmp_path):
     from tests.test_sweeps import run
 
     z = np.linspace(0, 1, 20_000, dtype=np.float32)
-    p = _save(tmp_path, (0.01 + 100 * np.exp(-((z - 0.5) / 0.02) ** 2)).astype(np.float32))
+    p = _save(tmp_path, (0.01 + 100 * np.exp(-(((z - 0.5) / 0.02) ** 2))).astype(np.float32))
     run_dir = tmp_path / "ddp"
-    r = run(["trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.max_steps=20", "trainer.val_check_interval=20",
-             "trainer.enable_progress_bar=false", "trainer.precision=32", "log.images=false", "data=array",
-             f"data.path={p}", "loss=log_mse", "cache_mb=0.05", "batch_size=512", "model.hidden_dim=16",
-             f"hydra.run.dir={run_dir}"], tmp_path)
+    r = run(
+        [
+            "trainer.strategy=ddp_spawn",
+            "trainer.devices=2",
+            "trainer.max_steps=20",
+            "trainer.val_check_interval=20",
+            "trainer.enable_progress_bar=false",
+            "trainer.precision=32",
+            "log.images=false",
+            "data=array",
+            f"data.path={p}",
+            "loss=log_mse",
+            "cache_mb=0.05",
+            "batch_size=512",
+            "model.hidden_dim=16",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["status"] == "ok" and m["steps"] == 20

@@ -62,7 +62,11 @@ CASES = [
     ("steps", ["trainer.max_steps=0"], "trainer.max_steps must be a positive integer"),
     ("learning rate", ["optim.lr=0"], "optim.lr must be a positive number"),
     ("floor", ["data=peaks1d", "data.n=64", "transform.floor=-1"], "transform.floor must be a positive number"),
-    ("loss floor", ["data=peaks1d", "data.n=64", "loss=rel_l2", "loss.floor=0"], "loss.floor must be a positive number"),
+    (
+        "loss floor",
+        ["data=peaks1d", "data.n=64", "loss=rel_l2", "loss.floor=0"],
+        "loss.floor must be a positive number",
+    ),
     ("frequency", ["model=fourier", "model.sigma=0"], "model.sigma must be a positive number"),
     ("siren w0", ["model.w0_first=-30"], "model.w0_first must be a positive number"),
     ("output dir", ["hydra.run.dir={d}/a_file/run"], "cannot be created"),
@@ -112,8 +116,13 @@ def test_divergence_stops_keeps_last_good_checkpoint(files, tmp_path):
     huge = tmp_path / "huge.npy"
     np.save(huge, np.full((32, 40, 3), 3e38, dtype=np.float32) * np.linspace(0.1, 1, 3, dtype=np.float32))
     bad = [o for o in base if not o.startswith(("trainer.max_steps", "data.path"))] + [
-        "trainer.max_steps=200", "check_finite_every=5", "resume=last",
-        "data=array", f"data.path={huge}", "data.channel_axis=-1"]
+        "trainer.max_steps=200",
+        "check_finite_every=5",
+        "resume=last",
+        "data=array",
+        f"data.path={huge}",
+        "data.channel_axis=-1",
+    ]
     with pytest.raises(NirError, match=r"diverged at step \d+: loss (nan|inf).*precision 32.*likely causes"):
         train(make_cfg(bad), run)
     m = json.loads((run / "metrics.json").read_text())
@@ -174,14 +183,27 @@ def test_resume_restores_sampler_optimizer_and_schedule(files, tmp_path):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-KILL_RUN = ["data=peaks1d", "data.n=4096", "batch_size=1024", "model.hidden_dim=32", "trainer.max_steps=120",
-            "trainer.val_check_interval=10", "trainer.enable_progress_bar=false", "log.images=false",
-            "trainer.precision=32"]
+KILL_RUN = [
+    "data=peaks1d",
+    "data.n=4096",
+    "batch_size=1024",
+    "model.hidden_dim=32",
+    "trainer.max_steps=120",
+    "trainer.val_check_interval=10",
+    "trainer.enable_progress_bar=false",
+    "log.images=false",
+    "trainer.precision=32",
+]
 
 
 def _run(run_dir: Path, extra=()) -> subprocess.Popen:
-    return subprocess.Popen(NIR_TRAIN + KILL_RUN + [f"hydra.run.dir={run_dir}", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    return subprocess.Popen(
+        NIR_TRAIN + KILL_RUN + [f"hydra.run.dir={run_dir}", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
 
 
 @pytest.mark.slow

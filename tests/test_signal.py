@@ -28,7 +28,7 @@ def test_bundled_sample_is_read_from_disk():
     assert sample_image_path("chelsea").is_file()
     assert s.shape == (300, 451) and s.channels == 3
     assert s.values.dtype == torch.float32
-    assert -1.0 <= s.values.min() and s.values.max() <= 1.0 and s.meta["value_range"] == [-1.0, 1.0]
+    assert s.values.min() >= -1.0 and s.values.max() <= 1.0 and s.meta["value_range"] == [-1.0, 1.0]
     assert s.bounds == ((-1.0, 1.0), (-1.0, 1.0))
 
 
@@ -75,12 +75,15 @@ def _write(p, data):
     return p
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda d: d / "missing.png", "does not exist"),
-    (lambda d: d, "is a directory"),
-    (lambda d: _write(d / "x.gif", b"GIF89a"), "unsupported extension"),
-    (lambda d: _write(d / "bad.png", b"\x89PNG\r\n\x1a\nnot really"), "could not be read"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda d: d / "missing.png", "does not exist"),
+        (lambda d: d, "is a directory"),
+        (lambda d: _write(d / "x.gif", b"GIF89a"), "unsupported extension"),
+        (lambda d: _write(d / "bad.png", b"\x89PNG\r\n\x1a\nnot really"), "could not be read"),
+    ],
+)
 def test_bad_image_paths(tmp_path, make, match):
     with pytest.raises(NirError, match=match):
         read_image(str(make(tmp_path)))

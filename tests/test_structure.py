@@ -24,8 +24,12 @@ def _functions(path: Path):
 
 
 def test_no_function_in_the_package_is_longer_than_60_lines():
-    long = [f"{p.relative_to(ROOT)}:{line} {name} ({n} lines)"
-            for p in sorted(PACKAGE.rglob("*.py")) for name, line, n in _functions(p) if n > MAX_FUNCTION_LINES]
+    long = [
+        f"{p.relative_to(ROOT)}:{line} {name} ({n} lines)"
+        for p in sorted(PACKAGE.rglob("*.py"))
+        for name, line, n in _functions(p)
+        if n > MAX_FUNCTION_LINES
+    ]
     assert not long, long
 
 
@@ -37,13 +41,27 @@ def test_entry_point_and_lightning_module_stay_small():
 
 
 # networks, signals, losses, metrics, transforms and the reuse API know nothing of Lightning or Hydra
-LIGHT = ["nir", "nir.fields", "nir.field", "nir.signal", "nir.synthetic", "nir.losses", "nir.metrics",
-         "nir.transforms", "nir.checkpoint", "nir.optim", "nir.errors", "nir.allocator"]
+LIGHT = [
+    "nir",
+    "nir.fields",
+    "nir.field",
+    "nir.signal",
+    "nir.synthetic",
+    "nir.losses",
+    "nir.metrics",
+    "nir.transforms",
+    "nir.checkpoint",
+    "nir.optim",
+    "nir.errors",
+    "nir.allocator",
+]
 
 
 def test_core_modules_import_without_lightning_or_hydra():
-    code = (f"import sys, json\nfor m in {LIGHT!r}: __import__(m)\n"
-            "print(json.dumps(sorted({k.split('.')[0] for k in sys.modules} & {'pytorch_lightning', 'lightning', 'hydra'})))")
+    code = (
+        f"import sys, json\nfor m in {LIGHT!r}: __import__(m)\n"
+        "print(json.dumps(sorted({k.split('.')[0] for k in sys.modules} & {'pytorch_lightning', 'lightning', 'hydra'})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
@@ -51,8 +69,10 @@ def test_core_modules_import_without_lightning_or_hydra():
 
 def test_loading_a_field_needs_neither_lightning_nor_hydra():
     ckpt = ROOT / "tests" / "data" / "legacy" / "siren_tiny.ckpt"
-    code = (f"import sys, nir\nf = nir.load_field({str(ckpt)!r})\n"
-            "print(sorted({k.split('.')[0] for k in sys.modules} & {'pytorch_lightning', 'lightning', 'hydra'}))")
+    code = (
+        f"import sys, nir\nf = nir.load_field({str(ckpt)!r})\n"
+        "print(sorted({k.split('.')[0] for k in sys.modules} & {'pytorch_lightning', 'lightning', 'hydra'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
@@ -91,8 +111,13 @@ print(json.dumps({"filters_unchanged": list(warnings.filters) == filters,
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator check")
 def test_nir_fit_leaves_warning_filters_and_allocator_unchanged(tmp_path):
-    out = subprocess.run([sys.executable, "-c", FIT_LEAVES_PROCESS_ALONE, str(tmp_path / "run")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", FIT_LEAVES_PROCESS_ALONE, str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r == {"filters_unchanged": True, "mapped_before": True, "mapped_after": True}
@@ -101,7 +126,8 @@ def test_nir_fit_leaves_warning_filters_and_allocator_unchanged(tmp_path):
 def test_the_allocator_check_sees_tune_allocator(tmp_path):
     """The probe above can fail: after tune_allocator() a 64 MB block is no longer mapped."""
     code = FIT_LEAVES_PROCESS_ALONE.split("import nir\n")[0] + (
-        "from nir.allocator import tune_allocator\nassert tune_allocator()\nprint(big_block_is_mapped())")
+        "from nir.allocator import tune_allocator\nassert tune_allocator()\nprint(big_block_is_mapped())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "False"

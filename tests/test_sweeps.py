@@ -17,8 +17,15 @@ from nir.sweep import collect, sort_rows
 NIR_TRAIN = [sys.executable, "-m", "nir.train"]
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, PYTHONWARNINGS="ignore")
-TINY = ["trainer.max_steps=6", "trainer.val_check_interval=6", "trainer.enable_progress_bar=false",
-        "log.images=false", "data.sample=camera", "model.hidden_dim=16", "trainer.precision=32"]
+TINY = [
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=6",
+    "trainer.enable_progress_bar=false",
+    "log.images=false",
+    "data.sample=camera",
+    "model.hidden_dim=16",
+    "trainer.precision=32",
+]
 
 
 def run(args, cwd, timeout=600):
@@ -33,7 +40,12 @@ def test_2x2_sweep_four_runs_and_summary(tmp_path):
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
-    assert {r["overrides"] for r in rows} == {"model=siren loss=mse", "model=siren loss=l1", "model=fourier loss=mse", "model=fourier loss=l1"}
+    assert {r["overrides"] for r in rows} == {
+        "model=siren loss=mse",
+        "model=siren loss=l1",
+        "model=fourier loss=mse",
+        "model=fourier loss=l1",
+    }
     psnr = [float(r["psnr"]) for r in rows]
     assert psnr == sorted(psnr, reverse=True)
     assert "| job | overrides | status |" in (sweep / "summary.md").read_text()
@@ -41,7 +53,10 @@ def test_2x2_sweep_four_runs_and_summary(tmp_path):
 
 def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
-    r = run(["-m", "model.hidden_dim=16,0,8", f"hydra.sweep.dir={sweep}", *[t for t in TINY if "hidden_dim" not in t]], tmp_path)
+    r = run(
+        ["-m", "model.hidden_dim=16,0,8", f"hydra.sweep.dir={sweep}", *[t for t in TINY if "hidden_dim" not in t]],
+        tmp_path,
+    )
     assert r.returncode == 1, r.stderr[-2000:]  # the exit status is the number of failed jobs
     assert "error: job 1 failed: model.hidden_dim must be a positive integer" in r.stderr
     rows = {row["overrides"]: row for row in collect(sweep)}
@@ -53,9 +68,14 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_nir_summarize_cli_sorts_by_metric(tmp_path):
     sweep = tmp_path / "sweep"
-    r = run(["-m", "model.hidden_dim=8,32", f"hydra.sweep.dir={sweep}", *[t for t in TINY if "hidden_dim" not in t]], tmp_path)
+    r = run(
+        ["-m", "model.hidden_dim=8,32", f"hydra.sweep.dir={sweep}", *[t for t in TINY if "hidden_dim" not in t]],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    out = subprocess.run([str(BIN / "nir-summarize"), str(sweep), "--sort", "num_params"], capture_output=True, text=True, env=ENV)
+    out = subprocess.run(
+        [str(BIN / "nir-summarize"), str(sweep), "--sort", "num_params"], capture_output=True, text=True, env=ENV
+    )
     assert out.returncode == 0, out.stderr
     lines = [l for l in out.stdout.splitlines() if l.startswith("| 0") or l.startswith("| 1")]
     assert "hidden_dim=8" in lines[0] and "hidden_dim=32" in lines[1]  # fewest parameters first
@@ -64,7 +84,11 @@ def test_nir_summarize_cli_sorts_by_metric(tmp_path):
 
 
 def test_sort_rows_handles_direction_and_missing():
-    rows = [{"psnr": 30.0, "worst_decade_median": 0.5}, {"psnr": float("nan")}, {"psnr": 40.0, "worst_decade_median": 0.1}]
+    rows = [
+        {"psnr": 30.0, "worst_decade_median": 0.5},
+        {"psnr": float("nan")},
+        {"psnr": 40.0, "worst_decade_median": 0.1},
+    ]
     assert [r["psnr"] for r in sort_rows(rows, "psnr")][:2] == [40.0, 30.0]
     assert [r.get("worst_decade_median") for r in sort_rows(rows, "worst_decade_median")] == [0.1, 0.5, None]
 
@@ -84,8 +108,17 @@ def test_parallel_preset_runs_two_jobs_at_once(tmp_path):
 def test_optuna_search_three_trials_reports_best(tmp_path):
     sweep = tmp_path / "sweep"
     tiny = [o for o in TINY if not o.startswith("model.hidden_dim=")]  # width is searched: a small choice instead
-    r = run(["-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=3", "model.hidden_dim=choice(8,16)",
-             f"hydra.sweep.dir={sweep}", *tiny], tmp_path)
+    r = run(
+        [
+            "-m",
+            "hydra/sweeper=search",
+            "hydra.sweeper.n_trials=3",
+            "model.hidden_dim=choice(8,16)",
+            f"hydra.sweep.dir={sweep}",
+            *tiny,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     psnrs = [json.loads((sweep / str(i) / "metrics.json").read_text())["psnr"] for i in range(3)]
@@ -121,9 +154,23 @@ def test_ddp_two_processes_metrics_equal_full_grid(tmp_path):
     from nir.synthetic import peaks1d
 
     run_dir = tmp_path / "ddp"
-    r = run(["trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.max_steps=20", "trainer.val_check_interval=20",
-             "trainer.enable_progress_bar=false", "trainer.precision=32", "log.images=false", "data=peaks1d",
-             "data.n=3000", "batch_size=512", "model.hidden_dim=16", f"hydra.run.dir={run_dir}"], tmp_path)
+    r = run(
+        [
+            "trainer.strategy=ddp_spawn",
+            "trainer.devices=2",
+            "trainer.max_steps=20",
+            "trainer.val_check_interval=20",
+            "trainer.enable_progress_bar=false",
+            "trainer.precision=32",
+            "log.images=false",
+            "data=peaks1d",
+            "data.n=3000",
+            "batch_size=512",
+            "model.hidden_dim=16",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     # one writer: one event file, one metrics.json
     assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nir.errors import NirError
 from nir.config import CONF_DIR
+from nir.errors import NirError
 from nir.run import train
 from tests.conftest import make_cfg, tiny_overrides
 
@@ -20,7 +20,11 @@ def _event_tags(run_dir: Path) -> dict[str, set[str]]:
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
-    return {"images": set(tags["images"]), "scalars": set(tags["scalars"]), "plugins": set(acc.PluginTagToContent("hparams"))}
+    return {
+        "images": set(tags["images"]),
+        "scalars": set(tags["scalars"]),
+        "plugins": set(acc.PluginTagToContent("hparams")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -108,16 +112,13 @@ def _options():
 
 @pytest.mark.parametrize("group,option", list(_options()))
 def test_every_config_option_instantiates(group, option, tiny_png):
+    import numpy as np
     from hydra.utils import instantiate
 
     from nir.signal import Signal
 
-    import numpy as np
-
     base = [o for o in tiny_overrides(tiny_png) if not o.startswith("data.")]
-    if group != "data":
-        base.append(f"data.path={tiny_png}")
-    elif option == "image":
+    if group != "data" or option == "image":
         base.append(f"data.path={tiny_png}")
     elif option == "array":
         np.save(tiny_png.with_suffix(".npy"), np.random.default_rng(0).random((5, 6)))
@@ -154,38 +155,18 @@ def test_mixed_precision_trains_close_to_fp32(precision, tiny_png, tmp_path):
     assert mixed["psnr"] > ref["psnr"] - 1.5, (mixed["psnr"], ref["psnr"])
 
 
-@pytest.mark.parametrize("override,match", [
-    ("model.hidden_dim=0", "model.hidden_dim must be a positive integer"),
-    ("trainer.max_steps=0", "trainer.max_steps must be a positive integer"),
-    ("optim.lr=-1", "optim.lr must be a positive number"),
-    ("batch_size=0", "batch_size must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("model.hidden_dim=0", "model.hidden_dim must be a positive integer"),
+        ("trainer.max_steps=0", "trainer.max_steps must be a positive integer"),
+        ("optim.lr=-1", "optim.lr must be a positive number"),
+        ("batch_size=0", "batch_size must be a positive integer"),
+    ],
+)
 def test_bad_config_values(override, match, tiny_png, tmp_path):
     with pytest.raises(NirError, match=match):
         train(make_cfg(tiny_overrides(tiny_png) + [override]), tmp_path / "r")
-
-
-def test_index_sampler_covers_every_sample_uniformly():
-    from nir.batches import IndexSampler
-
-    n, batch = 1000, 128
-    s = IndexSampler(n, batch, torch.device("cpu"), seed=3)
-    drawn = torch.cat([s.next() for _ in range(5 * n // batch + 1)])[: 5 * n]
-    assert all(s.next().numel() == batch for _ in range(20))  # constant batch size across epochs
-    counts = torch.bincount(drawn, minlength=n)
-    assert int(counts.min()) == int(counts.max()) == 5
-
-
-def test_index_sampler_state_round_trip():
-    from nir.batches import IndexSampler
-
-    a = IndexSampler(100, 30, torch.device("cpu"), seed=1)
-    for _ in range(5):
-        a.next()
-    b = IndexSampler(100, 30, torch.device("cpu"), seed=1)
-    b.load_state_dict(a.state_dict())
-    for _ in range(7):
-        assert torch.equal(a.next(), b.next())
 
 
 def test_no_full_grid_coordinates_during_training(tmp_path, monkeypatch):
@@ -200,9 +181,19 @@ def test_no_full_grid_coordinates_during_training(tmp_path, monkeypatch):
         return orig(self, idx)
 
     monkeypatch.setattr(Grid, "coords", spy)
-    cfg = make_cfg(["data.sample=chelsea", "model.hidden_dim=16", "model.num_layers=0", "trainer.max_steps=3",
-                    "trainer.val_check_interval=3", "trainer.enable_progress_bar=false", "log.images=false",
-                    "batch_size=4096", "trainer.precision=32"])
+    cfg = make_cfg(
+        [
+            "data.sample=chelsea",
+            "model.hidden_dim=16",
+            "model.num_layers=0",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "trainer.enable_progress_bar=false",
+            "log.images=false",
+            "batch_size=4096",
+            "trainer.precision=32",
+        ]
+    )
     train(cfg, tmp_path / "r")
     numel = 300 * 451
     assert sizes and max(sizes) <= 65536 < numel

@@ -63,9 +63,7 @@ class FourierMLP(nn.Module):
                 B[k * m : (k + 1) * m, k] = freqs
             B = B.float()
         else:
-            raise NirError(
-                f"model.encoding must be 'gaussian' or 'positional', got {encoding!r}"
-            )
+            raise NirError(f"model.encoding must be 'gaussian' or 'positional', got {encoding!r}")
         self.register_buffer("B", B)
         dims = [2 * B.shape[0]] + [hidden_dim] * (num_layers + 1)
         layers: list[nn.Module] = []

@@ -82,10 +82,7 @@ class Siren(nn.Module):
         positive_float("model.w0", w0)
         positive_float("model.w0_first", w0_first)
         layers = [SineLayer(in_dim, hidden_dim, w0_first, is_first=True, fp32=first_layer_fp32)]
-        layers += [
-            SineLayer(hidden_dim, hidden_dim, w0, is_first=False, fp32=False)
-            for _ in range(num_layers)
-        ]
+        layers += [SineLayer(hidden_dim, hidden_dim, w0, is_first=False, fp32=False) for _ in range(num_layers)]
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(hidden_dim, out_dim)
         bound = math.sqrt(6.0 / hidden_dim) / w0
