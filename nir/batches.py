@@ -81,6 +81,89 @@ class IndexSampler:
             self._perm = self._permutation(self.epoch)
 
 
+class DecadeSampler:
+    """Flat indices drawn so that each magnitude decade of the target gets a fixed share of every
+    batch (issue 13): the rare large values of a long-tailed field are drawn as often as the bulk.
+
+    The decades are the per-decade metric's bins (:func:`nir.metrics.decade_edges` from the metric
+    floor to the largest magnitude, plus one bin below the floor); a sample's magnitude is its
+    largest ``|value|`` over channels. Decade ``b`` holding ``n_b`` samples gets
+    ``round(B * n_b^alpha / sum n^alpha)`` slots of each batch of ``B`` (largest remainders, so
+    the slots add up to ``B`` exactly and every non-empty decade gets at least one): ``alpha = 0``
+    is equal shares, ``alpha = 1`` is the share of a uniform draw. Within a decade samples are
+    drawn uniformly with replacement, so a decade smaller than its share is simply repeated.
+    Batch ``k`` comes from a generator seeded by ``(seed, k)``: the state is ``(-1, k)`` and a
+    resumed run draws the same batches.
+    """
+
+    full = False
+
+    def __init__(self, magnitude: Tensor, edges: list[float], batch_size: int, alpha: float, seed: int = 0) -> None:
+        device = magnitude.device
+        edges_t = torch.tensor(edges, dtype=torch.float32, device=device)
+        bins = torch.bucketize(magnitude.float(), edges_t, right=True).clamp_max(len(edges) - 1)
+        self.order = torch.argsort(bins, stable=True)  # flat indices grouped by decade
+        counts = torch.bincount(bins, minlength=len(edges)).cpu()
+        self.counts = counts
+        self.slots = decade_slots(counts, batch_size, alpha)
+        starts = torch.cumsum(counts, 0) - counts
+        slot_bin = torch.repeat_interleave(torch.arange(len(counts)), self.slots).to(device)
+        self._start, self._count = starts.to(device)[slot_bin], counts.to(device)[slot_bin]
+        self.batch, self.device, self.seed, self.pos = int(self.slots.sum()), device, int(seed), 0
+
+    def next(self) -> Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.pos)
+        self.pos += 1
+        u = torch.rand(self.batch, device=self.device, generator=gen, dtype=torch.float64)
+        within = (u * self._count).long().clamp_max(self._count - 1)
+        return self.order[self._start + within]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": -1, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.pos = int(state["pos"])
+
+
+def decade_slots(counts: Tensor, batch: int, alpha: float) -> Tensor:
+    """Slots of a batch of ``batch`` per decade: shares proportional to ``count^alpha`` over the
+    non-empty decades, rounded by largest remainders, at least one slot per non-empty decade."""
+    nonempty = counts > 0
+    weight = torch.where(nonempty, counts.double().clamp_min(1) ** alpha, torch.zeros(len(counts), dtype=torch.float64))
+    ideal = batch * weight / weight.sum()
+    slots = torch.where(nonempty, ideal.floor().long().clamp_min(1), torch.zeros_like(counts))
+    rest = batch - int(slots.sum())
+    if rest > 0:
+        frac = torch.where(nonempty, ideal - ideal.floor(), torch.full_like(ideal, -1.0))
+        slots[torch.argsort(frac, descending=True)[:rest]] += 1
+    while int(slots.sum()) > batch:  # the minimum of one slot overshot: take from the largest
+        slots[int(torch.argmax(slots))] -= 1
+    return slots
+
+
+class Uniform:
+    """``sampling=uniform``: every sample alike (:class:`IndexSampler`, or the block cache)."""
+
+    def __str__(self) -> str:
+        return "uniform"
+
+
+class Decades:
+    """``sampling=decades``: each magnitude decade gets a share of every batch proportional to
+    ``count^alpha`` (:class:`DecadeSampler`; ``alpha = 0``: equal shares, ``1``: uniform).
+
+    Args:
+        alpha: tempering exponent in [0, 1].
+    """
+
+    def __init__(self, alpha: float = 0.0) -> None:
+        require(0.0 <= float(alpha) <= 1.0, f"sampling.alpha must be in [0, 1], got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def __str__(self) -> str:
+        return f"decades(alpha={self.alpha:g})"
+
+
 class BlockCache:
     """Training batches from a memory-mapped signal larger than the cache, with bounded memory.
 
@@ -178,6 +261,8 @@ class TrainingData:
         batch_size: samples per step; ``>= signal.numel`` means full batch.
         cache_mb: memory for the training values (see :attr:`streaming`).
         seed: sampler seed; DDP rank r draws with ``seed + 1_000_003 r``.
+        sampling: :class:`Uniform` (default) or :class:`Decades` (long-tailed signals, held in
+            memory; every DDP rank balances its own batches).
     """
 
     def __init__(
@@ -188,6 +273,7 @@ class TrainingData:
         batch_size: int,
         cache_mb: float = 4096,
         seed: int = 0,
+        sampling: Uniform | Decades | None = None,
     ) -> None:
         st = signal.summary()
         vmin, vmax = float(st["min"].min()), float(st["max"].max())
@@ -208,11 +294,21 @@ class TrainingData:
         self.signal, self.transform, self.loss_space = signal, transform, getattr(loss, "space", "transformed")
         self.batch_size, self.cache_bytes, self.seed = int(batch_size), int(cache_mb * 2**20), int(seed)
         self.grid = Grid(signal.shape, signal.bounds)
-        self.sampler: IndexSampler | BlockCache | None = None
+        self.sampler: IndexSampler | DecadeSampler | BlockCache | None = None
         self._device: torch.device | None = None
         self._y: Tensor | None = None  # signal units, on the device (None when streaming)
         self._t: Tensor | None = None  # the loss's space (the same tensor when no copy is needed)
         self._pending_state: dict[str, int] | None = None
+        self.sampling = sampling or Uniform()
+        if isinstance(self.sampling, Decades):
+            require(
+                signal.long_tailed,
+                f"sampling=decades needs a long-tailed signal (one judged per decade); {signal.name!r} is not: use sampling=uniform",
+            )
+            require(
+                not self.streaming,
+                f"sampling=decades does not stream yet: {signal.name!r} needs more than cache_mb={cache_mb:g}; raise cache_mb to hold it, or use sampling=uniform",
+            )
 
     @property
     def transformed_copy(self) -> bool:
@@ -246,11 +342,20 @@ class TrainingData:
                         self._t[a:b] = self.transform(self._y[a:b]).float()
             if self.signal.source is not None:
                 self.signal.source.release()  # pages of the map come back as training touches them
-            self.sampler = IndexSampler(self.signal.numel, self.batch_size, device, seed=seed)
+            self.sampler = self._held_sampler(seed)
         if self._pending_state is not None:
             self.sampler.load_state_dict(self._pending_state)
         self._device = device
         return self
+
+    def _held_sampler(self, seed: int) -> IndexSampler | DecadeSampler:
+        if isinstance(self.sampling, Decades):
+            from nir.metrics import decade_edges
+
+            edges = decade_edges(self.stats.floor, self.stats.absmax)
+            batch = min(self.batch_size, self.signal.numel)
+            return DecadeSampler(self._y.abs().amax(1), edges, batch, self.sampling.alpha, seed=seed)
+        return IndexSampler(self.signal.numel, self.batch_size, self._y.device, seed=seed)
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """``(flat indices (B,), targets (B, channels))``, targets in the loss's space."""

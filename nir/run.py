@@ -158,7 +158,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     from nir.batches import TrainingData  # Lightning's import cost only once the input is known good
     from nir.module import FieldModule
 
-    data = TrainingData(signal, transform, loss, int(cfg.batch_size), float(cfg.cache_mb), int(cfg.seed))
+    sampling = build(cfg.sampling, "sampling")
+    data = TrainingData(signal, transform, loss, int(cfg.batch_size), float(cfg.cache_mb), int(cfg.seed), sampling)
     check_setup(loss, transform, precision)
     spec = {
         "network": component_spec(network, {**kwargs_of(cfg.model), **dims}),
@@ -294,6 +295,7 @@ def collect_metrics(
         "started_at": t_wall0,
         "finished_at": time.time(),
         "precision": parts.precision,
+        "sampling": str(parts.data.sampling),
         "device": str(trainer.strategy.root_device),  # the module is back on the CPU after fit
         "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from nir.batches import IndexSampler, TrainingData
 from nir.errors import NirError
@@ -91,3 +92,118 @@ def test_statistics_of_a_run_are_sampled_once(tiny_png, tmp_path, monkeypatch):
     ov = [o for o in tiny_overrides(tiny_png, steps=10) if not o.startswith("data.")]
     train(make_cfg(ov + ["data=array", f"data.path={tmp_path / 'a.npy'}", "loss=log_mse"]), tmp_path / "run")
     assert len(calls) == 1
+
+
+# ----------------------------------------------------------------------------- decade sampling
+
+
+def _bins(values: Tensor, data: TrainingData) -> Tensor:
+    from nir.metrics import MagnitudeBins
+
+    return MagnitudeBins(data.stats.floor, data.stats.absmax).bin_index(values.abs().amax(1))
+
+
+def _long_tailed(n: int = 4000, seed: int = 0) -> Signal:
+    """Log-uniform values over 1e-4..1e2 plus one sample at 500: the top decade holds one sample."""
+    rng = np.random.default_rng(seed)
+    v = 10 ** rng.uniform(-4, 2, n)
+    v[1234] = 500.0
+    return Signal(torch.from_numpy(v.astype(np.float32))[:, None], ((-1.0, 1.0),), long_tailed=True)
+
+
+def test_decade_batches_have_the_requested_shares():
+    from nir.batches import DecadeSampler, Decades
+
+    s = _long_tailed()
+    data = TrainingData(s, Log(), LogMSE(), batch_size=700, sampling=Decades(alpha=0.0)).to(CPU)
+    assert isinstance(data.sampler, DecadeSampler)
+    nonempty = int((data.sampler.counts > 0).sum())
+    for _ in range(5):
+        idx, _ = data.next_batch()
+        per_bin = torch.bincount(_bins(s.flat()[idx], data), minlength=len(data.sampler.counts))
+        assert torch.equal(per_bin, data.sampler.slots)  # every batch: exactly its slots per decade
+    occupied = per_bin[per_bin > 0]
+    assert len(occupied) == nonempty and int(occupied.max()) - int(occupied.min()) <= 1  # equal shares
+
+
+def test_a_decade_with_a_single_sample_is_drawn_in_every_batch():
+    from nir.batches import Decades
+
+    s = _long_tailed()
+    data = TrainingData(s, Log(), LogMSE(), batch_size=700, sampling=Decades()).to(CPU)
+    for _ in range(5):
+        idx, _ = data.next_batch()
+        assert int((idx == 1234).sum()) >= 700 // 8  # one sample, a full decade's share (8 decades)
+
+
+def test_draws_within_a_decade_are_uniform():
+    from nir.batches import DecadeSampler
+
+    mag = torch.cat([torch.full((50,), 0.5), torch.full((1000,), 5.0)])  # decades 1e-1.. and 1e0..
+    sampler = DecadeSampler(mag, [1e-2, 1e-1, 1.0, 10.0], batch_size=1000, alpha=0.0, seed=2)
+    counts = torch.zeros(1050)
+    for _ in range(200):
+        counts += torch.bincount(sampler.next(), minlength=1050)
+    small, large = counts[:50], counts[50:]
+    assert float(small.sum()) == float(large.sum()) == 100_000  # equal shares of 500 a batch
+    for part, n in ((small, 50), (large, 1000)):
+        mean = 100_000 / n
+        assert abs(float(part.mean()) - mean) < 1e-9 and float(part.std()) < 1.3 * mean**0.5  # binomial spread
+
+
+def test_tempered_shares_follow_count_to_the_alpha():
+    from nir.batches import decade_slots
+
+    counts = torch.tensor([0, 10, 100, 1000, 10000])
+    assert decade_slots(counts, 400, 0.0).tolist() == [0, 100, 100, 100, 100]
+    assert decade_slots(counts, 11110, 1.0).tolist() == [0, 10, 100, 1000, 10000]
+    half = decade_slots(counts, 1000, 0.5)
+    assert int(half.sum()) == 1000 and half.tolist() == sorted(half.tolist()) and half[1] >= 1
+    assert decade_slots(torch.tensor([1, 0, 10**6]), 3, 1.0).tolist() == [1, 0, 2]  # every non-empty decade drawn
+
+
+def test_decade_sampler_state_round_trips():
+    from nir.batches import Decades
+
+    s = _long_tailed()
+    a = TrainingData(s, Log(), LogMSE(), batch_size=300, sampling=Decades()).to(CPU)
+    for _ in range(4):
+        a.next_batch()
+    b = TrainingData(s, Log(), LogMSE(), batch_size=300, sampling=Decades())
+    b.load_state_dict(a.state_dict())  # as a checkpoint restores it, before the data is on a device
+    b.to(CPU)
+    for _ in range(3):
+        assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+
+
+def test_decade_sampling_refuses_images_and_streaming(tmp_path):
+    from nir.batches import Decades
+    from nir.signal import read_array
+
+    img = Signal(torch.rand(8, 8, 3), ((-1.0, 1.0),) * 2)
+    with pytest.raises(NirError, match="sampling=decades needs a long-tailed signal"):
+        TrainingData(img, Identity(), MSE(), batch_size=16, sampling=Decades())
+    np.save(tmp_path / "big.npy", np.random.default_rng(0).random(40_000).astype(np.float32))
+    with pytest.raises(NirError, match="does not stream yet"):
+        TrainingData(read_array(str(tmp_path / "big.npy")), Identity(), MSE(), 512, cache_mb=0.05, sampling=Decades())
+
+
+def test_decade_sampling_resumes_to_the_same_weights(tmp_path):
+    """20 steps + resume to 40 gives the same field as 40 uninterrupted steps, sampler state
+    restored from the checkpoint; metrics.json records the sampling."""
+    import json
+
+    from nir import load_field
+    from nir.run import train
+
+    np.save(tmp_path / "lt.npy", _long_tailed(2000).flat().numpy()[:, 0])
+    ov = [
+        "data=array", f"data.path={tmp_path / 'lt.npy'}", "loss=log_mse", "sampling=decades", "batch_size=256",
+        "model=fourier_lt", "model.hidden_dim=16", "optim.schedule=constant", "trainer.precision=32",
+        "trainer.val_check_interval=10", "trainer.enable_progress_bar=false", "log.images=false",
+    ]  # fmt: skip
+    train(make_cfg([*ov, "trainer.max_steps=40"]), tmp_path / "full")
+    train(make_cfg([*ov, "trainer.max_steps=20"]), tmp_path / "split")
+    train(make_cfg([*ov, "trainer.max_steps=40", "resume=last"]), tmp_path / "split")
+    torch.testing.assert_close(load_field(tmp_path / "full").sample(), load_field(tmp_path / "split").sample())
+    assert json.loads((tmp_path / "full" / "metrics.json").read_text())["sampling"] == "decades(alpha=0)"
