@@ -311,7 +311,7 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
         f"nir: {metrics['steps']} steps in {metrics['fit_time_s']:.1f} s, PSNR {metrics['psnr']:.2f} dB"
         f" (data range {data_range:g}, all samples){'' if finite else ' (not finite!)'}\n"
         + (
-            f"worst-decade median relative error {worst:.2%} (per-decade table in metrics.json)\n"
+            f"worst-decade median relative error {worst:.2%} (sampling {metrics['sampling']}; per-decade table in metrics.json)\n"
             if worst is not None
             else ""
         )

@@ -112,7 +112,7 @@ def _long_tailed(n: int = 4000, seed: int = 0) -> Signal:
 
 
 def test_decade_batches_have_the_requested_shares():
-    from nir.batches import DecadeSampler, Decades
+    from nir.batches import Decades, DecadeSampler
 
     s = _long_tailed()
     data = TrainingData(s, Log(), LogMSE(), batch_size=700, sampling=Decades(alpha=0.0)).to(CPU)
