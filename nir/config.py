@@ -97,8 +97,8 @@ def preset_line(cfg: DictConfig, choices: dict[str, Any]) -> str | None:
     options that bring nothing."""
     name = choices.get("data")
     path = CONF_DIR / "data" / f"{name}.yaml"
-    if not name or not path.is_file():
-        return None
+    if not name or not path.is_file() or "@package _global_" not in path.read_text().split("\n", 1)[0]:
+        return None  # a plain data option only configures its reader
     preset = yaml.safe_load(path.read_text()) or {}
     parts = []
     for entry in preset.get("defaults", []):

@@ -59,3 +59,13 @@ def test_data_preset_says_what_it_brought(tmp_path):
     # the choices and values in effect after the command line, not the preset's own
     for part in ("model=fourier_lt", "loss=log_mse", "optim.lr=0.01", "trainer.max_steps=2", "batch_size=16384"):
         assert part in line, line
+
+
+def test_only_data_presets_print_what_they_brought():
+    from nir.config import compose_config, preset_line
+
+    cfg, choices = compose_config(["data=sources3d", "trainer.max_steps=7"])
+    assert preset_line(cfg, choices).startswith("data=sources3d brings model=fourier_lt3d, loss=log_mse")
+    assert "trainer.max_steps=7" in preset_line(cfg, choices)
+    for plain in (["data=image"], ["data=array", "data.path=x.npy"]):  # readers only: nothing to announce
+        assert preset_line(*compose_config(plain)) is None
