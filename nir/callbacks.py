@@ -82,22 +82,25 @@ def _profile_figure(pl_module: pl.LightningModule, floor: float):
 
 
 def _central_slices(pl_module: pl.LightningModule, max_side: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(prediction, target) of the central slice along each axis of a 3-D field (the whole grid
-    of a 2-D one), strided to at most ``max_side`` samples per axis."""
+    """(prediction, target) of the central slice along each axis of a 3-D field (of a 4-D one:
+    at its central time step; the whole grid of a 2-D one), strided to at most ``max_side``
+    samples per axis."""
     signal = pl_module.data.signal
-    shape, three = signal.shape, signal.ndim == 3
+    shape, three = signal.shape, signal.ndim >= 3
+    lead = signal.ndim - 3 if three else 0  # a 4-D (t, z, y, x) field: the central time step
     slices = []
-    for ax in range(signal.ndim if three else 1):
+    for ax in range(lead, signal.ndim) if three else [0]:
         axes = [np.arange(n) for n in shape]
-        axes[ax] = np.array([shape[ax] // 2])
-        keep = [a for i, a in enumerate(axes) if i != ax] if three else axes
-        keep = [a[np.unique(np.linspace(0, len(a) - 1, min(len(a), max_side)).round().astype(int))] for a in keep]
-        if three:
-            keep.insert(ax, axes[ax])
+        for k in [*range(lead), ax] if three else []:
+            axes[k] = np.array([shape[k] // 2])
+        keep = [
+            a if len(a) == 1 else a[np.unique(np.linspace(0, len(a) - 1, min(len(a), max_side)).round().astype(int))]
+            for a in axes
+        ]
         mesh = np.meshgrid(*keep, indexing="ij")
         flat = torch.from_numpy(np.ravel_multi_index([m.ravel() for m in mesh], shape))
         pred, target = _predict(pl_module, flat)
-        hw = [len(a) for i, a in enumerate(keep) if not (three and i == ax)]
+        hw = [len(a) for i, a in enumerate(keep) if not (three and (i < lead or i == ax))]
         slices.append((pred[:, 0].reshape(hw), target[:, 0].reshape(hw)))
     return slices
 

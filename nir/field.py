@@ -26,7 +26,7 @@ def trusted_prefixes(trusted: Iterable[str] = ()) -> tuple[str, ...]:
     return ("nir", *(str(p).strip() for p in trusted if str(p).strip()), *env)
 
 
-def _import_class(target: str, trusted: Iterable[str] = ()) -> type:
+def import_class(target: str, trusted: Iterable[str] = ()) -> type:
     """Import ``target`` ("nir.fields.siren.Siren"), refusing modules outside the trusted prefixes.
 
     Nothing is unpickled: the spec names a class and gives plain keyword arguments, and only
@@ -51,7 +51,7 @@ def _import_class(target: str, trusted: Iterable[str] = ()) -> type:
 
 def build_component(spec: dict[str, Any], trusted: Iterable[str] = ()) -> nn.Module:
     """Build ``{"target": "module.Class", "kwargs": {...}}`` (plain values only)."""
-    return _import_class(spec["target"], trusted)(**spec.get("kwargs", {}))
+    return import_class(spec["target"], trusted)(**spec.get("kwargs", {}))
 
 
 def component_spec(obj: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -148,6 +148,8 @@ def build_parts(cfg: DictConfig) -> Parts:
 
     signal = build(cfg.data, "data")
     dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
+    if cfg.model.get("bounds", "absent") is None:  # networks that cover a box (grids) get the signal's
+        dims["bounds"] = [list(b) for b in signal.bounds]
     network = build(cfg.model, "model", **dims)
     transform = build(cfg.transform, "transform")
     loss = build(cfg.loss, "loss")

@@ -441,7 +441,8 @@ def read_array(
     channel_axis: int | None = None,
     mmap: bool = True,
 ) -> Signal:
-    """Read a 1-D, 2-D or 3-D field from ``.npy`` (memory-mapped) or ``.npz``.
+    """Read a 1-D to 4-D field (4-D: a time-varying volume, axes t, z, y, x) from ``.npy``
+    (memory-mapped) or ``.npz``.
 
     Args:
         path: the file.
@@ -450,7 +451,7 @@ def read_array(
         channel_axis: axis holding channels (e.g. -1); ``None`` = a scalar field.
         mmap: memory-map ``.npy`` files instead of reading them whole.
 
-    The values are checked (numeric, finite, non-empty, 1..3 grid axes) and kept as float32.
+    The values are checked (numeric, finite, non-empty, 1..4 grid axes) and kept as float32.
     """
     p = _check_file(path, "array", ARRAY_EXTENSIONS)
     name = str(p)
@@ -462,8 +463,8 @@ def read_array(
     else:
         grid_ndim = arr.ndim
     require(
-        1 <= grid_ndim <= 3,
-        f"data.path {name!r} has {grid_ndim} grid axes (shape {arr.shape}); nir fits 1-D, 2-D or 3-D grids"
+        1 <= grid_ndim <= 4,
+        f"data.path {name!r} has {grid_ndim} grid axes (shape {arr.shape}); nir fits 1-D to 4-D grids (4-D: t, z, y, x)"
         + ("" if channel_axis is not None else " (set data.channel_axis if one axis holds channels)"),
     )
     values = np.asarray(arr, dtype=np.float32)

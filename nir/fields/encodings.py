@@ -1,0 +1,176 @@
+"""Input encodings: ``(N, d)`` coordinates -> ``(N, n_output_dims)`` features for an MLP head.
+
+An encoding is a plain ``nn.Module`` with ``in_dim`` and ``n_output_dims``; :class:`~nir.fields.mlp.EncodedMLP`
+feeds it into a ReLU MLP, as tiny-cuda-nn's ``NetworkWithInputEncoding`` composes an encoding
+with a network. A new encoding is one class here and one config file under ``conf/model/``.
+
+Every encoding computes in fp32, also under autocast (the MLP head may run in bf16): the phase
+of a Fourier feature and the interpolation weights of a grid both need fp32's mantissa.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from nir.errors import NirError, positive_float, positive_int, require
+
+# tiny-cuda-nn's spatial-hash primes, one per axis (the first is 1: coherent along x)
+PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
+
+
+class FourierEncoding(nn.Module):
+    """Fourier features (Tancik et al., NeurIPS 2020, arXiv:2006.10739):
+    ``gamma(v) = [cos(2 pi B v), sin(2 pi B v)]`` with a fixed matrix ``B`` (a buffer).
+
+    gaussian:   B ~ N(0, sigma^2), shape (num_features, in_dim)                   (paper Sec. 6)
+    positional: frequencies sigma^(j/m), j = 0..m-1, on each axis separately ("log-linear";
+                m = num_features // in_dim rows per axis)                          (paper Sec. 5)
+    """
+
+    def __init__(
+        self, in_dim: int, num_features: int = 256, sigma: float = 10.0, mapping: str = "gaussian", seed: int = 0
+    ) -> None:
+        super().__init__()
+        positive_int("model.num_features", num_features)
+        positive_float("model.sigma", sigma)
+        gen = torch.Generator().manual_seed(int(seed))
+        if mapping == "gaussian":
+            B = torch.randn(num_features, in_dim, generator=gen) * sigma
+        elif mapping == "positional":
+            m = max(1, num_features // in_dim)
+            freqs = sigma ** (torch.arange(m, dtype=torch.float64) / m)
+            B = torch.zeros(m * in_dim, in_dim, dtype=torch.float64)
+            for k in range(in_dim):
+                B[k * m : (k + 1) * m, k] = freqs
+            B = B.float()
+        else:
+            raise NirError(f"model.encoding must be 'gaussian' or 'positional', got {mapping!r}")
+        self.in_dim = in_dim
+        self.register_buffer("B", B)
+
+    @property
+    def n_output_dims(self) -> int:
+        return 2 * self.B.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``Float[Tensor, "N in_dim"]`` -> ``Float[Tensor, "N 2*num_features"]``, fp32."""
+        with torch.autocast(x.device.type, enabled=False):
+            proj = (2.0 * math.pi) * (x.float() @ self.B.T)
+            return torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)
+
+
+class GridEncoding(nn.Module):
+    """Multiresolution grid encoding (Müller et al., "Instant neural graphics primitives",
+    SIGGRAPH 2022, arXiv:2201.05989), hashed or dense, in any dimension.
+
+    Level ``l`` is a grid of resolution ``N_l = floor(base_resolution * per_level_scale^l)``
+    per axis over the box ``bounds``; a point's feature at that level is the d-linear
+    interpolation of the ``2^d`` surrounding vertices' feature vectors (``n_features_per_level``
+    each), and the encoding concatenates the levels: ``n_levels * n_features_per_level`` values.
+    Vertex features live in one table per level:
+
+    - ``hashed=True`` (tiny-cuda-nn's ``HashGrid``): a level whose dense grid has more than
+      ``2^log2_hashmap_size`` vertices uses that many entries, indexed by the spatial hash
+      ``(XOR_i c_i * pi_i) mod 2^log2_hashmap_size`` with tiny-cuda-nn's primes ``pi``; a level
+      that fits is indexed densely (row-major, axis 0 slowest), without collisions.
+    - ``hashed=False`` (``DenseGrid``): every level is a full grid, ``N_l^d`` entries.
+
+    ``per_level_scale`` may be given, or derived from ``finest_resolution``:
+    ``exp((ln finest - ln base) / (n_levels - 1))`` (instant-ngp's ``b``). Tables start at
+    ``U(-1e-4, 1e-4)`` (instant-ngp). Vertex ``i`` of an axis of resolution ``N`` sits at
+    ``lo + i (hi - lo) / (N - 1)``: the grid's corners are the box's. Coordinates outside the box
+    are clamped to it. The hot path is vectorised: the ``2^d`` corners of every level are one
+    gather from the concatenated tables (its backward is a scatter-add), in fp32 under autocast.
+
+    Args (tiny-cuda-nn's names):
+        in_dim: coordinate dimension (1-4 axes are tested; any works).
+        n_levels, n_features_per_level, log2_hashmap_size, base_resolution, per_level_scale:
+            as in tiny-cuda-nn / instant-ngp.
+        finest_resolution: the last level's resolution, instead of ``per_level_scale``.
+        hashed: hash levels larger than the table (True) or keep every level dense (False).
+        bounds: the box, one ``[lo, hi]`` per axis (nir fills in the signal's).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_levels: int = 16,
+        n_features_per_level: int = 2,
+        log2_hashmap_size: int = 19,
+        base_resolution: int = 16,
+        per_level_scale: float | None = None,
+        finest_resolution: int | None = None,
+        hashed: bool = True,
+        bounds: Sequence[Sequence[float]] | None = None,
+    ) -> None:
+        super().__init__()
+        for key, v in [("n_levels", n_levels), ("n_features_per_level", n_features_per_level),
+                       ("log2_hashmap_size", log2_hashmap_size), ("base_resolution", base_resolution)]:  # fmt: skip
+            positive_int(f"model.encoding.{key}", v)
+        require(base_resolution >= 2, f"model.encoding.base_resolution must be >= 2, got {base_resolution}")
+        require(in_dim <= len(PRIMES), f"grid encodings support up to {len(PRIMES)} axes, got {in_dim}")
+        self.in_dim, self.n_levels, self.n_features = in_dim, n_levels, n_features_per_level
+        self.resolutions = _resolutions(n_levels, base_resolution, per_level_scale, finest_resolution)
+        self.hashed = bool(hashed)
+        table = 1 << log2_hashmap_size
+        sizes = [r**in_dim if not hashed or r**in_dim <= table else table for r in self.resolutions]
+        self.dense_levels = [not hashed or r**in_dim <= table for r in self.resolutions]
+        offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+        self.embeddings = nn.Parameter(torch.empty(offsets[-1], n_features_per_level).uniform_(-1e-4, 1e-4))
+        b = torch.tensor(bounds if bounds is not None else [[-1.0, 1.0]] * in_dim, dtype=torch.float32)
+        require(tuple(b.shape) == (in_dim, 2), f"model.bounds must be one [lo, hi] per axis ({in_dim}), got {bounds}")
+        self.register_buffer("lo", b[:, 0].clone(), persistent=False)
+        self.register_buffer("span", (b[:, 1] - b[:, 0]).clone(), persistent=False)
+        self.register_buffer("_res", torch.tensor(self.resolutions, dtype=torch.float32), persistent=False)
+        self.register_buffer("_offsets", torch.tensor(offsets[:-1], dtype=torch.long), persistent=False)
+        self.register_buffer("_sizes", torch.tensor(sizes, dtype=torch.long), persistent=False)
+        self.register_buffer("_dense", torch.tensor(self.dense_levels), persistent=False)
+        # corner offsets (2^d, d) in {0, 1}, and per-axis strides of every level's dense layout
+        corners = torch.tensor([[(c >> k) & 1 for k in range(in_dim)] for c in range(1 << in_dim)], dtype=torch.long)
+        self.register_buffer("_corners", corners, persistent=False)
+        strides = torch.tensor([[r ** (in_dim - 1 - k) for k in range(in_dim)] for r in self.resolutions])
+        self.register_buffer("_strides", strides, persistent=False)
+        self.register_buffer("_primes", torch.tensor(PRIMES[:in_dim], dtype=torch.long), persistent=False)
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.n_levels * self.n_features
+
+    def indices(self, vertex: Tensor) -> Tensor:
+        """Table rows of integer vertices ``(..., L, K, d)`` (level axis L, K vertices a level):
+        the dense row-major index on levels that fit, tiny-cuda-nn's spatial hash on the others,
+        plus each level's offset into the concatenated tables."""
+        dense = (vertex * self._strides[:, None, :]).sum(-1)
+        h = vertex[..., 0] * self._primes[0]
+        for k in range(1, self.in_dim):  # XOR of the low 32 bits of c_k * pi_k, as uint32 in tcnn
+            h = h ^ ((vertex[..., k] * self._primes[k]) & 0xFFFFFFFF)
+        hashed = (h & 0xFFFFFFFF) % self._sizes[:, None]
+        return torch.where(self._dense[:, None], dense, hashed) + self._offsets[:, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``Float[Tensor, "N in_dim"]`` -> ``Float[Tensor, "N n_levels*n_features_per_level"]``, fp32."""
+        with torch.autocast(x.device.type, enabled=False):
+            u = ((x.float() - self.lo) / self.span).clamp(0.0, 1.0)  # (N, d) in [0, 1]
+            pos = u[:, None, :] * (self._res[:, None] - 1)  # (N, L, d)
+            base = pos.floor().clamp_max(self._res[:, None] - 2)  # the cell's lower vertex
+            frac = pos - base  # (N, L, d) in [0, 1]
+            vertex = base.long()[:, :, None, :] + self._corners  # (N, L, 2^d, d)
+            feats = self.embeddings[self.indices(vertex)]  # one gather: (N, L, 2^d, F)
+            c = self._corners.to(frac.dtype)  # weights: prod_k (frac_k if corner bit else 1 - frac_k)
+            w = (frac[:, :, None, :] * c + (1 - frac[:, :, None, :]) * (1 - c)).prod(-1)  # (N, L, 2^d)
+            return (feats * w[..., None]).sum(2).reshape(x.shape[0], -1)
+
+
+def _resolutions(n_levels: int, base: int, scale: float | None, finest: int | None) -> list[int]:
+    if scale is None:
+        require(finest is not None, "model.encoding needs per_level_scale or finest_resolution")
+        require(finest >= base, f"model.encoding.finest_resolution ({finest}) must be >= base_resolution ({base})")
+        scale = math.exp((math.log(finest) - math.log(base)) / max(1, n_levels - 1))
+    else:
+        require(finest is None, "model.encoding: give per_level_scale or finest_resolution, not both")
+        positive_float("model.encoding.per_level_scale", scale)
+    return [int(math.floor(base * scale**level + 1e-6)) for level in range(n_levels)]
