@@ -143,13 +143,34 @@ class GridEncoding(nn.Module):
     def indices(self, vertex: Tensor) -> Tensor:
         """Table rows of integer vertices ``(..., L, K, d)`` (level axis L, K vertices a level):
         the dense row-major index on levels that fit, tiny-cuda-nn's spatial hash on the others,
-        plus each level's offset into the concatenated tables."""
+        plus each level's offset into the concatenated tables. (The reference form of what
+        :meth:`forward` computes corner by corner.)"""
         dense = (vertex * self._strides[:, None, :]).sum(-1)
         h = vertex[..., 0] * self._primes[0]
         for k in range(1, self.in_dim):  # XOR of the low 32 bits of c_k * pi_k, as uint32 in tcnn
             h = h ^ ((vertex[..., k] * self._primes[k]) & 0xFFFFFFFF)
         hashed = (h & 0xFFFFFFFF) % self._sizes[:, None]
         return torch.where(self._dense[:, None], dense, hashed) + self._offsets[:, None]
+
+    def _corner_rows(self, base: Tensor) -> Tensor:
+        """:meth:`indices` of the ``2^d`` corners of cells with lower vertex ``base`` ``(N, L, d)``
+        -> ``(N, L, 2^d)``. Per-axis terms are computed once per cell, then combined per corner:
+        dense levels (the coarse ones, first) add a corner's row offset, hashed levels XOR the
+        per-axis hash terms of ``c`` or ``c + 1``."""
+        nd, bits = sum(self.dense_levels), self._corners
+        parts = []
+        if nd:
+            rows = (base[:, :nd] * self._strides[:nd]).sum(-1)
+            parts.append(rows[..., None] + (bits[None] * self._strides[:nd, None, :]).sum(-1))
+        if nd < self.n_levels:
+            b = base[:, nd:]
+            h = None
+            for k in range(self.in_dim):
+                terms = torch.stack([b[..., k] * self._primes[k], (b[..., k] + 1) * self._primes[k]], -1) & 0xFFFFFFFF
+                t = terms[..., bits[:, k]]  # (N, L_hashed, 2^d): c_k or c_k + 1 per corner
+                h = t if h is None else h ^ t
+            parts.append(h % self._sizes[nd:, None])
+        return torch.cat(parts, 1) + self._offsets[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
         """``Float[Tensor, "N in_dim"]`` -> ``Float[Tensor, "N n_levels*n_features_per_level"]``, fp32."""
@@ -158,10 +179,12 @@ class GridEncoding(nn.Module):
             pos = u[:, None, :] * (self._res[:, None] - 1)  # (N, L, d)
             base = pos.floor().clamp_max(self._res[:, None] - 2)  # the cell's lower vertex
             frac = pos - base  # (N, L, d) in [0, 1]
-            vertex = base.long()[:, :, None, :] + self._corners  # (N, L, 2^d, d)
-            feats = self.embeddings[self.indices(vertex)]  # one gather: (N, L, 2^d, F)
-            c = self._corners.to(frac.dtype)  # weights: prod_k (frac_k if corner bit else 1 - frac_k)
-            w = (frac[:, :, None, :] * c + (1 - frac[:, :, None, :]) * (1 - c)).prod(-1)  # (N, L, 2^d)
+            rows = self._corner_rows(base.long())  # (N, L, 2^d)
+            w = None  # d-linear weights: prod_k (frac_k if the corner's bit k else 1 - frac_k)
+            for k in range(self.in_dim):
+                wk = torch.stack([1 - frac[..., k], frac[..., k]], -1)[..., self._corners[:, k]]
+                w = wk if w is None else w * wk
+            feats = self.embeddings.index_select(0, rows.reshape(-1)).view(*rows.shape, self.n_features)
             return (feats * w[..., None]).sum(2).reshape(x.shape[0], -1)
 
 
