@@ -176,6 +176,11 @@ class BlockCache:
     ``per_step * block_rows >= batch`` samples a step moves through the data at least as fast
     as training consumes it. State: ``(epoch, pos)``; a resumed run refills the cache from that
     position (its batches differ from an uninterrupted run's, its coverage does not).
+
+    With ``decades = (edges, alpha)`` the batch is balanced across magnitude decades as
+    :class:`DecadeSampler` balances a held signal, over the samples in the cache: each block's
+    decades are binned when it is loaded, the shares follow the decades' counts in the cache
+    (``count^alpha``), and within a decade the draw is uniform over the cached samples.
     """
 
     def __init__(
@@ -187,6 +192,7 @@ class BlockCache:
         device: torch.device,
         seed: int = 0,
         block_rows: int = 1 << 16,
+        decades: tuple[list[float], float] | None = None,
     ) -> None:
         self.signal, self.prepare, self.device, self.seed = signal, prepare, device, int(seed)
         c = signal.channels
@@ -203,9 +209,21 @@ class BlockCache:
         self.epoch, self.pos, self.next_slot = 0, 0, 0
         self._order = self._permutation(0)
         self.filled = False
+        self.decades = decades
+        if decades is not None:  # per slot: its rows grouped by decade, and each decade's count
+            nb = len(decades[0])
+            self._edges = torch.tensor(decades[0], dtype=torch.float32, device=device)
+            self.by_decade = torch.zeros(self.slots, self.block, dtype=torch.long, device=device)
+            self.decade_count = torch.zeros(self.slots, nb, dtype=torch.long, device=device)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng(self.seed + epoch).permutation(self.n_blocks)
+
+    def _bin_block(self, slot: int, raw: Tensor) -> None:
+        nb = self._edges.numel()
+        bins = torch.bucketize(raw.abs().amax(1).float(), self._edges, right=True).clamp_max(nb - 1)
+        self.by_decade[slot, : bins.numel()] = torch.argsort(bins, stable=True)
+        self.decade_count[slot] = torch.bincount(bins, minlength=nb)
 
     def _load(self, slot: int) -> None:
         if self.pos >= self.n_blocks:
@@ -215,8 +233,10 @@ class BlockCache:
         self.pos += 1
         lo, hi = b * self.block, min((b + 1) * self.block, self.signal.numel)
         with torch.no_grad():
-            v = self.prepare(self.signal.read(lo, hi).to(self.device, non_blocking=True))
-        self.values[slot, : hi - lo] = v
+            raw = self.signal.read(lo, hi).to(self.device, non_blocking=True)
+            self.values[slot, : hi - lo] = self.prepare(raw)
+            if self.decades is not None:
+                self._bin_block(slot, raw)
         self.start[slot], self.length[slot] = lo, hi - lo
 
     def next(self) -> tuple[Tensor, Tensor]:
@@ -229,11 +249,26 @@ class BlockCache:
             for _ in range(self.per_step):
                 self._load(self.next_slot)
                 self.next_slot = (self.next_slot + 1) % self.slots
+        if self.decades is not None:
+            return self._balanced()
         # uniform over the cached samples (a slot holding a short last block gets its share only)
         end = torch.cumsum(self.length, 0)
         u = (torch.rand(self.batch, device=self.device, generator=self.gen, dtype=torch.float64) * end[-1]).long()
         slot = torch.searchsorted(end, u, right=True)
         off = u - (end[slot] - self.length[slot])
+        return self.start[slot] + off, self.values[slot, off]
+
+    def _balanced(self) -> tuple[Tensor, Tensor]:
+        """A decade-balanced batch over the cached samples (one host sync for the shares)."""
+        counts = self.decade_count  # (slots, decades)
+        per_decade = decade_slots(counts.sum(0).cpu(), self.batch, self.decades[1]).to(self.device)
+        decade = torch.repeat_interleave(torch.arange(counts.shape[1], device=self.device), per_decade)
+        cum = counts.T.cumsum(1)[decade]  # (B, slots): cached samples of the row's decade, by slot
+        u = torch.rand(decade.numel(), device=self.device, generator=self.gen, dtype=torch.float64)
+        r = (u * cum[:, -1]).long().clamp_max(cum[:, -1] - 1)  # the r-th cached sample of the decade
+        slot = torch.searchsorted(cum, r[:, None], right=True)[:, 0]
+        first = (counts.cumsum(1) - counts)[slot, decade]  # where the decade starts in the slot's order
+        off = self.by_decade[slot, first + r - (cum[torch.arange(len(r)), slot] - counts[slot, decade])]
         return self.start[slot] + off, self.values[slot, off]
 
     def state_dict(self) -> dict[str, int]:
@@ -261,8 +296,8 @@ class TrainingData:
         batch_size: samples per step; ``>= signal.numel`` means full batch.
         cache_mb: memory for the training values (see :attr:`streaming`).
         seed: sampler seed; DDP rank r draws with ``seed + 1_000_003 r``.
-        sampling: :class:`Uniform` (default) or :class:`Decades` (long-tailed signals, held in
-            memory; every DDP rank balances its own batches).
+        sampling: :class:`Uniform` (default) or :class:`Decades` (long-tailed signals; a streamed
+            signal is balanced over the block cache; every DDP rank balances its own batches).
     """
 
     def __init__(
@@ -305,10 +340,6 @@ class TrainingData:
                 signal.long_tailed,
                 f"sampling=decades needs a long-tailed signal (one judged per decade); {signal.name!r} is not: use sampling=uniform",
             )
-            require(
-                not self.streaming,
-                f"sampling=decades does not stream yet: {signal.name!r} needs more than cache_mb={cache_mb:g}; raise cache_mb to hold it, or use sampling=uniform",
-            )
 
     @property
     def transformed_copy(self) -> bool:
@@ -332,7 +363,8 @@ class TrainingData:
         self._y = self._t = None
         if self.streaming:
             prepare = (lambda v: v.float()) if not self.transformed_copy else (lambda v: self.transform(v).float())
-            self.sampler = BlockCache(self.signal, prepare, self.cache_bytes, self.batch_size, device, seed=seed)
+            self.sampler = BlockCache(self.signal, prepare, self.cache_bytes, self.batch_size, device, seed=seed,
+                                      decades=self._decades())  # fmt: skip
         else:
             self._y = self._t = self.signal.flat().to(device)
             if self.transformed_copy:
@@ -348,13 +380,19 @@ class TrainingData:
         self._device = device
         return self
 
-    def _held_sampler(self, seed: int) -> IndexSampler | DecadeSampler:
-        if isinstance(self.sampling, Decades):
-            from nir.metrics import decade_edges
+    def _decades(self) -> tuple[list[float], float] | None:
+        """(bin edges, alpha) of decade-balanced sampling: the per-decade metric's bins."""
+        if not isinstance(self.sampling, Decades):
+            return None
+        from nir.metrics import decade_edges
 
-            edges = decade_edges(self.stats.floor, self.stats.absmax)
+        return decade_edges(self.stats.floor, self.stats.absmax), self.sampling.alpha
+
+    def _held_sampler(self, seed: int) -> IndexSampler | DecadeSampler:
+        decades = self._decades()
+        if decades is not None:
             batch = min(self.batch_size, self.signal.numel)
-            return DecadeSampler(self._y.abs().amax(1), edges, batch, self.sampling.alpha, seed=seed)
+            return DecadeSampler(self._y.abs().amax(1), decades[0], batch, decades[1], seed=seed)
         return IndexSampler(self.signal.numel, self.batch_size, self._y.device, seed=seed)
 
     def next_batch(self) -> tuple[Tensor, Tensor]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training-loop benchmark on the SIREN paper's image demo; writes docs/performance.md.
 
-Workload: cameraman at 256x256 (scikit-image's bundled photo, resized), SIREN 3x256, Adam 1e-4,
+Workload: cameraman at 256x256 (nir's bundled photo, resized), SIREN 3x256, Adam 1e-4,
 full batch of 65,536 pixels. Timings are compared as ratios measured in the same process,
 alternately, because these machines are shared and noisy; each figure is min/median/max over
 repeats.

@@ -4,6 +4,8 @@
 #   2. the default image field on the GPU in 32, bf16-mixed and 16-mixed (runs on GPU unchanged)
 #   3. long-tailed peaks1d under 16-mixed with the gradient scaler: finite and accurate
 #   4. Field.sample at 512^3 with a 3x256 SIREN: speed and GPU memory (docs/reuse.md)
+#   5. samples per second of the hash grid and SIREN 3x256, forward + backward + Adam, batch 2^18
+#      (scripts/bench_encoding.py; docs/performance-gpu.md, issue 12) and a hash-grid image run
 # Every part has its own time limit and writes as it goes, so a partial run still reports.
 # Results: $OUT/performance-gpu.md, $OUT/gpu_results.jsonl, $OUT/gpu.log.
 # Needs hydra-core, omegaconf and antlr4 wheels in .whl/ when the machine lacks them (see docs/performance.md).
@@ -43,5 +45,8 @@ run "peaks1d-log_mse-32" /tmp/runs/pk_lm32 data=peaks1d loss=log_mse trainer.pre
 run "peaks1d-rel_l2-16-mixed" /tmp/runs/pk_rl16 data=peaks1d loss=rel_l2 trainer.precision=16-mixed log.images=false
 echo "== sample $(date +%T)" >> "$LOG"
 timeout 60 python3 scripts/bench_sample.py --model siren --n 512 --chunk 1048576 --device cuda >> "$RES" 2>> "$LOG"
+echo "== encoding throughput $(date +%T)" >> "$LOG"
+timeout 90 python3 scripts/bench_encoding.py --device cuda --batch 262144 >> "$RES" 2>> "$LOG"
+run "image-hashgrid" /tmp/runs/img_hash model=hashgrid
 echo "== done $(date +%T)" >> "$LOG"
 cat "$RES"; cat "$OUT/performance-gpu.md" 2>/dev/null

@@ -176,16 +176,39 @@ def test_decade_sampler_state_round_trips():
         assert torch.equal(a.next_batch()[0], b.next_batch()[0])
 
 
-def test_decade_sampling_refuses_images_and_streaming(tmp_path):
+def test_decade_sampling_refuses_images():
     from nir.batches import Decades
-    from nir.signal import read_array
 
     img = Signal(torch.rand(8, 8, 3), ((-1.0, 1.0),) * 2)
     with pytest.raises(NirError, match="sampling=decades needs a long-tailed signal"):
         TrainingData(img, Identity(), MSE(), batch_size=16, sampling=Decades())
-    np.save(tmp_path / "big.npy", np.random.default_rng(0).random(40_000).astype(np.float32))
-    with pytest.raises(NirError, match="does not stream yet"):
-        TrainingData(read_array(str(tmp_path / "big.npy")), Identity(), MSE(), 512, cache_mb=0.05, sampling=Decades())
+
+
+def test_streamed_and_held_signals_get_the_same_decade_shares(tmp_path):
+    """A memory-mapped signal streamed through a small block cache is balanced over the cached
+    samples: with every decade in every block, each batch has the held sampler's shares."""
+    from nir.batches import BlockCache, Decades
+    from nir.signal import read_array
+
+    rng = np.random.default_rng(5)
+    np.save(tmp_path / "lt.npy", (10 ** rng.uniform(-4, 2, 60_000)).astype(np.float32))
+    held = TrainingData(read_array(str(tmp_path / "lt.npy"), mmap=False), Log(), LogMSE(), 600, sampling=Decades()).to(
+        CPU
+    )
+    streamed = TrainingData(
+        read_array(str(tmp_path / "lt.npy")), Log(), LogMSE(), 600, cache_mb=0.1, sampling=Decades()
+    ).to(CPU)
+    assert isinstance(streamed.sampler, BlockCache) and streamed.sampler.n_blocks > streamed.sampler.slots
+    values = read_array(str(tmp_path / "lt.npy")).flat()
+    for _ in range(6):  # blocks are replaced as batches are drawn
+        idx, target = streamed.next_batch()
+        torch.testing.assert_close(target, streamed.transform(values[idx]))  # rows and targets agree
+        got = torch.bincount(_bins(values[idx], streamed), minlength=len(held.sampler.slots))
+        assert torch.equal(got, held.sampler.slots)
+    counts = torch.zeros(60_000)
+    for _ in range(200):
+        counts += torch.bincount(streamed.next_batch()[0], minlength=60_000)
+    assert int((counts > 0).sum()) > 50_000  # the stream moves through the whole signal
 
 
 def test_decade_sampling_resumes_to_the_same_weights(tmp_path):

@@ -32,7 +32,7 @@ def files(tmp_path_factory):
     (d / "x.gif").write_bytes(b"GIF89a")
     np.save(d / "empty.npy", np.zeros((0,)))
     np.save(d / "scalar.npy", np.array(1.0))
-    np.save(d / "four.npy", np.zeros((2, 2, 2, 2)))
+    np.save(d / "five.npy", np.zeros((2, 2, 2, 2, 2)))
     np.save(d / "text.npy", np.array(["a", "b"]))
     np.save(d / "nan.npy", np.array([1.0, np.nan]))
     np.save(d / "neg.npy", np.linspace(-1, 1, 64))
@@ -50,7 +50,7 @@ CASES = [
     ("unsupported extension", ["data.path={d}/x.gif"], "unsupported extension"),
     ("empty array", ["data=array", "data.path={d}/empty.npy"], "is empty"),
     ("0-D array", ["data=array", "data.path={d}/scalar.npy"], "0 grid axes"),
-    ("4-D array", ["data=array", "data.path={d}/four.npy"], "4 grid axes"),
+    ("5-D array", ["data=array", "data.path={d}/five.npy"], "5 grid axes"),
     ("non-numeric", ["data=array", "data.path={d}/text.npy"], "non-numeric dtype"),
     ("NaN values", ["data=array", "data.path={d}/nan.npy"], "NaN or Inf"),
     ("negative with log", ["data=array", "data.path={d}/neg.npy", "loss=log_mse"], "transform log needs values >= 0"),
