@@ -230,3 +230,14 @@ def test_decade_sampling_resumes_to_the_same_weights(tmp_path):
     train(make_cfg([*ov, "trainer.max_steps=40", "resume=last"]), tmp_path / "split")
     torch.testing.assert_close(load_field(tmp_path / "full").sample(), load_field(tmp_path / "split").sample())
     assert json.loads((tmp_path / "full" / "metrics.json").read_text())["sampling"] == "decades(alpha=0)"
+
+
+def test_each_ddp_rank_draws_its_own_balanced_batches():
+    from nir.batches import Decades
+
+    s = _long_tailed()
+    ranks = [TrainingData(s, Log(), LogMSE(), batch_size=400, sampling=Decades()).to(CPU, rank=r) for r in (0, 1)]
+    batches = [d.next_batch()[0] for d in ranks]
+    assert not torch.equal(batches[0], batches[1])  # different draws on each rank ...
+    for d, idx in zip(ranks, batches):  # ... each with the decade shares
+        assert torch.equal(torch.bincount(_bins(s.flat()[idx], d), minlength=len(d.sampler.slots)), d.sampler.slots)

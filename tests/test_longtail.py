@@ -257,7 +257,7 @@ def test_read_npz_key_and_channels(tmp_path):
         (np.array([1.0, np.nan, 2.0]), "NaN or Inf"),
         (np.array([1.0, np.inf]), "NaN or Inf"),
         (np.zeros((0,)), "is empty"),
-        (np.zeros((2, 2, 2, 2)), "4 grid axes"),
+        (np.zeros((2, 2, 2, 2, 2)), "5 grid axes"),
         (np.array(3.0), "0 grid axes"),
         (np.array(["a", "b"]), "non-numeric dtype"),
     ],

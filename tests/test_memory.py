@@ -173,8 +173,10 @@ def test_mapped_signal_pickles_as_its_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_streamed_signal_trains_under_ddp_spawn(tmp_path):
-    """Two spawned workers each map the file again and stream their own blocks."""
+@pytest.mark.parametrize("sampling", ["uniform", "decades"])
+def test_streamed_signal_trains_under_ddp_spawn(tmp_path, sampling):
+    """Two spawned workers each map the file again and stream their own blocks (with
+    sampling=decades each balances its own batches over its own cache)."""
     from tests.test_sweeps import run
 
     z = np.linspace(0, 1, 20_000, dtype=np.float32)
@@ -195,10 +197,11 @@ def test_streamed_signal_trains_under_ddp_spawn(tmp_path):
             "cache_mb=0.05",
             "batch_size=512",
             "model.hidden_dim=16",
+            f"sampling={sampling}",
             f"hydra.run.dir={run_dir}",
         ],
         tmp_path,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((run_dir / "metrics.json").read_text())
-    assert m["status"] == "ok" and m["steps"] == 20
+    assert m["status"] == "ok" and m["steps"] == 20 and m["sampling"].startswith(sampling)
