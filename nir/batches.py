@@ -310,6 +310,12 @@ class TrainingData:
         seed: int = 0,
         sampling: Uniform | Decades | None = None,
     ) -> None:
+        self.sampling = sampling or Uniform()
+        if isinstance(self.sampling, Decades):
+            require(
+                signal.long_tailed,
+                f"sampling=decades needs a long-tailed signal (one judged per decade); {signal.name!r} is not: use sampling=uniform",
+            )
         st = signal.summary()
         vmin, vmax = float(st["min"].min()), float(st["max"].max())
         require(vmax > vmin, f"data {signal.name!r} is constant (every value is {vmin:g}); there is nothing to fit")
@@ -334,12 +340,6 @@ class TrainingData:
         self._y: Tensor | None = None  # signal units, on the device (None when streaming)
         self._t: Tensor | None = None  # the loss's space (the same tensor when no copy is needed)
         self._pending_state: dict[str, int] | None = None
-        self.sampling = sampling or Uniform()
-        if isinstance(self.sampling, Decades):
-            require(
-                signal.long_tailed,
-                f"sampling=decades needs a long-tailed signal (one judged per decade); {signal.name!r} is not: use sampling=uniform",
-            )
 
     @property
     def transformed_copy(self) -> bool:
