@@ -177,20 +177,14 @@ def test_mapped_signal_pickles_as_its_file(tmp_path):
 def test_streamed_signal_trains_under_ddp_spawn(tmp_path, sampling):
     """Two spawned workers each map the file again and stream their own blocks (with
     sampling=decades each balances its own batches over its own cache)."""
-    from tests.test_sweeps import run
+    from tests.test_sweeps import DDP_SPAWN_2, run
 
     z = np.linspace(0, 1, 20_000, dtype=np.float32)
     p = _save(tmp_path, (0.01 + 100 * np.exp(-(((z - 0.5) / 0.02) ** 2))).astype(np.float32))
     run_dir = tmp_path / "ddp"
     r = run(
         [
-            "trainer.strategy=ddp_spawn",
-            "trainer.devices=2",
-            "trainer.max_steps=20",
-            "trainer.val_check_interval=20",
-            "trainer.enable_progress_bar=false",
-            "trainer.precision=32",
-            "log.images=false",
+            *DDP_SPAWN_2,
             "data=array",
             f"data.path={p}",
             "loss=log_mse",

@@ -28,6 +28,18 @@ TINY = [
 ]
 
 
+# two CPU processes (gloo), 20 quiet fp32 steps with one validation: the DDP tests' common setting
+DDP_SPAWN_2 = [
+    "trainer.strategy=ddp_spawn",
+    "trainer.devices=2",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=20",
+    "trainer.enable_progress_bar=false",
+    "trainer.precision=32",
+    "log.images=false",
+]
+
+
 def run(args, cwd, timeout=600):
     return subprocess.run(NIR_TRAIN + args, cwd=cwd, capture_output=True, text=True, env=ENV, timeout=timeout)
 
@@ -156,13 +168,7 @@ def test_ddp_two_processes_metrics_equal_full_grid(tmp_path):
     run_dir = tmp_path / "ddp"
     r = run(
         [
-            "trainer.strategy=ddp_spawn",
-            "trainer.devices=2",
-            "trainer.max_steps=20",
-            "trainer.val_check_interval=20",
-            "trainer.enable_progress_bar=false",
-            "trainer.precision=32",
-            "log.images=false",
+            *DDP_SPAWN_2,
             "data=peaks1d",
             "data.n=3000",
             "batch_size=512",
