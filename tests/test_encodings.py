@@ -78,6 +78,13 @@ def test_gradients_match_finite_differences_on_a_tiny_grid():
         assert float((enc(x) @ w).sum()) - base == pytest.approx(1e-2 * float(g[i, 0]), rel=1e-3)
 
 
+def test_levels_must_get_finer():
+    with pytest.raises(NirError, match="per_level_scale must be >= 1"):
+        GridEncoding(2, n_levels=3, base_resolution=16, per_level_scale=0.5)
+    with pytest.raises(NirError, match="finest_resolution .* must be >= base_resolution"):
+        GridEncoding(2, n_levels=3, base_resolution=16, finest_resolution=8)
+
+
 def test_grid_stays_fp32_under_autocast():
     enc = GridEncoding(2, n_levels=2, log2_hashmap_size=8, base_resolution=4, finest_resolution=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):

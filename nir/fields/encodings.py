@@ -115,10 +115,10 @@ class GridEncoding(nn.Module):
         require(in_dim <= len(PRIMES), f"grid encodings support up to {len(PRIMES)} axes, got {in_dim}")
         self.in_dim, self.n_levels, self.n_features = in_dim, n_levels, n_features_per_level
         self.resolutions = _resolutions(n_levels, base_resolution, per_level_scale, finest_resolution)
-        self.hashed = bool(hashed)
         table = 1 << log2_hashmap_size
-        sizes = [r**in_dim if not hashed or r**in_dim <= table else table for r in self.resolutions]
+        # resolutions never decrease, so the dense levels are the first ones (_corner_rows relies on it)
         self.dense_levels = [not hashed or r**in_dim <= table for r in self.resolutions]
+        sizes = [r**in_dim if dense else table for r, dense in zip(self.resolutions, self.dense_levels)]
         offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
         self.embeddings = nn.Parameter(torch.empty(offsets[-1], n_features_per_level).uniform_(-1e-4, 1e-4))
         b = torch.tensor(bounds if bounds is not None else [[-1.0, 1.0]] * in_dim, dtype=torch.float32)
@@ -196,4 +196,5 @@ def _resolutions(n_levels: int, base: int, scale: float | None, finest: int | No
     else:
         require(finest is None, "model.encoding: give per_level_scale or finest_resolution, not both")
         positive_float("model.encoding.per_level_scale", scale)
+        require(scale >= 1, f"model.encoding.per_level_scale must be >= 1 (levels get finer), got {scale}")
     return [int(math.floor(base * scale**level + 1e-6)) for level in range(n_levels)]
