@@ -4,6 +4,7 @@ and the crash-safe checkpoint plugin. The figure and logging callbacks write on 
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ def preview_indices(shape: tuple[int, ...], max_side: int) -> tuple[torch.Tensor
     mesh = np.meshgrid(*axes, indexing="ij")
     flat = np.ravel_multi_index([m.ravel() for m in mesh], shape)
     return torch.from_numpy(flat), tuple(len(a) for a in axes)
+
+
+def exact_tag(tag: str) -> str:
+    """A TensorBoard custom-scalars pattern matching ``tag`` and nothing else (patterns there are
+    regular expressions, so the ``+`` and ``.`` of a decade label must be escaped)."""
+    return f"^{re.escape(tag)}$"
 
 
 def _colormap(x: np.ndarray, name: str = "magma") -> np.ndarray:
@@ -193,7 +200,9 @@ class MagnitudeLogger(pl.Callback):
             tb.add_custom_scalars(
                 {
                     "per-magnitude relative error": {
-                        key: ["Multiline", [f"magnitude/{key}/{r['bin']}" for r in table]] for key in ("median", "p90")
+                        # the tags are regular expressions there: escaped, or "1e+00..1e+01" never matches itself
+                        key: ["Multiline", [exact_tag(f"magnitude/{key}/{r['bin']}") for r in table]]
+                        for key in ("median", "p90")
                     }
                 }
             )

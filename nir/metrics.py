@@ -107,7 +107,8 @@ class MagnitudeBins(Metric):
         self.hist += torch.bincount(b * HIST_BINS + h, minlength=nb * HIST_BINS).reshape(nb, HIST_BINS).double()
 
     def quantile(self, q: float) -> Tensor:
-        """Relative-error quantile per bin from the histogram (NaN for empty bins)."""
+        """Relative-error quantile per bin from the histogram at most the bin's exact
+        maximum (NaN for empty bins; ``metrics.json`` writes those as ``null``)."""
         cum = self.hist.cumsum(1)
         tot = cum[:, -1:]
         target = q * tot
@@ -117,7 +118,8 @@ class MagnitudeBins(Metric):
         frac = ((target - prev) / inbin).clamp(0, 1)
         width = (HIST_HI - HIST_LO) / HIST_BINS
         logv = HIST_LO + (j.double() + frac) * width
-        out = (10.0**logv).squeeze(1)
+        # never above the exact maximum: interpolation inside the top bucket could overshoot it
+        out = torch.minimum((10.0**logv).squeeze(1), self.max_rel)
         return torch.where(tot.squeeze(1) > 0, out, torch.full_like(out, float("nan")))
 
     def compute(self) -> dict[str, Tensor]:

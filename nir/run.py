@@ -108,10 +108,25 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (an empty bin's NaN, an infinite PSNR) as ``None``, so
+    it is strict JSON (``null``), and tensors / numpy scalars as plain numbers."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # torch / numpy scalar
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
+    """Strict JSON (``allow_nan=False``: non-finite numbers are written as ``null``), atomically."""
     from nir.checkpoint import atomic_write_bytes
 
-    text = json.dumps(obj, indent=2, default=float) + "\n"
+    text = json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 

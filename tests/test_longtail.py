@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -215,6 +216,16 @@ def test_bin_quantiles_on_many_samples():
     assert row["p90"] == pytest.approx(float(rel.quantile(0.9)), rel=0.03)
 
 
+def test_quantiles_never_exceed_the_bin_maximum():
+    """A one-sample bin: its p90 (interpolated in a 0.01-decade bucket) must not pass its max."""
+    m = MagnitudeBins(floor=1e-3, top=1.0)
+    y = torch.tensor([0.5])
+    m.update(y * (1 + 37.72), y)
+    row = next(r for r in m.table() if r["count"] == 1)
+    assert row["max"] == pytest.approx(37.72, rel=1e-5)
+    assert row["median"] <= row["max"] and row["p90"] <= row["max"]
+
+
 def test_grid_metrics_psnr_conventions():
     s = peaks1d(n=1024)
     gm = GridMetrics(SignalStats.measure(s))
@@ -280,6 +291,19 @@ def test_pickled_npy_refused(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
+def custom_scalars_layout(logdir):
+    """The custom-scalars layout written into a run's event files, read back."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    for f in sorted(logdir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(f)).Load():
+            for value in event.summary.value:
+                if value.tag == "custom_scalars__config__":
+                    return layout_pb2.Layout.FromString(value.tensor.string_val[0])
+    raise AssertionError(f"no custom-scalars layout in {logdir}")
+
+
 @pytest.fixture(scope="module")
 def peaks_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("peaks") / "run"
@@ -309,7 +333,14 @@ def test_long_tail_run_records_bins_and_tensorboard(peaks_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run, m = peaks_run
-    saved = json.loads((run / "metrics.json").read_text())
+
+    def refuse(token):
+        raise ValueError(f"metrics.json is not strict JSON: {token}")
+
+    saved = json.loads((run / "metrics.json").read_text(), parse_constant=refuse)
+    empty = [r for r in saved["magnitude_bins"] if r["count"] == 0]
+    assert empty, "the fixture must have an empty bin for this check"
+    assert all(r["median"] is None and r["max"] is None for r in empty)
     assert saved["magnitude_bins"][0]["bin"].startswith("<")
     assert {"bin", "lo", "hi", "count", "median", "p90", "max", "bias_log10"} <= set(saved["magnitude_bins"][1])
     assert "psnr_log" in saved and "worst_decade_median" in saved
@@ -320,6 +351,13 @@ def test_long_tail_run_records_bins_and_tensorboard(peaks_run):
     assert "magnitude/quantiles" in tags["images"] and "field/reconstruction" in tags["images"]
     assert {"val/psnr", "val/psnr_log", "val/worst_decade_median"} <= set(tags["scalars"])
     assert any(t.startswith("magnitude/median/") for t in tags["scalars"])
+    # the custom-scalars charts: every bin's tag must match its own pattern (and no other bin's)
+    layout = custom_scalars_layout(run / "tb")
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    binned = sorted(t for t in tags["scalars"] if t.startswith("magnitude/median/"))
+    assert any("+" in t for t in binned), "the fixture must have a bin from 1e+00 upward"
+    for tag in binned:
+        assert [p for p in charts["median"] if re.search(p, tag)] == [f"^{re.escape(tag)}$"], tag
     cfg = (run / "config.yaml").read_text()
     assert "nir.synthetic.peaks1d" in cfg and "num_peaks" in cfg
 
