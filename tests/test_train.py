@@ -90,12 +90,19 @@ def test_resume_from_last_checkpoint(fitted, tmp_path):
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
+    before = set(copy.glob("**/events.out.tfevents.*"))
     cfg = make_cfg(tiny_overrides(img, steps=170) + ["model.hidden_dim=64", "model.num_layers=2", "resume=last"])
     metrics = train(cfg, copy)
     assert metrics["steps"] == 170
-    # continues in the same TensorBoard run, not a new one
-    assert len(list((copy / "tb").glob("events.out.tfevents.*"))) >= 1
-    assert (copy / "tb").is_dir() and not (copy / "tb" / "version_1").exists()
+    # continues in the same TensorBoard run (directory), not a new one: one new event file beside the old
+    new = set(copy.glob("**/events.out.tfevents.*")) - before
+    assert len(new) == 1 and next(iter(new)).parent == copy / "tb", new
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(copy / "tb"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("val/psnr")]  # Lightning logs a validation at step - 1
+    assert 149 in steps and steps[-1] == 169, steps  # the first run's points and the resumed run's, in one run
 
 
 def test_resume_missing_checkpoint_is_clear(tiny_png, tmp_path):
