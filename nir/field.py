@@ -90,24 +90,34 @@ class Field(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
 
-    def forward(self, coords: Tensor) -> Tensor:
+    def forward(self, coords: Tensor | Any) -> Tensor:
         """Values at coordinates.
 
         Args:
-            coords: ``Float[Tensor, "N d"]``, in the box's units (``spec["bounds"]``).
+            coords: ``Float[Tensor, "N d"]`` in the box's units (``spec["bounds"]``); a numpy
+                array or a float64 tensor is converted to float32 on the field's device.
 
         Returns:
-            ``Float[Tensor, "N channels"]`` in signal units.
+            ``Float[Tensor, "N channels"]`` in signal units. Autograd records the call only when
+            ``coords`` requires grad or the field is in training mode (``field.train()``, for
+            fine-tuning); otherwise the answer is a plain tensor (``.numpy()`` works).
         """
+        if not torch.is_tensor(coords) and hasattr(coords, "__array__"):
+            import numpy as np
+
+            coords = torch.from_numpy(np.asarray(coords, dtype=np.float32))
         require(
             torch.is_tensor(coords) and coords.is_floating_point(),
-            "field coordinates must be a floating-point tensor of shape (N, d)",
+            "field coordinates must be a floating-point tensor or numpy array of shape (N, d)",
         )
         require(
             coords.shape[-1] == self.in_dim,
             f"field expects coordinates with {self.in_dim} columns, got shape {tuple(coords.shape)}",
         )
-        return self.transform.inverse(self.network(coords))
+        if coords.dtype == torch.float64 or coords.device != self.bounds.device:
+            coords = coords.to(self.bounds.device, torch.float32)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (coords.requires_grad or self.training)):
+            return self.transform.inverse(self.network(coords))
 
     def gradient(self, coords: Tensor) -> Tensor:
         """Spatial derivatives d value / d coordinate through autograd.
@@ -172,6 +182,29 @@ class Field(nn.Module):
         elif suffix is not None:
             self._write_image(result, Path(out))
         return result
+
+    def sample_image(
+        self, shape: Sequence[int] | None = None, bounds: Sequence[Sequence[float]] | None = None
+    ) -> Any:
+        """A field trained on an image, sampled and returned as that image: a numpy array of
+        shape ``(H, W)`` (gray) or ``(H, W, 3)`` in the file's own range and type (``uint8`` for
+        8-bit files, ``uint16`` for 16-bit ones, ``float32`` in [0, 1] for float images).
+        :meth:`sample` gives the raw values (the training range, [-1, 1] by default)."""
+        import numpy as np
+
+        meta = self.spec.get("meta", {})
+        require(
+            meta.get("kind") == "image" and self.in_dim == 2,
+            "sample_image needs a field trained on an image; use sample() for other signals",
+        )
+        lo, hi = meta["value_range"]
+        u = np.clip((self.sample(shape, bounds).numpy() - lo) / max(hi - lo, 1e-30), 0, 1)
+        u = u[..., 0] if u.shape[-1] == 1 else u
+        bits = int(meta.get("bit_depth", 8))
+        if bits in (8, 16):
+            dtype = np.uint8 if bits == 8 else np.uint16
+            return (u * np.iinfo(dtype).max).round().astype(dtype)
+        return u.astype(np.float32)
 
     def _write_image(self, values: Tensor, path: Path) -> None:
         import imageio.v3 as iio

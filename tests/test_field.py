@@ -109,6 +109,38 @@ def test_gradient_matches_finite_differences(trained):
         torch.testing.assert_close(g[:, :, k], fd, rtol=5e-2, atol=5e-2 * float(fd.abs().max()) + rounding + 1e-6)
 
 
+def test_queries_answer_without_autograd_and_accept_numpy(trained):
+    _, field, _ = trained
+    x64 = np.random.default_rng(0).uniform(-0.9, 0.9, (11, field.in_dim))  # float64, as numpy makes it
+    out = field(x64)
+    assert not out.requires_grad and out.dtype == torch.float32
+    np.testing.assert_array_equal(out.numpy(), field(torch.from_numpy(x64).float()).numpy())
+    np.testing.assert_array_equal(field(torch.from_numpy(x64)).numpy(), out.numpy())  # float64 tensor
+    xg = torch.from_numpy(x64).float().requires_grad_(True)
+    assert field(xg).requires_grad  # derivatives by coordinates still work
+    field.train()
+    try:
+        assert field(x64).requires_grad  # fine-tuning: training mode records the weights' graph
+    finally:
+        field.eval()
+
+
+def test_sample_image_gives_the_file_back_in_its_type(trained):
+    import imageio.v3 as iio
+
+    run, field, _ = trained
+    if field.spec["meta"].get("kind") != "image":
+        with pytest.raises(NirError, match="needs a field trained on an image"):
+            field.sample_image()
+        return
+    original = iio.imread(field.spec["meta"]["path"])
+    img = field.sample_image()
+    assert img.dtype == original.dtype == np.uint8 and img.shape == original.shape
+    lo, hi = field.spec["meta"]["value_range"]
+    expect = np.clip((field.sample().numpy() - lo) / (hi - lo), 0, 1) * 255
+    np.testing.assert_array_equal(img, expect.reshape(img.shape).round().astype(np.uint8))
+
+
 def test_sample_shapes_any_resolution_and_sub_box(trained):
     _, field, _ = trained
     shape = [5] * field.in_dim
