@@ -13,7 +13,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nir.errors import NirError, positive_float, positive_int, require
 
-CONF_DIR = Path(os.environ.get("NIR_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+
+def _conf_dir() -> Path:
+    """The config tree: ``NIR_CONFIG_DIR`` if set; ``nir/conf`` inside an installed wheel; the
+    repository's top-level ``conf/`` in a source checkout (editable install)."""
+    if os.environ.get("NIR_CONFIG_DIR"):
+        return Path(os.environ["NIR_CONFIG_DIR"])
+    here = Path(__file__).resolve().parent
+    return here / "conf" if (here / "conf" / "train.yaml").is_file() else here.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 #: keyword shorthands of ``nir.fit``
 ALIASES = {
