@@ -53,9 +53,78 @@ def compose_config(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any]
     return cfg, choices
 
 
+def config_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a config (nodes and leaves)."""
+    out = []
+    for k, v in cfg.items():
+        out.append(f"{prefix}{k}")
+        if isinstance(v, (dict, DictConfig)):
+            out += config_keys(v, f"{prefix}{k}.")
+    return out
+
+
+def unknown_key_message(key: str, cfg: Any, candidates: Sequence[str] | None = None) -> str:
+    """One line for a key that does not exist, with the closest valid keys."""
+    import difflib
+
+    candidates = list(candidates) if candidates is not None else config_keys(cfg)
+    close = difflib.get_close_matches(key, candidates, n=2, cutoff=0.6)
+    if not close:  # the same last part under another node (a key put in the wrong group)
+        close = [c for c in candidates if c.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:2]
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"unknown config key {key!r}; {hint}(nir-train --cfg job lists every key)"
+
+
+def _accepted(target: str) -> set[str] | None:
+    """Keyword arguments of a ``_target_`` (None: it takes any, or it cannot be imported here)."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    try:
+        params = inspect.signature(get_method(target)).parameters.values()
+    except Exception:
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse keys nothing reads (``+trainer.max_step=5``, ``+lr=1``): top-level keys must be
+    ``train.yaml``'s, ``trainer.*`` must be Lightning Trainer arguments and a component's keys
+    its constructor's arguments. One line with the closest valid keys."""
+    import inspect
+
+    base = yaml.safe_load((CONF_DIR / "train.yaml").read_text())
+    known_top = (set(base) - {"defaults", "hydra"}) | set(groups()) - {"hydra"}
+    for key in cfg:
+        valid = sorted(known_top) + [k for k in config_keys(cfg) if k.split(".", 1)[0] in known_top]
+        require(key in known_top, unknown_key_message(str(key), cfg, valid))
+    if "trainer" in cfg:
+        import pytorch_lightning as pl
+
+        accepted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+        for key in cfg.trainer:
+            require(key in accepted, unknown_key_message(f"trainer.{key}", cfg, [f"trainer.{a}" for a in accepted]))
+    for group in groups():
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        accepted = _accepted(str(node._target_))
+        if accepted is None:
+            continue
+        for key in node:
+            if key != "_target_":
+                valid = [f"{group}.{a}" for a in sorted(accepted)]
+                require(key in accepted, unknown_key_message(f"{group}.{key}", cfg, valid))
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Refuse impossible settings before anything is built (one-line errors). Component
-    arguments (``model.*``, ``optim.*``, ...) are checked by the components themselves."""
+    """Refuse impossible settings before anything is built (one-line errors): unknown keys
+    (:func:`check_keys`) and the top-level values. Component argument values (``model.*``,
+    ``optim.*``, ...) are checked by the components themselves."""
+    check_keys(cfg)
     positive_int("batch_size", cfg.batch_size)
     require(
         isinstance(cfg.check_finite_every, int) and cfg.check_finite_every >= 0,

@@ -8,13 +8,15 @@ them, :mod:`nir.allocator`), and Lightning's noise is silenced only inside the r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,14 @@ def hydra_job() -> tuple[bool, Any]:
         return hc.mode == RunMode.MULTIRUN, hc
     except Exception:
         return False, None
+
+
+def _terminal() -> bool:
+    """Is stdout a terminal wide enough for a progress bar (a pty of width 0 shows none)?"""
+    try:
+        return sys.stdout.isatty() and os.get_terminal_size(sys.stdout.fileno()).columns >= 40
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _check_strategy(trainer_kwargs: dict[str, Any]) -> None:
@@ -205,6 +215,7 @@ def build_trainer(cfg: DictConfig, parts: Parts, run_dir: Path, extra_callbacks:
         MagnitudeLogger,
         ProgressPrinter,
         ReconstructionLogger,
+        StepProgressBar,
     )
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -233,7 +244,10 @@ def build_trainer(cfg: DictConfig, parts: Parts, run_dir: Path, extra_callbacks:
     ]
     callbacks += [ReconstructionLogger()] if cfg.log.images else []
     callbacks += [MagnitudeLogger()] if long_tailed else []
-    callbacks += [] if trainer_kwargs.get("enable_progress_bar", True) else [ProgressPrinter()]
+    # a bar where it renders (a terminal, one run); elsewhere (CI, nohup, SLURM, sweeps) plain lines
+    bar = bool(trainer_kwargs.get("enable_progress_bar", True)) and _terminal() and not hydra_job()[0]
+    trainer_kwargs["enable_progress_bar"] = bar
+    callbacks += [StepProgressBar(parts.precision)] if bar else [ProgressPrinter(parts.precision)]
     trainer = pl.Trainer(
         **trainer_kwargs,
         logger=logger,
@@ -326,9 +340,9 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
     worst = metrics.get("worst_decade_median")
     print(
         f"nir: {metrics['steps']} steps in {metrics['fit_time_s']:.1f} s, PSNR {metrics['psnr']:.2f} dB"
-        f" (data range {data_range:g}, all samples){'' if finite else ' (not finite!)'}\n"
+        f" (fp32 evaluation of the final field, data range {data_range:g}, all samples){'' if finite else ' (not finite!)'}\n"
         + (
-            f"worst-decade median relative error {worst:.2%} (sampling {metrics['sampling']}; per-decade table in metrics.json)\n"
+            f"worst-decade median relative error {worst:.3g} (= {worst:.2%}; per-decade table in metrics.json)\n"
             if worst is not None
             else ""
         )
@@ -365,16 +379,45 @@ def train_field(
     line = preset_line(cfg, choices if choices is not None else dict(hc.runtime.choices) if hc else {})
     if line and os.environ.get("LOCAL_RANK", "0") == "0":
         print(line, flush=True)
-    with warnings.catch_warnings():  # Lightning's noise, silenced for this run only
+    with warnings.catch_warnings(), _quiet_lightning():  # Lightning's noise, silenced for this run only
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
         parts = build_parts(cfg)
         trainer, final_metrics = build_trainer(cfg, parts, run_dir, callbacks)
+        if trainer.is_global_zero:
+            print(start_line(cfg, parts, trainer), flush=True)
         final, steps = fit_with_guards(cfg, parts, trainer, final_metrics, run_dir, t_start)
     metrics = collect_metrics(parts, trainer, final, steps, t_start, t_wall0)
     if trainer.is_global_zero:
         write_run(parts.field, metrics, run_dir, parts.data.stats.range)
     return parts.field.cpu().eval(), metrics
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's info lines (GPU/TPU/AMP availability, a logger advert, "fit stopped") are
+    dropped for the run; nir prints its own :func:`start_line`. Warnings still show."""
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning_fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def start_line(cfg: DictConfig, parts: Parts, trainer: Any) -> str:
+    """The one line a run prints before training: what is fitted to what, where and how."""
+    s = parts.signal
+    shape = "x".join(map(str, s.shape)) + (f"x{s.channels}" if s.channels > 1 else "")
+    devices = f" x{trainer.num_devices}" if trainer.num_devices > 1 else ""
+    return (
+        f"nir: {type(parts.field.network).__name__} ({parts.field.num_parameters():,} parameters) on {s.name} "
+        f"({shape}), {trainer.max_steps} steps of {int(cfg.batch_size):,} samples, sampling {parts.data.sampling}; "
+        f"device {trainer.strategy.root_device}{devices}, precision {parts.precision}"
+    )
 
 
 def _signal_overrides(signal: Any, run_dir: Path) -> list[str]:

@@ -364,9 +364,10 @@ def read_image(
     p = sample_image_path(sample) if path is None else _check_file(path, "image", IMAGE_EXTENSIONS)
     try:
         img = np.asarray(iio.imread(p))
-    except Exception as e:  # imageio raises many types for corrupt files
+    except Exception as e:  # imageio raises many types (and long plugin lists) for corrupt files
         raise NirError(
-            f"data.path {str(p)!r} could not be read as an image ({type(e).__name__}: {e}); check the file"
+            f"data.path {str(p)!r} cannot be decoded as a {p.suffix.lstrip('.').upper()} image "
+            f"({type(e).__name__}); the file is damaged or not an image: re-save it as PNG or TIFF"
         ) from None
     if img.ndim == 3 and img.shape[0] > 1 and img.shape[-1] not in (1, 2, 3, 4):
         img = img[0]  # multi-page TIFF: first page

@@ -86,7 +86,8 @@ def write_summary(sweep_dir: str | Path, by: str = "psnr") -> tuple[list[dict[st
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r.get(k)) for k in COLUMNS) + " |" for r in rows]
     table = "\n".join(lines) + "\n"
-    (sweep_dir / "summary.md").write_text(f"# Sweep summary: {sweep_dir}\n\nSorted by {by}.\n\n" + table)
+    note = "Relative errors (worst_decade_median) are fractions: 0.05 = 5 %. PSNR in dB, times in seconds.\n"
+    (sweep_dir / "summary.md").write_text(f"# Sweep summary: {sweep_dir}\n\nSorted by {by}. {note}\n" + table)
     return rows, table
 
 
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         rows, table = write_summary(args.sweep_dir, args.sort)
         require(rows, f"{args.sweep_dir!r} holds no Hydra job directories (.hydra/overrides.yaml)")
         print(table, end="")
+        print("relative errors (worst_decade_median) are fractions: 0.05 = 5 %")
         print(f"wrote {Path(args.sweep_dir) / 'summary.csv'} and summary.md")
 
 

@@ -173,8 +173,16 @@ def main(argv: list[str] | None = None) -> None:
     import yaml
 
     argv = sys.argv[1:] if argv is None else argv
+    usage = f"usage: nir-synth {{{','.join(GENERATORS)}}} OUT.npy [key=value ...]"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage + "\n\nWrite a seeded long-tailed test field to .npy; key=value pairs set the generator's")
+        print("arguments (e.g. nir-synth sources3d src.npy n=128 seed=1). The generators:")
+        for gname, fn in GENERATORS.items():
+            print(f"  {gname:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        print("Each one's keys and defaults: pydoc nir.synthetic.<name> (or conf/data/<name>.yaml).")
+        return
     with cli_errors():
-        require(len(argv) >= 2, f"usage: nir-synth {{{','.join(GENERATORS)}}} OUT.npy [key=value ...]")
+        require(len(argv) >= 2, f"{usage} (nir-synth --help for more)")
         name, out = argv[0], argv[1]
         require(name in GENERATORS, f"unknown generator {name!r}; choose one of: {', '.join(GENERATORS)}")
         require(out.endswith(".npy"), f"output {out!r} must end in .npy")

@@ -69,3 +69,69 @@ def test_only_data_presets_print_what_they_brought():
     assert "trainer.max_steps=7" in preset_line(cfg, choices)
     for plain in (["data=image"], ["data=array", "data.path=x.npy"]):  # readers only: nothing to announce
         assert preset_line(*compose_config(plain)) is None
+
+
+def test_help_is_nirs_own(tmp_path):
+    r = run(["--help"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Config groups" in r.stdout and "model=" in r.stdout and "siren*" in r.stdout
+    assert "trainer.max_steps=" in r.stdout and "docs/" in r.stdout
+    synth = subprocess.run([sys.executable, "-m", "nir.synthetic", "--help"], capture_output=True, text=True)
+    assert synth.returncode == 0 and synth.stdout.startswith("usage: nir-synth"), synth.stderr
+
+
+def _significant(number: str) -> int:
+    mantissa = number.lower().split("e")[0].replace("-", "").replace(".", "").lstrip("0")
+    return len(mantissa)
+
+
+def test_console_is_quiet_and_labels_each_figure(tiny_png, tmp_path):
+    """Not a terminal (a pipe): plain step lines, no Lightning banner or advert, one nir line."""
+    r = run(
+        tiny_overrides(tiny_png, steps=50) + ["trainer.val_check_interval=25", f"hydra.run.dir={tmp_path / 'run'}"],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    for noise in ("GPU available", "TPU available", "litlogger", "Tip:", "Epoch", "Automatic Mixed Precision"):
+        assert noise not in out, noise
+    (start,) = [l for l in r.stdout.splitlines() if l.startswith("nir: Siren (")]
+    assert "device cpu, precision 32" in start, start
+    steps = [l for l in r.stdout.splitlines() if l.startswith("step ")]
+    assert [l.split()[1] for l in steps] == ["25/50", "50/50"]
+    loss = steps[-1].split("loss ")[1].split()[0]
+    assert _significant(loss) <= 3, steps[-1]
+    assert "val psnr" in steps[-1] and steps[-1].endswith("(32)"), steps[-1]  # the precision it was computed in
+    (final,) = [l for l in r.stdout.splitlines() if l.startswith("nir: 50 steps")]
+    assert "fp32 evaluation of the final field" in final
+
+
+def test_progress_bar_in_a_terminal_counts_steps(tiny_png, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    args = [o for o in tiny_overrides(tiny_png, steps=50) if "enable_progress_bar" not in o]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    p = subprocess.Popen(
+        NIR_TRAIN + args + [f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert p.wait(timeout=300) == 0
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace").replace("\r", "\n")
+    assert "step 50/50 |" in screen and "Epoch" not in screen and "Validation" not in screen, screen[-2000:]
+    last = [l for l in screen.splitlines() if l.startswith("step 50/50")][-1]
+    assert "val psnr (32)=" in last and _significant(last.split("loss=")[1].split(",")[0]) <= 3, last
