@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nir.errors import NirError, positive_float, positive_int, require
 
 
-
 def _conf_dir() -> Path:
     """The config tree: ``NIR_CONFIG_DIR`` if set; ``nir/conf`` inside an installed wheel; the
     repository's top-level ``conf/`` in a source checkout (editable install)."""

@@ -183,9 +183,7 @@ class Field(nn.Module):
             self._write_image(result, Path(out))
         return result
 
-    def sample_image(
-        self, shape: Sequence[int] | None = None, bounds: Sequence[Sequence[float]] | None = None
-    ) -> Any:
+    def sample_image(self, shape: Sequence[int] | None = None, bounds: Sequence[Sequence[float]] | None = None) -> Any:
         """A field trained on an image, sampled and returned as that image: a numpy array of
         shape ``(H, W)`` (gray) or ``(H, W, 3)`` in the file's own range and type (``uint8`` for
         8-bit files, ``uint16`` for 16-bit ones, ``float32`` in [0, 1] for float images).

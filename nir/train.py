@@ -5,7 +5,6 @@ multirun, the number of failed or diverged jobs."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ from omegaconf import DictConfig
 
 from nir.config import CONF_DIR, check_config, compose_config, groups, unknown_key_message
 from nir.errors import NirError, cli_errors, require
-
 
 #: the keys most runs change, shown by ``nir-train --help`` with their defaults
 COMMON_KEYS = ["data.path", "trainer.max_steps", "optim.lr", "batch_size", "trainer.precision"]
@@ -43,7 +41,11 @@ def help_text() -> str:
     lines += ["", "Most used keys (default):"]
     for key in COMMON_KEYS:
         value = OmegaConf.select(cfg, key, default="")
-        shown = f"(none: the bundled photo data.sample={cfg.data.sample})" if key == "data.path" and value is None else value
+        shown = (
+            f"(none: the bundled photo data.sample={cfg.data.sample})"
+            if key == "data.path" and value is None
+            else value
+        )
         lines.append(f"  {key + '=':20s} {shown}")
     lines += [
         "",
