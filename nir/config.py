@@ -170,6 +170,23 @@ def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def option_nodes(group: str, option: str) -> dict[str, tuple[str, Any]]:
+    """The config nodes an option brings, read from its file: ``{group: (option, node)}`` for
+    the group and for those its defaults list overrides (``loss=log_mse`` brings
+    ``transform=log``). For choosing an option after composition (``loss=auto``), where Hydra's
+    compose cannot be called again."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    text = yaml.safe_load(path.read_text()) or {}
+    out: dict[str, tuple[str, Any]] = {}
+    for entry in text.pop("defaults", []) or []:
+        for key, value in entry.items() if isinstance(entry, dict) else []:
+            other = key.removeprefix("override /")
+            if other != key:
+                out.update(option_nodes(other, value))
+    out[group] = (option, text[group] if "@package _global_" in path.read_text().split("\n", 1)[0] else text)
+    return out
+
+
 def preset_line(cfg: DictConfig, choices: dict[str, Any]) -> str | None:
     """One line saying what a data preset brought (``data=peaks1d`` replaces the model, the loss
     and several keys), with the values in effect after the command line; ``None`` for data

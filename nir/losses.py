@@ -11,6 +11,8 @@ to fp32, so bf16-mixed and 16-mixed training never evaluate a loss in reduced pr
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -152,3 +154,26 @@ def check_setup(loss: nn.Module, transform: nn.Module, precision: str) -> None:
             raise NirError(
                 f"loss floor {floor:g} underflows when squared in fp32 (precision {precision}); use a floor >= 1e-19"
             )
+
+
+class Auto(nn.Module):
+    """``loss=auto``: a placeholder that :func:`resolve_auto` replaces, once the signal is read,
+    with ``log_mse`` (and ``transform=log``) for positive data spanning at least ``min_decades``
+    decades, else ``mse``. Never trains itself."""
+
+    def __init__(self, min_decades: float = 3.0) -> None:
+        super().__init__()
+        self.min_decades = positive_float("loss.min_decades", min_decades)
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - replaced before training
+        raise RuntimeError("loss=auto must be resolved with nir.losses.resolve_auto before training")
+
+
+def auto_choice(absmin: float, absmax: float, minimum: float, min_decades: float) -> tuple[str, str]:
+    """``(loss option, reason)`` for ``loss=auto`` from the data's extremes."""
+    if minimum <= 0:
+        return "mse", f"values reach {minimum:.3g} (<= 0), so no log space"
+    decades = math.log10(absmax / absmin)
+    if decades >= min_decades:
+        return "log_mse", f"values are positive and span {decades:.1f} decades ({absmin:.3g} .. {absmax:.3g})"
+    return "mse", f"values span {decades:.1f} decades (< {min_decades:g})"

@@ -165,6 +165,28 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str | Path | None) -> Path:
     return run_dir
 
 
+def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
+    """``loss=auto`` (``data=array``'s default): put the chosen loss (and its transform) into
+    ``cfg`` from the signal's exact extremes, print the decision in one line, return the option."""
+    from omegaconf import open_dict
+
+    from nir.config import option_nodes
+    from nir.losses import auto_choice
+
+    st = signal.summary()
+    choice, why = auto_choice(
+        float(st["absmin"]), float(st["absmax"]), float(st["min"].min()), float(cfg.loss.get("min_decades", 3.0))
+    )
+    nodes = option_nodes("loss", choice)
+    with open_dict(cfg):
+        for group, (_, node) in nodes.items():
+            cfg[group] = node
+    brings = "".join(f", {g}={option}" for g, (option, _) in nodes.items() if g != "loss")
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"loss=auto: {why} -> loss={choice}{brings}; pass loss=... to choose", flush=True)
+    return choice
+
+
 def build_parts(cfg: DictConfig) -> Parts:
     """Signal, network, transform and loss from the config; the training data (which fits the
     transform and the loss once); the field; the Lightning module."""
@@ -172,6 +194,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     from nir.losses import check_setup
 
     signal = build(cfg.data, "data")
+    if str(cfg.loss.get("_target_", "")) == "nir.losses.Auto":
+        resolve_auto_loss(cfg, signal)
     dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
     if cfg.model.get("bounds", "absent") is None:  # networks that cover a box (grids) get the signal's
         dims["bounds"] = [list(b) for b in signal.bounds]

@@ -67,8 +67,12 @@ def test_only_data_presets_print_what_they_brought():
     cfg, choices = compose_config(["data=sources3d", "trainer.max_steps=7"])
     assert preset_line(cfg, choices).startswith("data=sources3d brings model=fourier_lt3d, loss=log_mse")
     assert "trainer.max_steps=7" in preset_line(cfg, choices)
-    for plain in (["data=image"], ["data=array", "data.path=x.npy"]):  # readers only: nothing to announce
-        assert preset_line(*compose_config(plain)) is None
+    assert preset_line(*compose_config(["data=image"])) is None  # a reader only: nothing to announce
+    # data=array brings loss=auto (decided from the data when the run starts)
+    assert preset_line(*compose_config(["data=array", "data.path=x.npy"])).startswith("data=array brings loss=auto")
+    assert preset_line(*compose_config(["data=array", "data.path=x.npy", "loss=l1"])).startswith(
+        "data=array brings loss=l1"
+    )
 
 
 def test_help_is_nirs_own(tmp_path):

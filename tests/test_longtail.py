@@ -395,3 +395,40 @@ def test_refused_combination_from_config(tmp_path):
     cfg = make_cfg(["data=peaks1d", "data.n=256", "loss=log_mse", "transform=identity", "trainer.max_steps=5"])
     with pytest.raises(NirError, match="needs transform=log"):
         train(cfg, tmp_path / "r")
+
+
+@pytest.mark.parametrize(
+    "values,choice",
+    [
+        (np.geomspace(1e-4, 10.0, 4096), "log_mse"),  # positive, 5 decades
+        (np.linspace(1.0, 5.0, 4096), "mse"),  # positive, < 1 decade
+        (np.geomspace(1e-4, 10.0, 4096) - 1e-3, "mse"),  # crosses zero: no log space
+    ],
+    ids=["long-tailed", "narrow", "signed"],
+)
+def test_loss_auto_decides_from_the_data(values, choice, tmp_path, capsys):
+    import yaml
+
+    import nir
+
+    np.save(tmp_path / "f.npy", values.astype(np.float32))
+    nir.fit(
+        tmp_path / "f.npy", run_dir=tmp_path / "run", steps=2, log__images=False, trainer__enable_progress_bar=False
+    )
+    (line,) = [l for l in capsys.readouterr().out.splitlines() if l.startswith("loss=auto:")]
+    assert f"-> loss={choice}" in line, line
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    expect = {
+        "log_mse": ("nir.losses.LogMSE", "nir.transforms.Log"),
+        "mse": ("nir.losses.MSE", "nir.transforms.Identity"),
+    }
+    assert (saved["loss"]["_target_"], saved["transform"]["_target_"]) == expect[choice]
+
+
+def test_loss_on_the_command_line_beats_auto(tmp_path, capsys):
+    import nir
+
+    np.save(tmp_path / "f.npy", np.geomspace(1e-4, 10.0, 1024).astype(np.float32))
+    nir.fit(tmp_path / "f.npy", ["loss=mse"], run_dir=tmp_path / "run", steps=2, log__images=False)
+    assert "loss=auto" not in capsys.readouterr().out
+    assert "nir.losses.MSE" in (tmp_path / "run" / "config.yaml").read_text()
