@@ -13,10 +13,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
 from nir.checkpoint import atomic_write_bytes, load_checkpoint
+from nir.signal import chunk_ranges
 
 
 def preview_indices(shape: tuple[int, ...], max_side: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -31,13 +33,6 @@ def exact_tag(tag: str) -> str:
     """A TensorBoard custom-scalars pattern matching ``tag`` and nothing else (patterns there are
     regular expressions, so the ``+`` and ``.`` of a decade label must be escaped)."""
     return f"^{re.escape(tag)}$"
-
-
-def _colormap(x: np.ndarray, name: str = "magma") -> np.ndarray:
-    """``x`` in [0, 1] -> RGB uint8 via matplotlib's colormap."""
-    import matplotlib
-
-    return (matplotlib.colormaps[name](np.clip(x, 0, 1))[..., :3] * 255).astype(np.uint8)
 
 
 def _predict(pl_module: pl.LightningModule, idx: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -58,18 +53,24 @@ def _pyplot():
     return plt
 
 
-def field_figure(pl_module: pl.LightningModule, max_side: int = 512):
+def field_figure(pl_module: pl.LightningModule, max_side: int = 512, target_mip: list | None = None):
     """Matplotlib figure of a long-tailed field (first channel).
 
     1-D: target and prediction on a log axis, relative error below (log axis).
-    3-D: central slices along each axis; rows target, prediction (shared log colour scale) and
-    relative error (log scale, 1e-4 .. 1). 2-D non-image fields: the same with one slice.
+    3-D: central slices along each axis; rows target, prediction and relative error (log scale,
+    1e-4 .. 1), then, given ``target_mip`` and the module's ``last_projections``, the target's
+    and the prediction's maximum-intensity projections (exact over the grid: narrow peaks show).
+    Values share one log colour scale spanning the data (its largest magnitude down 7 decades or
+    to the metric floor). 2-D non-image fields: the same with one slice.
     Relative error is |p - y| / max(|y|, floor) with the metric floor.
     """
-    floor = pl_module.data.stats.floor or 1e-12
+    stats = pl_module.data.stats
+    floor = stats.floor or 1e-12
     if pl_module.data.signal.ndim == 1:
         return _profile_figure(pl_module, floor)
-    return _slices_figure(_central_slices(pl_module, max_side), floor)
+    pred_mip = getattr(pl_module, "last_projections", None)
+    mips = list(zip(pred_mip, target_mip)) if pred_mip is not None and target_mip is not None else None
+    return _slices_figure(_central_slices(pl_module, max_side), floor, stats.absmax or None, mips)
 
 
 def _profile_figure(pl_module: pl.LightningModule, floor: float):
@@ -113,25 +114,64 @@ def _central_slices(pl_module: pl.LightningModule, max_side: int) -> list[tuple[
     return slices
 
 
-def _slices_figure(slices: list[tuple[np.ndarray, np.ndarray]], floor: float):
+def _shrink_max(a: np.ndarray, side: int = 256) -> np.ndarray:
+    """``a`` max-pooled to at most ``side`` per axis (a projection's peaks survive display)."""
+    if max(a.shape) <= side:
+        return a
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    out = torch.nn.functional.adaptive_max_pool2d(t, (min(a.shape[0], side), min(a.shape[1], side)))
+    return out[0, 0].numpy()
+
+
+def _slices_figure(
+    slices: list[tuple[np.ndarray, np.ndarray]],
+    floor: float,
+    vmax: float | None = None,
+    mips: list[tuple[Any, Any]] | None = None,
+):
     from matplotlib.colors import LogNorm
 
-    fig, axs = _pyplot().subplots(3, len(slices), figsize=(3.2 * len(slices), 9), squeeze=False)
-    vmax = max(float(np.abs(t).max()) for _, t in slices)
+    vmax = vmax or max(float(np.abs(t).max()) for _, t in slices)
     norm = LogNorm(vmin=max(floor, vmax * 1e-7), vmax=vmax)
-    for j, (p, t) in enumerate(slices):
-        rel = np.abs(p - t) / np.maximum(np.abs(t), floor)
-        for i, (img, title, nrm, cmap) in enumerate(
-            [
-                (np.maximum(np.abs(t), floor), "target", norm, "viridis"),
-                (np.maximum(np.abs(p), floor), "prediction", norm, "viridis"),
-                (np.clip(rel, 1e-4, 1), "relative error", LogNorm(1e-4, 1), "magma"),
-            ]
-        ):
-            im = axs[i, j].imshow(img, norm=nrm, cmap=cmap, origin="lower")
-            axs[i, j].set_title(f"{title} (axis {j} centre)" if len(slices) > 1 else title, fontsize=8)
-            axs[i, j].axis("off")
-            fig.colorbar(im, ax=axs[i, j], fraction=0.046)
+    rows = ["target", "prediction", "relative error"] + (["target MIP", "prediction MIP"] if mips else [])
+    cols = len(slices)
+    plt = _pyplot()
+    with plt.rc_context({"font.size": 8}):
+        fig, axs = plt.subplots(len(rows), cols, figsize=(2.5 * cols + 0.6, 2.3 * len(rows)), squeeze=False)
+        for j, (p, t) in enumerate(slices):
+            rel = np.clip(np.abs(p - t) / np.maximum(np.abs(t), floor), 1e-4, 1)
+            panels = [(np.abs(t), norm, "viridis"), (np.abs(p), norm, "viridis"), (rel, LogNorm(1e-4, 1), "magma")]
+            if mips:
+                pm, tm = mips[j]
+                panels += [
+                    (_shrink_max(np.asarray(tm)), norm, "viridis"),
+                    (_shrink_max(np.asarray(pm)), norm, "viridis"),
+                ]
+            for i, (img, nrm, cmap) in enumerate(panels):
+                im = axs[i, j].imshow(
+                    np.maximum(img, floor), norm=nrm, cmap=cmap, origin="lower", interpolation="nearest"
+                )
+                where = "projection" if "MIP" in rows[i] else "centre"
+                axs[i, j].set_title(f"{rows[i]} (axis {j} {where})" if cols > 1 else rows[i])
+                axs[i, j].axis("off")
+                if j == cols - 1:
+                    fig.colorbar(im, ax=axs[i, j], fraction=0.046, pad=0.02)
+        fig.tight_layout()
+    return fig
+
+
+def error_figure(err: np.ndarray, white: float):
+    """The error map with its scale on it: ``|pred - target|`` (mean over channels, signal
+    units) in the magma colormap, white-hot at ``white``, with a labelled colour bar."""
+    plt = _pyplot()
+    h, w = err.shape
+    fig, ax = plt.subplots(figsize=(min(6.0, 1.2 + 4.0 * w / max(h, w)), 4.0 * h / max(h, w) + 0.6))
+    im = ax.imshow(err, cmap="magma", vmin=0.0, vmax=white, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(f"|error|, mean over channels (white = {white:g}, {np.mean(err):.3g} on average)", fontsize=9)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    bar.ax.tick_params(labelsize=8)
+    bar.set_label("signal units", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -223,6 +263,22 @@ class ReconstructionLogger(pl.Callback):
     def __init__(self, max_side: int = 512, error_scale: float = 0.1) -> None:
         self.max_side, self.error_scale = max_side, error_scale
         self._target_logged = False
+        self._target_mip: list[np.ndarray] | None = None
+
+    def target_projections(self, pl_module: pl.LightningModule) -> list[np.ndarray] | None:
+        """The target's maximum-intensity projections (3-D long-tailed fields), computed once
+        from the whole signal in chunks."""
+        from nir.metrics import MaxProjections
+
+        if getattr(pl_module, "val_projections", None) is None:
+            return None
+        if self._target_mip is None:
+            data = pl_module.batches()
+            mip = MaxProjections(data.signal.shape).to(pl_module.device)
+            for start, stop in chunk_ranges(data.grid.numel, 1 << 18):
+                mip.update(start, stop, data.values_range(start, stop))
+            self._target_mip = [p.cpu().numpy() for p in mip.compute()]
+        return self._target_mip
 
     @rank_zero_only
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -230,7 +286,7 @@ class ReconstructionLogger(pl.Callback):
             return
         signal = pl_module.data.signal
         if signal.long_tailed:
-            fig = field_figure(pl_module, self.max_side)
+            fig = field_figure(pl_module, self.max_side, self.target_projections(pl_module))
             if fig is not None:
                 trainer.logger.experiment.add_figure("field/reconstruction", fig, trainer.global_step)
             return
@@ -249,8 +305,9 @@ class ReconstructionLogger(pl.Callback):
             tb.add_image("image/target", as_img(target), step, dataformats="HWC")
             self._target_logged = True
         tb.add_image("image/reconstruction", as_img(pred), step, dataformats="HWC")
-        err = np.abs(pred - target).mean(-1) / ((hi - lo) * self.error_scale)
-        tb.add_image("image/abs_error", _colormap(err), step, dataformats="HWC")
+        tb.add_figure(
+            "image/abs_error", error_figure(np.abs(pred - target).mean(-1), (hi - lo) * self.error_scale), step
+        )
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -347,20 +404,36 @@ class ProgressPrinter(pl.Callback):
         print("  ".join(parts), flush=True)
 
 
+class NirTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoard logger without its ``epoch`` scalar (nir trains in steps; the
+    epoch is a constant 0 that would head the scalars page)."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+
 class FinalMetrics(pl.Callback):
     """The run's hyperparameters at fit start (in the process that trains, so one event file),
     and at the end of training, before the logger closes, the full-grid fp32 metrics: logged as
-    the ``hp/*`` scalars that the HPARAMS tab shows and kept in ``self.metrics`` for ``train``."""
+    the ``hp/*`` scalars that the HPARAMS tab shows and kept in ``self.metrics`` for ``train``.
 
-    def __init__(self, hparams: dict[str, Any], hp_metrics: dict[str, float]) -> None:
+    The HPARAMS summary declares the ``hp/*`` metric names without writing a value at step 0
+    (Lightning's ``log_hyperparams`` would chart a NaN there); the values come at the end."""
+
+    def __init__(self, hparams: dict[str, Any], hp_metrics: list[str]) -> None:
         self.hparams, self.hp_metrics = hparams, hp_metrics
         self.metrics: dict[str, Any] = {}
         self._t0 = time.perf_counter()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
         self._t0 = time.perf_counter()
-        if trainer.logger is not None:
-            trainer.logger.log_hyperparams(self.hparams, self.hp_metrics)
+        if trainer.is_global_zero and trainer.logger is not None:
+            writer = trainer.logger.experiment._get_file_writer()  # as Lightning's log_hyperparams does
+            for summary in hparams(self.hparams, dict.fromkeys(self.hp_metrics, 0.0)):
+                writer.add_summary(summary)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.metrics = pl_module.evaluate()

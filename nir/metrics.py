@@ -149,6 +149,46 @@ class MagnitudeBins(Metric):
         return rows
 
 
+class MaxProjections(Metric):
+    """Maximum-intensity projections of ``|values|`` (first channel) of a 3-D field along each
+    axis, accumulated chunk by chunk over flat row ranges of the whole grid (of a 4-D field: its
+    central time step), so narrow peaks a strided preview would miss still show. ``compute()``
+    -> ``[along axis 0 (Y, X), along axis 1 (Z, X), along axis 2 (Z, Y)]``."""
+
+    full_state_update = False
+
+    def __init__(self, shape: tuple[int, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shape = tuple(int(v) for v in shape)
+        z, y, x = self.shape[-3:]
+        lead = self.shape[:-3]
+        centre = 0
+        for n in lead:  # row-major index of the central lead sample (4-D: the central time step)
+            centre = centre * n + n // 2
+        self.base = centre * z * y * x
+        self.add_state("along0", torch.zeros(y * x), dist_reduce_fx="max")
+        self.add_state("along1", torch.zeros(z * x), dist_reduce_fx="max")
+        self.add_state("along2", torch.zeros(z * y), dist_reduce_fx="max")
+
+    @torch.no_grad()
+    def update(self, start: int, stop: int, values: Tensor) -> None:
+        z, y, x = self.shape[-3:]
+        idx = torch.arange(start, stop, device=values.device) - self.base
+        keep = (idx >= 0) & (idx < z * y * x)
+        if not bool(keep.any()):
+            return
+        idx, v = idx[keep], values.reshape(stop - start, -1)[keep, 0].float().abs()
+        k, r = idx // (y * x), idx % (y * x)
+        j, i = r // x, r % x
+        self.along0.scatter_reduce_(0, r, v, "amax")
+        self.along1.scatter_reduce_(0, k * x + i, v, "amax")
+        self.along2.scatter_reduce_(0, k * y + j, v, "amax")
+
+    def compute(self) -> list[Tensor]:
+        z, y, x = self.shape[-3:]
+        return [self.along0.reshape(y, x), self.along1.reshape(z, x), self.along2.reshape(z, y)]
+
+
 @dataclass(frozen=True)
 class SignalStats:
     """What the metrics need to know about a signal, measured once per run.

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from nir.batches import TrainingData
 from nir.field import Field
-from nir.metrics import GridMetrics
+from nir.metrics import GridMetrics, MaxProjections
 from nir.optim import Adam
 
 
@@ -44,6 +44,11 @@ class FieldModule(pl.LightningModule):
         self.optim, self.max_steps = optim or Adam(), max_steps
         self.val_metrics = GridMetrics(data.stats)
         self.last_magnitude: dict[str, Any] | None = None
+        # 3-D (and 4-D) long-tailed fields: the prediction's maximum-intensity projections, from
+        # the validation pass itself (exact over the whole grid), for the TensorBoard figure
+        volume = data.signal.long_tailed and data.signal.ndim >= 3
+        self.val_projections = MaxProjections(data.signal.shape) if volume else None
+        self.last_projections: list[Tensor] | None = None
         for name, value in [("nonfinite_steps", 0), ("first_bad_step", -1), ("skipped_steps", 0)]:
             self.register_buffer(name, torch.full((), value, dtype=torch.long), persistent=False)
         self.register_buffer("first_bad_loss", torch.zeros(()), persistent=False)
@@ -76,11 +81,24 @@ class FieldModule(pl.LightningModule):
         # log_every_n_steps (the same rule as its logger connector), so log only then
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/psnr", self.batch_psnr(out, target), on_step=True, on_epoch=False)
         # counted on the device, no host sync in the step; the DivergenceGuard reads the count.
         # A non-finite gradient with a finite loss makes the weights non-finite, and so the next
         # step's loss; flag_nonfinite_weights covers the last step before a validation or the end.
         self._flag_nonfinite(loss.detach())
         return loss
+
+    @torch.no_grad()
+    def batch_psnr(self, out: Tensor, target: Tensor) -> Tensor:
+        """PSNR of this batch in signal units with the run's R (``train/psnr``): a point per log
+        step between the whole-grid validations, on the training samples and precision."""
+        data = self.batches()
+        with torch.autocast(out.device.type, enabled=False):
+            p, y = out.detach().float(), target.float()
+            if self.loss_fn.space != "signal" and data.transformed_copy:  # both in the transform's space
+                p, y = self.field.transform.inverse(p), self.field.transform.inverse(y)
+            mse = ((p - y) ** 2).mean()
+            return 10 * torch.log10(data.stats.range**2 / mse)
 
     def _flag_nonfinite(self, value: Tensor) -> None:
         bad = ~torch.isfinite(value)
@@ -115,7 +133,10 @@ class FieldModule(pl.LightningModule):
     def validation_step(self, batch: tuple[int, int], batch_idx: int) -> None:
         data = self.batches()
         start, stop = (int(v) for v in batch)
-        self.val_metrics.update(self.field(data.grid.coords_range(start, stop)), data.values_range(start, stop))
+        pred = self.field(data.grid.coords_range(start, stop))
+        self.val_metrics.update(pred, data.values_range(start, stop))
+        if self.val_projections is not None:
+            self.val_projections.update(start, stop, pred)
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self.val_metrics.compute().items():
@@ -125,6 +146,9 @@ class FieldModule(pl.LightningModule):
             bins = self.val_metrics.bins
             self.last_magnitude = {"table": bins.table(), "hist": bins.compute()["hist"].detach().cpu()}
         self.val_metrics.reset()
+        if self.val_projections is not None:
+            self.last_projections = [p.detach().cpu() for p in self.val_projections.compute()]
+            self.val_projections.reset()
 
     @torch.no_grad()
     def evaluate(self, chunk: int = 65536) -> dict[str, Any]:

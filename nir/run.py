@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nir.config import ALIASES, build, check_config, compose_config, flat, groups, kwargs_of, preset_line
+from nir.config import ALIASES, build, check_config, compose_config, groups, kwargs_of, preset_line
 from nir.errors import NirError, require
 
 log = logging.getLogger("nir")
@@ -38,6 +38,7 @@ class Parts:
     field: Any
     module: Any
     precision: str
+    loss_option: str | None = None  # what loss=auto chose (None: the loss was named)
 
 
 def resolve_precision(precision: Any, accelerator: str) -> str:
@@ -194,8 +195,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     from nir.losses import check_setup
 
     signal = build(cfg.data, "data")
-    if str(cfg.loss.get("_target_", "")) == "nir.losses.Auto":
-        resolve_auto_loss(cfg, signal)
+    loss_option = resolve_auto_loss(cfg, signal) if str(cfg.loss.get("_target_", "")) == "nir.losses.Auto" else None
     dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
     if cfg.model.get("bounds", "absent") is None:  # networks that cover a box (grids) get the signal's
         dims["bounds"] = [list(b) for b in signal.bounds]
@@ -222,21 +222,62 @@ def build_parts(cfg: DictConfig) -> Parts:
     }
     field = Field(network, transform, spec)
     module = FieldModule(field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile))
-    return Parts(signal, data, field, module, precision)
+    return Parts(signal, data, field, module, precision, loss_option)
 
 
-def build_trainer(cfg: DictConfig, parts: Parts, run_dir: Path, extra_callbacks: Sequence[Any] = ()) -> tuple[Any, Any]:
+#: HPARAMS columns every run logs after its swept and overridden keys (the same set in every job)
+HPARAM_GROUPS = ["model", "data", "loss", "transform", "sampling", "optim", "trainer"]
+HPARAM_KEYS = ["optim.lr", "trainer.max_steps", "batch_size", "trainer.precision", "seed"]
+
+
+def run_hparams(
+    cfg: DictConfig, parts: Parts, choices: dict[str, Any], swept: Sequence[str], task: Sequence[str]
+) -> dict[str, Any]:
+    """The HPARAMS tab's columns, the same keys in every job of a sweep: the swept keys first
+    (TensorBoard shows the first columns), then the job's other overrides, the chosen option of
+    each group and the keys most runs change, plus the parameter count. The full config is in
+    ``config.yaml``."""
+    keys: list[str] = []
+    for k in [*swept, *(o.split("=", 1)[0].lstrip("+~") for o in task if "=" in o), *HPARAM_GROUPS, *HPARAM_KEYS]:
+        if k not in keys and not k.startswith("hydra"):
+            keys.append(k)
+    out: dict[str, Any] = {}
+    for k in keys:
+        if k in HPARAM_GROUPS or k in groups():
+            v = parts.loss_option if k == "loss" and parts.loss_option else choices.get(k)
+        elif k == "trainer.precision":
+            v = parts.precision
+        else:
+            v = OmegaConf.select(cfg, k, default=None)
+        out[k] = v if isinstance(v, (bool, int, float, str)) else "null" if v is None else str(v)
+    out["num_params"] = parts.field.num_parameters()
+    return out
+
+
+def run_name(hparams: dict[str, Any], swept: Sequence[str]) -> str:
+    """A sweep job's TensorBoard run name: its swept values (``model=fourier,optim.lr=0.01``)."""
+    name = ",".join(f"{k}={hparams.get(k)}" for k in swept)
+    return "".join(c if c.isalnum() or c in "=,.-_+" else "_" for c in name)
+
+
+def build_trainer(
+    cfg: DictConfig,
+    parts: Parts,
+    run_dir: Path,
+    extra_callbacks: Sequence[Any] = (),
+    choices: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
     """The Lightning trainer with nir's callbacks and crash-safe checkpoints; returns it and the
     :class:`~nir.callbacks.FinalMetrics` callback that holds the end-of-run metrics."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import TensorBoardLogger
 
     from nir.callbacks import (
         AtomicCheckpointIO,
         DivergenceGuard,
         FinalMetrics,
         MagnitudeLogger,
+        NirTensorBoardLogger,
         ProgressPrinter,
         ReconstructionLogger,
         StepProgressBar,
@@ -247,11 +288,16 @@ def build_trainer(cfg: DictConfig, parts: Parts, run_dir: Path, extra_callbacks:
     _check_strategy(trainer_kwargs)
     _threads_for_parallel_jobs()
     long_tailed = parts.signal.long_tailed
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
-    hp_metrics = {"hp/psnr": float("nan"), "hp/fit_time_s": float("nan")}
-    if long_tailed:
-        hp_metrics.update({"hp/psnr_log": float("nan"), "hp/worst_decade_median": float("nan")})
-    final_metrics = FinalMetrics(flat(OmegaConf.to_container(cfg, resolve=True)), hp_metrics)
+    from nir.sweep import read_swept
+
+    multirun, hc = hydra_job()
+    swept = read_swept(hc.sweep.dir) if multirun else []
+    hparams = run_hparams(cfg, parts, choices or {}, swept, list(hc.overrides.task) if hc is not None else [])
+    # a sweep job's events go to tb/<its swept values>, so TensorBoard names the run after them
+    version = run_name(hparams, swept) if swept else ""
+    logger = NirTensorBoardLogger(save_dir=str(run_dir), name="tb", version=version, default_hp_metric=False)
+    hp_metrics = ["hp/psnr", "hp/fit_time_s"] + (["hp/psnr_log", "hp/worst_decade_median"] if long_tailed else [])
+    final_metrics = FinalMetrics(hparams, hp_metrics)
     callbacks: list[pl.Callback] = [
         DivergenceGuard(int(cfg.check_finite_every)),  # first: nothing is evaluated or saved after a divergence
         final_metrics,
@@ -400,14 +446,15 @@ def train_field(
     t_start, t_wall0 = time.perf_counter(), time.time()
     run_dir = prepare_run_dir(cfg, run_dir)
     _, hc = hydra_job()
-    line = preset_line(cfg, choices if choices is not None else dict(hc.runtime.choices) if hc else {})
+    choices = choices if choices is not None else dict(hc.runtime.choices) if hc else {}
+    line = preset_line(cfg, choices)
     if line and os.environ.get("LOCAL_RANK", "0") == "0":
         print(line, flush=True)
     with warnings.catch_warnings(), _quiet_lightning():  # Lightning's noise, silenced for this run only
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
         parts = build_parts(cfg)
-        trainer, final_metrics = build_trainer(cfg, parts, run_dir, callbacks)
+        trainer, final_metrics = build_trainer(cfg, parts, run_dir, callbacks, choices)
         if trainer.is_global_zero:
             print(start_line(cfg, parts, trainer), flush=True)
         final, steps = fit_with_guards(cfg, parts, trainer, final_metrics, run_dir, t_start)

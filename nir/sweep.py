@@ -104,11 +104,41 @@ except ImportError:  # pragma: no cover
     _HydraCallback = object
 
 
+SWEPT_FILE = ".nir-swept.json"
+
+
+def swept_keys(task_overrides: list[str], sweeper_params: Any = None) -> list[str]:
+    """The keys a sweep varies: command-line sweep overrides (``a=1,2``, ``interval(...)``,
+    ``range(...)``) and the sweeper's configured search space (``hydra.sweeper.params``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(task_overrides))
+    sweeps = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+    for k in list(sweeper_params or {}):
+        if str(k) not in sweeps:
+            sweeps.append(str(k))
+    return sweeps
+
+
+def read_swept(sweep_dir: str | Path) -> list[str]:
+    """The swept keys :class:`SweepReport` wrote for this sweep ([] outside a sweep)."""
+    f = Path(sweep_dir) / SWEPT_FILE
+    return json.loads(f.read_text()) if f.is_file() else []
+
+
 class SweepReport(_HydraCallback):
-    """Hydra callback: after a multirun, write the summary and remember how many jobs failed."""
+    """Hydra callback: before a multirun, record which keys it sweeps (every job reads them, in
+    any launcher, to name its TensorBoard run and order its HPARAMS columns); after it, write
+    the summary and remember how many jobs failed."""
 
     def __init__(self, sort_by: str = "psnr") -> None:
         self.sort_by = sort_by
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        keys = swept_keys(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
+        (sweep_dir / SWEPT_FILE).write_text(json.dumps(keys))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         global LAST_FAILED

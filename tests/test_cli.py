@@ -23,9 +23,30 @@ def test_multirun_gives_each_job_its_own_run_dir(tiny_png, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert [p.name for p in runs] == ["0", "1"]
-    for p in runs:
-        assert list((p / "tb").glob("events.out.tfevents.*"))
+    columns = []
+    for p, model in zip(runs, ["siren", "fourier"]):
+        # TensorBoard names each run after its swept values
+        assert list((p / "tb" / f"model={model}").glob("events.out.tfevents.*")), list(p.rglob("*tfevents*"))
         assert (p / "field.safetensors").is_file()
+        columns.append(hparam_columns(p / "tb" / f"model={model}"))
+    # HPARAMS: the same columns in every job (Fourier's run does not add its own), the swept key first
+    assert columns[0] == columns[1] and columns[0][0] == "model", columns
+    assert len(columns[0]) <= 20
+
+
+def hparam_columns(run_dir):
+    """The HPARAMS columns (the experiment's hparam names, in order) a run's event file declares."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for f in run_dir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(f)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    if data.HasField("experiment"):
+                        return [h.name for h in data.experiment.hparam_infos]
+    raise AssertionError(f"no HPARAMS experiment in {run_dir}")
 
 
 def test_hydra_flags_with_values_are_not_taken_for_overrides(tmp_path):

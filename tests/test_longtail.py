@@ -226,6 +226,25 @@ def test_quantiles_never_exceed_the_bin_maximum():
     assert row["median"] <= row["max"] and row["p90"] <= row["max"]
 
 
+@pytest.mark.parametrize("shape", [(6, 7, 8), (3, 5, 6, 4)])
+def test_max_projections_match_numpy_over_chunks(shape):
+    """Exact whole-grid projections from flat chunks of any size; a 4-D field: its central time."""
+    from nir.metrics import MaxProjections
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(shape).astype(np.float32)
+    flat = torch.from_numpy(values.reshape(-1, 1))
+    mip = MaxProjections(shape)
+    start = 0
+    while start < flat.shape[0]:
+        stop = min(flat.shape[0], start + int(rng.integers(1, 50)))
+        mip.update(start, stop, flat[start:stop])
+        start = stop
+    vol = np.abs(values if len(shape) == 3 else values[shape[0] // 2])
+    for axis, got in enumerate(mip.compute()):
+        np.testing.assert_array_equal(got.numpy(), vol.max(axis=axis))
+
+
 def test_grid_metrics_psnr_conventions():
     s = peaks1d(n=1024)
     gm = GridMetrics(SignalStats.measure(s))
@@ -381,6 +400,9 @@ def test_3d_presets_train(data, tmp_path):
     acc = EventAccumulator(str(tmp_path / "r" / "tb"), size_guidance={"images": 0})
     acc.Reload()
     assert "field/reconstruction" in acc.Tags()["images"]
+    # five rows (slices, error, and the target's and prediction's projections) of readable panels
+    figure = acc.Images("field/reconstruction")[-1]
+    assert figure.height > 1.3 * figure.width and figure.width <= 1000, (figure.width, figure.height)  # 3 rows: 0.85
 
 
 def test_log_loss_on_negative_data_is_a_clear_error(tmp_path):

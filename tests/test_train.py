@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,6 +69,26 @@ def test_tensorboard_has_images_scalars_and_hparams(fitted):
     assert any(t.startswith("lr") for t in tags["scalars"])
     assert tags["plugins"], "no hparams summary in the event file"
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    assert "epoch" not in tags["scalars"]  # nir trains in steps: no constant-0 chart heading the page
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("hp/psnr")] == [150]  # only the final value: no NaN point at step 0
+    train_psnr = acc.Scalars("train/psnr")  # a point per log step (25), between the validations
+    assert [e.step for e in train_psnr] == list(range(24, 150, 25))
+    assert train_psnr[-1].value > train_psnr[0].value + 3  # it tracks the fit
+
+
+def test_error_map_carries_its_scale():
+    from nir.callbacks import error_figure
+
+    fig = error_figure(np.full((30, 40), 0.05), white=0.2)
+    image_ax, bar_ax = fig.axes  # the map and its colour bar
+    assert "white = 0.2" in image_ax.get_title()
+    assert bar_ax.get_ylim() == pytest.approx((0.0, 0.2)) and bar_ax.get_ylabel() == "signal units"
+    w, h = fig.get_size_inches() * fig.dpi
+    assert 300 <= w <= 700 and 250 <= h <= 600  # readable in a TensorBoard card, not a poster
 
 
 def test_saved_field_reproduces_final_psnr(fitted):
