@@ -1,5 +1,10 @@
 """Lightning callbacks (TensorBoard figures, progress lines, final metrics, the divergence guard)
-and the crash-safe checkpoint plugin. The figure and logging callbacks write on rank 0 only."""
+and the crash-safe checkpoint plugin.
+
+Under DDP every callback runs on every rank; what each writes: the figure, magnitude and
+progress callbacks only on rank 0; :class:`FinalMetrics` evaluates on every rank (each its
+share of the grid, merged) and logs on rank 0; :class:`DivergenceGuard` checks on every rank, so
+all stop together."""
 
 from __future__ import annotations
 
@@ -77,7 +82,7 @@ def _profile_figure(pl_module: pl.LightningModule, floor: float):
     idx, _ = preview_indices(pl_module.data.signal.shape, 4096)
     pred, target = _predict(pl_module, idx)
     x = idx.numpy()
-    fig, (a0, a1) = _pyplot().subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    fig, (a0, a1) = _pyplot().subplots(2, 1, figsize=(7, 4.2), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     a0.semilogy(x, np.maximum(np.abs(target[:, 0]), floor), lw=0.8, label="target")
     a0.semilogy(x, np.maximum(np.abs(pred[:, 0]), floor), lw=0.8, ls="--", label="prediction")
     a0.set_ylabel("|value|")
@@ -454,11 +459,13 @@ class Diverged(RuntimeError):
 
 
 class DivergenceGuard(pl.Callback):
-    """Stops a run whose loss or weights became NaN/Inf, checked every ``every`` steps.
+    """Stops a run whose loss or weights became NaN/Inf.
 
-    The module counts non-finite values on the device without syncing; this reads the count
-    once per ``every`` steps (one host sync), so a divergence is caught within ``every`` steps.
-    Checkpoints are only written at validation from finite weights, so the last one is good.
+    The loss: the module counts non-finite losses on the device without syncing; this reads the
+    count every ``every`` steps (one host sync), so a bad loss is caught within ``every`` steps.
+    The weights: checked before each validation and at the end of training (not every ``every``
+    steps); a non-finite gradient shows in the next step's loss anyway. Checkpoints are written
+    only at validation, after the weight check, so the last one is good.
     """
 
     def __init__(self, every: int = 25) -> None:

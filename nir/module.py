@@ -16,6 +16,18 @@ from nir.metrics import GridMetrics, MaxProjections
 from nir.optim import Adam
 
 
+@torch.no_grad()
+def batch_psnr(out: Tensor, target: Tensor, data: TrainingData, transform: nn.Module, loss: nn.Module) -> Tensor:
+    """PSNR of a training batch in signal units with the run's R (``train/psnr``): a point per
+    log step between the whole-grid validations, on the training samples and precision.
+    ``out`` and ``target`` are in the loss's space, as the training step has them."""
+    with torch.autocast(out.device.type, enabled=False):
+        p, y = out.detach().float(), target.float()
+        if getattr(loss, "space", "transformed") != "signal" and data.transformed_copy:
+            p, y = transform.inverse(p), transform.inverse(y)
+        return 10 * torch.log10(data.stats.range**2 / ((p - y) ** 2).mean())
+
+
 class FieldModule(pl.LightningModule):
     """Trains ``field`` on ``data`` with ``loss``.
 
@@ -42,13 +54,10 @@ class FieldModule(pl.LightningModule):
         super().__init__()
         self.field, self.loss_fn, self.data = field, loss, data
         self.optim, self.max_steps = optim or Adam(), max_steps
-        self.val_metrics = GridMetrics(data.stats)
-        self.last_magnitude: dict[str, Any] | None = None
-        # 3-D (and 4-D) long-tailed fields: the prediction's maximum-intensity projections, from
-        # the validation pass itself (exact over the whole grid), for the TensorBoard figure
-        volume = data.signal.long_tailed and data.signal.ndim >= 3
+        self.val_metrics, self.last_magnitude = GridMetrics(data.stats), None
+        # volumes' maximum-intensity projections, exact from the validation pass (TensorBoard figure)
+        volume, self.last_projections = data.signal.long_tailed and data.signal.ndim >= 3, None
         self.val_projections = MaxProjections(data.signal.shape) if volume else None
-        self.last_projections: list[Tensor] | None = None
         for name, value in [("nonfinite_steps", 0), ("first_bad_step", -1), ("skipped_steps", 0)]:
             self.register_buffer(name, torch.full((), value, dtype=torch.long), persistent=False)
         self.register_buffer("first_bad_loss", torch.zeros(()), persistent=False)
@@ -81,24 +90,17 @@ class FieldModule(pl.LightningModule):
         # log_every_n_steps (the same rule as its logger connector), so log only then
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-            self.log("train/psnr", self.batch_psnr(out, target), on_step=True, on_epoch=False)
+            self.log(
+                "train/psnr",
+                batch_psnr(out, target, data, self.field.transform, self.loss_fn),
+                on_step=True,
+                on_epoch=False,
+            )
         # counted on the device, no host sync in the step; the DivergenceGuard reads the count.
         # A non-finite gradient with a finite loss makes the weights non-finite, and so the next
         # step's loss; flag_nonfinite_weights covers the last step before a validation or the end.
         self._flag_nonfinite(loss.detach())
         return loss
-
-    @torch.no_grad()
-    def batch_psnr(self, out: Tensor, target: Tensor) -> Tensor:
-        """PSNR of this batch in signal units with the run's R (``train/psnr``): a point per log
-        step between the whole-grid validations, on the training samples and precision."""
-        data = self.batches()
-        with torch.autocast(out.device.type, enabled=False):
-            p, y = out.detach().float(), target.float()
-            if self.loss_fn.space != "signal" and data.transformed_copy:  # both in the transform's space
-                p, y = self.field.transform.inverse(p), self.field.transform.inverse(y)
-            mse = ((p - y) ** 2).mean()
-            return 10 * torch.log10(data.stats.range**2 / mse)
 
     def _flag_nonfinite(self, value: Tensor) -> None:
         bad = ~torch.isfinite(value)

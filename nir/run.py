@@ -260,6 +260,22 @@ def run_name(hparams: dict[str, Any], swept: Sequence[str]) -> str:
     return "".join(c if c.isalnum() or c in "=,.-_+" else "_" for c in name)
 
 
+def _logger_and_final_metrics(cfg: DictConfig, parts: Parts, run_dir: Path, choices: dict[str, Any]) -> tuple[Any, Any]:
+    """The TensorBoard logger (a sweep job's run named after its swept values) and the
+    callback that logs the HPARAMS columns and the final metrics."""
+    from nir.callbacks import FinalMetrics, NirTensorBoardLogger
+    from nir.sweep import read_swept
+
+    multirun, hc = hydra_job()
+    swept = read_swept(hc.sweep.dir) if multirun else []
+    hparams = run_hparams(cfg, parts, choices, swept, list(hc.overrides.task) if hc is not None else [])
+    # a sweep job's events go to tb/<its swept values>, so TensorBoard names the run after them
+    version = run_name(hparams, swept) if swept else ""
+    logger = NirTensorBoardLogger(save_dir=str(run_dir), name="tb", version=version, default_hp_metric=False)
+    extra = ["hp/psnr_log", "hp/worst_decade_median"] if parts.signal.long_tailed else []
+    return logger, FinalMetrics(hparams, ["hp/psnr", "hp/fit_time_s", *extra])
+
+
 def build_trainer(
     cfg: DictConfig,
     parts: Parts,
@@ -275,9 +291,7 @@ def build_trainer(
     from nir.callbacks import (
         AtomicCheckpointIO,
         DivergenceGuard,
-        FinalMetrics,
         MagnitudeLogger,
-        NirTensorBoardLogger,
         ProgressPrinter,
         ReconstructionLogger,
         StepProgressBar,
@@ -288,16 +302,7 @@ def build_trainer(
     _check_strategy(trainer_kwargs)
     _threads_for_parallel_jobs()
     long_tailed = parts.signal.long_tailed
-    from nir.sweep import read_swept
-
-    multirun, hc = hydra_job()
-    swept = read_swept(hc.sweep.dir) if multirun else []
-    hparams = run_hparams(cfg, parts, choices or {}, swept, list(hc.overrides.task) if hc is not None else [])
-    # a sweep job's events go to tb/<its swept values>, so TensorBoard names the run after them
-    version = run_name(hparams, swept) if swept else ""
-    logger = NirTensorBoardLogger(save_dir=str(run_dir), name="tb", version=version, default_hp_metric=False)
-    hp_metrics = ["hp/psnr", "hp/fit_time_s"] + (["hp/psnr_log", "hp/worst_decade_median"] if long_tailed else [])
-    final_metrics = FinalMetrics(hparams, hp_metrics)
+    logger, final_metrics = _logger_and_final_metrics(cfg, parts, run_dir, choices or {})
     callbacks: list[pl.Callback] = [
         DivergenceGuard(int(cfg.check_finite_every)),  # first: nothing is evaluated or saved after a divergence
         final_metrics,
@@ -444,7 +449,6 @@ def train_field(
     ``callbacks``: extra Lightning callbacks (benchmarks, custom logging). ``choices``: the
     chosen option per config group (Hydra's, by default), for the data preset's line."""
     t_start, t_wall0 = time.perf_counter(), time.time()
-    run_dir = prepare_run_dir(cfg, run_dir)
     _, hc = hydra_job()
     choices = choices if choices is not None else dict(hc.runtime.choices) if hc else {}
     line = preset_line(cfg, choices)
@@ -453,6 +457,7 @@ def train_field(
     with warnings.catch_warnings(), _quiet_lightning():  # Lightning's noise, silenced for this run only
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
+        run_dir = prepare_run_dir(cfg, run_dir)  # its key check imports Lightning, which adds filters
         parts = build_parts(cfg)
         trainer, final_metrics = build_trainer(cfg, parts, run_dir, callbacks, choices)
         if trainer.is_global_zero:

@@ -81,7 +81,7 @@ def _write(p, data):
         (lambda d: d / "missing.png", "does not exist"),
         (lambda d: d, "is a directory"),
         (lambda d: _write(d / "x.gif", b"GIF89a"), "unsupported extension"),
-        (lambda d: _write(d / "bad.png", b"\x89PNG\r\n\x1a\nnot really"), "could not be read"),
+        (lambda d: _write(d / "bad.png", b"\x89PNG\r\n\x1a\nnot really"), "cannot be decoded as a PNG image"),
     ],
 )
 def test_bad_image_paths(tmp_path, make, match):
