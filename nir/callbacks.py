@@ -357,7 +357,7 @@ class StepProgressBar(TQDMProgressBar):
         m = trainer.callback_metrics
         out: dict[str, Any] = {}
         if "train/loss" in m:
-            out["loss"] = f"{float(m['train/loss']):.3g}"
+            out["loss"] = f"{float(m['train/loss']):#.3g}"
         if "val/psnr" in m and math.isfinite(float(m["val/psnr"])):
             out[f"val psnr ({self.precision})"] = f"{float(m['val/psnr']):.2f} dB"
         if "val/worst_decade_median" in m:
@@ -399,7 +399,7 @@ class ProgressPrinter(pl.Callback):
         psnr = m.get("val/psnr")
         parts = [f"step {trainer.global_step}/{trainer.max_steps}", f"{time.perf_counter() - self._t0:7.1f}s"]
         if loss is not None:
-            parts.append(f"loss {float(loss):.3g}")
+            parts.append(f"loss {float(loss):#.3g}")
         if psnr is not None and math.isfinite(float(psnr)):
             parts.append(f"val psnr {float(psnr):.2f} dB")
         worst = m.get("val/worst_decade_median")
