@@ -9,8 +9,8 @@ job's ``metrics.json`` and ``.hydra/overrides.yaml``.
     .venv/bin/python scripts/longtail_study.py               # full study (~45 min on 2 cores)
     .venv/bin/python scripts/longtail_study.py --only peaks1d
     .venv/bin/python scripts/longtail_study.py --collect-only  # re-render from existing runs
-    .venv/bin/python scripts/longtail_study.py --only peaks1d-sampling sources3d-hashgrid-sampling \
-        --out docs/long-tail-sampling.md                       # the sampling axis alone (~15 min)
+    .venv/bin/python scripts/longtail_study.py --only peaks1d-sampling peaks1d-sampling-tempered \
+        sources3d-hashgrid-sampling --out docs/long-tail-sampling.md   # the sampling axis alone (~15 min)
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ SWEEPS: dict[str, list[str]] = {
     "sources3d": ["data=sources3d", f"loss={LOSSES}", "trainer.precision=32"],
     # the sampling axis (issue 13): uniform against decade-balanced batches
     "peaks1d-sampling": ["data=peaks1d", "loss=log_mse", "sampling=uniform,decades", "trainer.precision=32,bf16-mixed", "seed=0,1"],
+    "peaks1d-sampling-tempered": ["data=peaks1d", "loss=log_mse", "sampling=decades", "sampling.alpha=0.3",
+                         "trainer.precision=32,bf16-mixed", "seed=0,1"],
     "sources3d-hashgrid-sampling": ["data=sources3d", "model=hashgrid_lt3d", "optim.lr=1e-2", "loss=log_mse",
                                     "sampling=uniform,decades", "seed=0,1"],
 }  # fmt: skip

@@ -171,3 +171,24 @@ def test_forward_equals_the_reference_lookup(d):
     rows = enc.indices(base.long()[:, :, None, :] + enc._corners)
     ref = (enc.embeddings[rows] * w[..., None]).sum(2).reshape(64, -1)
     torch.testing.assert_close(enc(x), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["fourier", "hashgrid"])
+def test_output_layer_runs_in_fp32_under_autocast(model):
+    """bf16's output spacing is ~1 % of a log-space value: the last layer stays fp32."""
+    from nir.fields import EncodedMLP, FourierMLP
+
+    torch.manual_seed(0)
+    if model == "fourier":
+        net = FourierMLP(1, 1, hidden_dim=16, num_layers=1, num_features=8)
+    else:
+        net = EncodedMLP(
+            1, 1, "nir.fields.encodings.GridEncoding", hidden_dim=16, n_levels=4, finest_resolution=64, bounds=[[-1, 1]]
+        )
+    x = torch.rand(64, 1) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+        hidden = net.mlp[:-1](net.encoding(x))
+    assert out.dtype == torch.float32
+    head = net.mlp[-1]
+    torch.testing.assert_close(out, hidden.float() @ head.weight.T + head.bias, rtol=1e-6, atol=1e-6)
