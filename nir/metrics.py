@@ -189,6 +189,18 @@ class MaxProjections(Metric):
         return [self.along0.reshape(y, x), self.along1.reshape(z, x), self.along2.reshape(z, y)]
 
 
+def image_ssim(pred: Tensor, target: Tensor, data_range: float) -> float | None:
+    """SSIM of an ``(H, W, channels)`` image pair (torchmetrics: Wang et al. 2004, Gaussian window
+    11, sigma 1.5, averaged over channels and pixels), with the PSNR's data range; ``None`` for an
+    image smaller than the window."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    if min(pred.shape[0], pred.shape[1]) < 11:
+        return None
+    p, y = (t.float().permute(2, 0, 1)[None] for t in (pred, target))
+    return float(structural_similarity_index_measure(p, y, data_range=data_range))
+
+
 @dataclass(frozen=True)
 class SignalStats:
     """What the metrics need to know about a signal, measured once per run.

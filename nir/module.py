@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from nir.batches import TrainingData
 from nir.field import Field
-from nir.metrics import GridMetrics, MaxProjections
+from nir.metrics import GridMetrics, MaxProjections, image_ssim
 from nir.optim import Adam
 
 
@@ -167,8 +167,13 @@ class FieldModule(pl.LightningModule):
         )
         for start, stop, coords in data.grid.chunks(chunk, rank, world):
             metrics.update(self.field(coords), data.values_range(start, stop))
+        results = metrics.results()
+        if data.signal.meta.get("kind") == "image":  # SSIM needs the whole image: one more pass, every rank
+            shape = (*data.signal.shape, data.signal.channels)
+            pred = torch.cat([self.field(c) for _, _, c in data.grid.chunks(chunk)]).reshape(shape)
+            results["ssim"] = image_ssim(pred, data.values_range(0, data.grid.numel).reshape(shape), data.stats.range)
         self.train(was_training)
-        return metrics.results()
+        return results
 
     # -- checkpoints carry a plain-value spec and the sampler state, never config objects -------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -273,6 +273,7 @@ def _logger_and_final_metrics(cfg: DictConfig, parts: Parts, run_dir: Path, choi
     version = run_name(hparams, swept) if swept else ""
     logger = NirTensorBoardLogger(save_dir=str(run_dir), name="tb", version=version, default_hp_metric=False)
     extra = ["hp/psnr_log", "hp/worst_decade_median"] if parts.signal.long_tailed else []
+    extra += ["hp/ssim"] if parts.signal.meta.get("kind") == "image" else []
     return logger, FinalMetrics(hparams, ["hp/psnr", "hp/fit_time_s", *extra])
 
 
@@ -415,7 +416,8 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
     worst = metrics.get("worst_decade_median")
     print(
         f"nir: {metrics['steps']} steps in {metrics['fit_time_s']:.1f} s, PSNR {metrics['psnr']:.2f} dB"
-        f" (fp32 evaluation of the final field, data range {data_range:g}, all samples){'' if finite else ' (not finite!)'}\n"
+        + (f", SSIM {metrics['ssim']:.4f}" if metrics.get("ssim") is not None else "")
+        + f" (fp32 evaluation of the final field, data range {data_range:g}, all samples){'' if finite else ' (not finite!)'}\n"
         + (
             f"worst-decade median relative error {worst:.3g} (= {worst:.2%}; per-decade table in metrics.json)\n"
             if worst is not None

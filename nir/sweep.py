@@ -25,6 +25,7 @@ COLUMNS = [
     "overrides",
     "status",
     "psnr",
+    "ssim",
     "psnr_log",
     "worst_decade_median",
     "wall_time_s",

@@ -44,6 +44,9 @@ CASES = {
                        "model.finest_resolution=64", "model.hidden_dim=16"],
     "sources3d-hashgrid": ["data=sources3d", "data.n=10", "model=hashgrid_lt3d", "model.finest_resolution=12"],
     "image-densegrid": ["model=densegrid", "model.n_levels=3", "model.finest_resolution=32", "model.hidden_dim=16"],
+    "image-finer": ["model=finer", "model.hidden_dim=16", "model.num_layers=1"],
+    "image-gauss": ["model=gauss", "model.hidden_dim=16", "model.num_layers=1"],
+    "image-wire": ["model=wire", "data.sample=camera", "model.hidden_dim=12", "model.num_layers=1"],
 }  # fmt: skip
 TINY = [
     "trainer.max_steps=15",

@@ -50,6 +50,19 @@ def test_tiny_fit_reaches_psnr_floor(fitted):
     assert metrics["psnr"] > 30.0, metrics  # smooth 32x40 image, 150 steps
 
 
+def test_images_get_ssim_of_the_final_field(fitted):
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from nir import load_field, read_image
+
+    run, metrics, img = fitted
+    pred = load_field(run).sample().permute(2, 0, 1)[None]
+    target = read_image(str(img)).values.permute(2, 0, 1)[None]
+    expect = float(structural_similarity_index_measure(pred, target, data_range=2.0))
+    assert 0 < metrics["ssim"] <= 1 and metrics["ssim"] == pytest.approx(expect, abs=1e-4)
+    assert json.loads((run / "metrics.json").read_text())["ssim"] == pytest.approx(metrics["ssim"])
+
+
 def test_run_directory_layout(fitted):
     run, metrics, _ = fitted
     for name in ["config.yaml", "metrics.json", "field.safetensors", "checkpoints/last.ckpt", "checkpoints/best.ckpt"]:
