@@ -28,6 +28,20 @@ def batch_psnr(out: Tensor, target: Tensor, data: TrainingData, transform: nn.Mo
         return 10 * torch.log10(data.stats.range**2 / ((p - y) ** 2).mean())
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without torch.distributed)."""
+    dist = torch.distributed
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def whole_image_ssim(field: Field, data: TrainingData, chunk: int) -> float | None:
+    """SSIM of the field against an image signal: SSIM needs the whole image, so this is one
+    more grid pass (on every rank under DDP; images are small)."""
+    shape = (*data.signal.shape, data.signal.channels)
+    pred = torch.cat([field(c) for _, _, c in data.grid.chunks(chunk)]).reshape(shape)
+    return image_ssim(pred, data.values_range(0, data.grid.numel).reshape(shape), data.stats.range)
+
+
 class FieldModule(pl.LightningModule):
     """Trains ``field`` on ``data`` with ``loss``.
 
@@ -161,17 +175,11 @@ class FieldModule(pl.LightningModule):
         metrics = GridMetrics(data.stats).to(self.device)
         was_training = self.training
         self.eval()
-        dist = torch.distributed
-        rank, world = (
-            (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-        )
-        for start, stop, coords in data.grid.chunks(chunk, rank, world):
+        for start, stop, coords in data.grid.chunks(chunk, *rank_and_world()):
             metrics.update(self.field(coords), data.values_range(start, stop))
         results = metrics.results()
-        if data.signal.meta.get("kind") == "image":  # SSIM needs the whole image: one more pass, every rank
-            shape = (*data.signal.shape, data.signal.channels)
-            pred = torch.cat([self.field(c) for _, _, c in data.grid.chunks(chunk)]).reshape(shape)
-            results["ssim"] = image_ssim(pred, data.values_range(0, data.grid.numel).reshape(shape), data.stats.range)
+        if data.signal.meta.get("kind") == "image":
+            results["ssim"] = whole_image_ssim(self.field, data, chunk)
         self.train(was_training)
         return results
 
