@@ -418,6 +418,24 @@ class NirTensorBoardLogger(TensorBoardLogger):
         super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
 
+def evaluate_stored(pl_module: pl.LightningModule, store: dict[str, str]) -> dict[str, Any]:
+    """The final metrics of the field as it will be stored: its parameters rounded to
+    ``store["dtype"]`` in place (what ``field.safetensors`` will hold), evaluated in fp32, plus
+    the file's ``bytes``, ``compression_ratio`` (the signal's float32 bytes over them) and
+    ``bits_per_sample`` (per value: grid sample and channel)."""
+    field, dtype, scale = pl_module.field, store.get("dtype", "float32"), store.get("int8_scale", "row")
+    if dtype != "float32":
+        field.round_to_storage(dtype, scale)
+    metrics = pl_module.evaluate()
+    signal = pl_module.data.signal
+    values = math.prod(signal.shape) * signal.channels
+    nbytes = field.stored_bytes(dtype, scale)
+    metrics.update(
+        store_dtype=dtype, bytes=nbytes, compression_ratio=4.0 * values / nbytes, bits_per_sample=8.0 * nbytes / values
+    )
+    return metrics
+
+
 class FinalMetrics(pl.Callback):
     """The run's hyperparameters at fit start (in the process that trains, so one event file),
     and at the end of training, before the logger closes, the full-grid fp32 metrics: logged as
@@ -426,8 +444,8 @@ class FinalMetrics(pl.Callback):
     The HPARAMS summary declares the ``hp/*`` metric names without writing a value at step 0
     (Lightning's ``log_hyperparams`` would chart a NaN there); the values come at the end."""
 
-    def __init__(self, hparams: dict[str, Any], hp_metrics: list[str]) -> None:
-        self.hparams, self.hp_metrics = hparams, hp_metrics
+    def __init__(self, hparams: dict[str, Any], hp_metrics: list[str], store: dict[str, str] | None = None) -> None:
+        self.hparams, self.hp_metrics, self.store = hparams, hp_metrics, store or {}
         self.metrics: dict[str, Any] = {}
         self._t0 = time.perf_counter()
 
@@ -441,7 +459,7 @@ class FinalMetrics(pl.Callback):
                 writer.add_summary(summary)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.metrics = pl_module.evaluate()
+        self.metrics = evaluate_stored(pl_module, self.store)
         self.metrics["nonfinite_steps"] = int(pl_module.nonfinite_steps)
         self.metrics["fit_time_s"] = time.perf_counter() - self._t0
         if trainer.is_global_zero and trainer.logger is not None:

@@ -132,6 +132,10 @@ def check_config(cfg: DictConfig) -> None:
     positive_int("trainer.max_steps", cfg.trainer.max_steps)
     positive_float("cache_mb", cfg.cache_mb)
     require(isinstance(cfg.compile, bool), f"compile must be true or false, got {cfg.compile!r}")
+    if "store" in cfg:
+        from nir.storage import check
+
+        check(str(cfg.store.dtype), str(cfg.store.get("int8_scale", "row")))
     vci = cfg.trainer.get("val_check_interval")
     if vci is not None:
         positive_int("trainer.val_check_interval", vci)

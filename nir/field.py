@@ -251,16 +251,43 @@ class Field(nn.Module):
             program.save(str(path))
         return path
 
-    def save(self, path: str | Path) -> Path:
-        """Write a portable field file: safetensors weights, the spec as JSON in its header."""
+    def _stored_tensors(self, dtype: str, int8_scale: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+        from nir import storage
+
+        params = [name for name, _ in self.named_parameters()]
+        tensors = storage.encode(self.state_dict(), params, dtype, int8_scale)
+        return tensors, {"nir_spec": json.dumps(self.spec), "nir_dtype": dtype}
+
+    def save(self, path: str | Path, dtype: str = "float32", int8_scale: str = "row") -> Path:
+        """Write a portable field file: safetensors weights, the spec as JSON in its header.
+
+        ``dtype``: the parameters' stored precision, ``float32``, ``float16`` or ``int8`` (with
+        one scale per weight row, or per tensor with ``int8_scale="tensor"``); buffers stay
+        float32 (:mod:`nir.storage`). :func:`load_field` dequantises, so the loaded field answers
+        exactly what the file holds."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tensors, metadata = self._stored_tensors(dtype, int8_scale)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"nir_spec": json.dumps(self.spec)})
+        save_file(tensors, str(tmp), metadata=metadata)
         tmp.replace(path)
         return path
+
+    def stored_bytes(self, dtype: str = "float32", int8_scale: str = "row") -> int:
+        """The size in bytes of the file :meth:`save` writes with these arguments."""
+        from safetensors.torch import save
+
+        return len(save(*self._stored_tensors(dtype, int8_scale)))
+
+    def round_to_storage(self, dtype: str = "float32", int8_scale: str = "row") -> Field:
+        """Put the stored values into the field in place (what :meth:`save` then
+        :func:`load_field` would give), so it is evaluated as the file will answer."""
+        from nir import storage
+
+        params = [name for name, _ in self.named_parameters()]
+        self.load_state_dict(storage.round_trip(self.state_dict(), params, dtype, int8_scale))
+        return self
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], trusted: Iterable[str] = ()) -> Field:
@@ -315,7 +342,9 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
         raise NirError(f"{str(p)!r} is not a safetensors field file ({e})") from None
     require("nir_spec" in meta, f"{str(p)!r} has no nir spec in its header; it was not written by Field.save")
     field = Field.from_spec(json.loads(meta["nir_spec"]), trusted)
-    field.load_state_dict(load_file(str(p)))
+    from nir.storage import decode
+
+    field.load_state_dict(decode(load_file(str(p))))
     return field.to(device).eval()
 
 

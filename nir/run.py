@@ -274,7 +274,14 @@ def _logger_and_final_metrics(cfg: DictConfig, parts: Parts, run_dir: Path, choi
     logger = NirTensorBoardLogger(save_dir=str(run_dir), name="tb", version=version, default_hp_metric=False)
     extra = ["hp/psnr_log", "hp/worst_decade_median"] if parts.signal.long_tailed else []
     extra += ["hp/ssim"] if parts.signal.meta.get("kind") == "image" else []
-    return logger, FinalMetrics(hparams, ["hp/psnr", "hp/fit_time_s", *extra])
+    extra += ["hp/compression_ratio", "hp/bits_per_sample"]
+    return logger, FinalMetrics(hparams, ["hp/psnr", "hp/fit_time_s", *extra], store_of(cfg))
+
+
+def store_of(cfg: DictConfig) -> dict[str, str]:
+    """The ``store`` settings (stored precision of field.safetensors) as plain values."""
+    store = OmegaConf.to_container(cfg.store, resolve=True) if "store" in cfg else {}
+    return {"dtype": str(store.get("dtype", "float32")), "int8_scale": str(store.get("int8_scale", "row"))}
 
 
 def build_trainer(
@@ -373,7 +380,13 @@ def fit_with_guards(
     if final_metrics.metrics:
         return final_metrics.metrics, int(trainer.global_step)
     # ddp_spawn: the callback ran in the worker processes; the weights came back here
-    final = {**parts.module.evaluate(), "nonfinite_steps": 0, "fit_time_s": time.perf_counter() - t_start}
+    from nir.callbacks import evaluate_stored
+
+    final = {
+        **evaluate_stored(parts.module, store_of(cfg)),
+        "nonfinite_steps": 0,
+        "fit_time_s": time.perf_counter() - t_start,
+    }
     return final, int(load_checkpoint(last).get("global_step", 0))
 
 
@@ -408,9 +421,10 @@ def collect_metrics(
     }
 
 
-def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: float) -> None:
-    """``field.safetensors`` and ``metrics.json`` into the run directory; the summary lines."""
-    field.cpu().save(run_dir / "field.safetensors")
+def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: float, store: dict[str, str]) -> None:
+    """``field.safetensors`` (at the stored precision) and ``metrics.json`` into the run
+    directory; the summary lines."""
+    field.cpu().save(run_dir / "field.safetensors", store["dtype"], store["int8_scale"])
     write_json(run_dir / "metrics.json", metrics)
     finite = math.isfinite(metrics["psnr"])
     worst = metrics.get("worst_decade_median")
@@ -418,6 +432,12 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
         f"nir: {metrics['steps']} steps in {metrics['fit_time_s']:.1f} s, PSNR {metrics['psnr']:.2f} dB"
         + (f", SSIM {metrics['ssim']:.4f}" if metrics.get("ssim") is not None else "")
         + f" (fp32 evaluation of the final field, data range {data_range:g}, all samples){'' if finite else ' (not finite!)'}\n"
+        + (
+            f"stored field: {metrics['bytes']:,} bytes ({metrics['store_dtype']}), compression ratio"
+            f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value\n"
+            if "bytes" in metrics
+            else ""
+        )
         + (
             f"worst-decade median relative error {worst:.3g} (= {worst:.2%}; per-decade table in metrics.json)\n"
             if worst is not None
@@ -467,7 +487,7 @@ def train_field(
         final, steps = fit_with_guards(cfg, parts, trainer, final_metrics, run_dir, t_start)
     metrics = collect_metrics(parts, trainer, final, steps, t_start, t_wall0)
     if trainer.is_global_zero:
-        write_run(parts.field, metrics, run_dir, parts.data.stats.range)
+        write_run(parts.field, metrics, run_dir, parts.data.stats.range, store_of(cfg))
     return parts.field.cpu().eval(), metrics
 
 
@@ -475,6 +495,8 @@ def train_field(
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's info lines (GPU/TPU/AMP availability, a logger advert, "fit stopped") are
     dropped for the run; nir prints its own :func:`start_line`. Warnings still show."""
+    import pytorch_lightning  # noqa: F401 - imported first: its import sets these loggers' levels
+
     loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning_fabric")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

@@ -19,7 +19,7 @@ from nir.errors import cli_errors, require
 
 #: failed jobs of the last multirun in this process (read by ``nir-train`` for its exit status)
 LAST_FAILED = 0
-LOWER_IS_BETTER = {"worst_decade_median", "wall_time_s", "fit_time_s", "num_params"}
+LOWER_IS_BETTER = {"worst_decade_median", "wall_time_s", "fit_time_s", "num_params", "bytes", "bits_per_sample"}
 COLUMNS = [
     "job",
     "overrides",
@@ -30,6 +30,8 @@ COLUMNS = [
     "worst_decade_median",
     "wall_time_s",
     "num_params",
+    "bytes",
+    "compression_ratio",
     "error",
 ]
 

@@ -51,6 +51,7 @@ LIGHT = [
     "nir.metrics",
     "nir.transforms",
     "nir.checkpoint",
+    "nir.storage",
     "nir.optim",
     "nir.errors",
     "nir.allocator",
@@ -121,6 +122,9 @@ def test_nir_fit_leaves_warning_filters_and_allocator_unchanged(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r == {"filters_unchanged": True, "mapped_before": True, "mapped_after": True}
+    # a fresh process imports Lightning inside nir.fit: its banner and advert stay silent there too
+    for noise in ("GPU available", "TPU available", "litlogger"):
+        assert noise not in out.stdout + out.stderr, noise
 
 
 def test_the_allocator_check_sees_tune_allocator(tmp_path):

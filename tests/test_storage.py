@@ -1,0 +1,108 @@
+"""Bytes as a quantity (issue 14): the stored precision of a field file (float32, float16, int8),
+its round trip, and run metrics that are those of the stored field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import nir
+from nir import storage
+from nir.errors import NirError
+from nir.field import Field, load_field
+from nir.fields import FourierMLP, Siren
+
+
+def _field(network: torch.nn.Module, in_dim: int = 2) -> Field:
+    from nir.transforms import Identity
+
+    spec = {
+        "network": {"target": f"{type(network).__module__}.{type(network).__qualname__}", "kwargs": {}},
+        "transform": {"target": "nir.transforms.Identity", "kwargs": {}},
+        "bounds": [[-1.0, 1.0]] * in_dim,
+        "shape": [8] * in_dim,
+        "channels": 1,
+        "meta": {},
+    }
+    return Field(network, Identity(), spec)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 0.0), ("float16", 1e-2), ("int8", 5e-2)])
+def test_save_and_load_round_trip_at_each_precision(dtype, tol, tmp_path):
+    torch.manual_seed(0)
+    net = Siren(2, 1, hidden_dim=32, num_layers=2)
+    field = _field(net)
+    field.spec["network"]["kwargs"] = {"in_dim": 2, "out_dim": 1, "hidden_dim": 32, "num_layers": 2}
+    x = torch.rand(200, 2) * 2 - 1
+    ref = field(x)
+    path = field.save(tmp_path / "f.safetensors", dtype=dtype)
+    assert path.stat().st_size == field.stored_bytes(dtype)  # the byte count is the file's size
+    loaded = load_field(path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())  # dequantised on load
+    field.round_to_storage(dtype)  # in place: what the file holds
+    torch.testing.assert_close(loaded(x), field(x), rtol=0, atol=0)
+    scale = float(ref.abs().max())
+    assert float((loaded(x) - ref).abs().max()) <= tol * scale + 1e-7
+
+
+def test_lower_precision_files_are_smaller():
+    torch.manual_seed(0)
+    field = _field(Siren(2, 1, hidden_dim=64, num_layers=2))
+    sizes = {d: field.stored_bytes(d) for d in storage.DTYPES}
+    params = field.num_parameters()
+    assert sizes["float32"] - sizes["float16"] == 2 * params  # two bytes fewer per parameter, nothing else
+    # one byte fewer per parameter, less the int8 scales (4 bytes per weight row, one per tensor) and their headers
+    assert 0.75 * params < sizes["float16"] - sizes["int8"] < params
+
+
+def test_per_row_scales_beat_one_scale_for_rows_of_different_size():
+    w = torch.randn(16, 32) * torch.logspace(-3, 0, 16)[:, None]  # rows spanning three decades
+    state, params = {"layer.weight": w}, ["layer.weight"]
+    row = storage.round_trip(state, params, "int8", "row")["layer.weight"]
+    tensor = storage.round_trip(state, params, "int8", "tensor")["layer.weight"]
+    rel = lambda a: float(((a - w).norm(dim=1) / w.norm(dim=1)).max())  # noqa: E731
+    assert rel(row) < 0.01 < rel(tensor)
+
+
+def test_buffers_stay_float32():
+    """A Fourier field's B (a buffer) is stored exactly: its errors would be phase errors."""
+    torch.manual_seed(0)
+    field = _field(FourierMLP(2, 1, hidden_dim=16, num_layers=1, num_features=8, sigma=40.0))
+    tensors, _ = field._stored_tensors("int8", "row")
+    assert tensors["network.encoding.B"].dtype == torch.float32
+    assert torch.equal(tensors["network.encoding.B"], field.network.encoding.B)
+    assert tensors["network.mlp.0.weight"].dtype == torch.int8
+
+
+def test_unknown_store_dtype_is_one_line(tmp_path):
+    with pytest.raises(NirError, match="store.dtype must be one of float32, float16, int8"):
+        nir.fit("peaks1d", ["data.n=64", "store.dtype=int4"], run_dir=tmp_path / "r", steps=2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_run_metrics_are_those_of_the_stored_field(dtype, tmp_path):
+    from nir.metrics import GridMetrics, SignalStats
+    from nir.synthetic import lognormal3d
+
+    field, m = nir.fit(
+        "lognormal3d",
+        ["data.n=12", "model=hashgrid_lt3d", "optim.lr=1e-2", f"store.dtype={dtype}", "log.images=false"],
+        run_dir=tmp_path / "run",
+        steps=60,
+        trainer__enable_progress_bar=False,
+    )
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    stored = tmp_path / "run" / "field.safetensors"
+    assert saved["store_dtype"] == dtype and saved["bytes"] == stored.stat().st_size
+    values = 12**3
+    assert saved["compression_ratio"] == pytest.approx(4 * values / saved["bytes"])
+    assert saved["bits_per_sample"] == pytest.approx(8 * saved["bytes"] / values)
+    # the metrics are the file's: evaluate the loaded field independently
+    signal = lognormal3d(n=12)
+    gm = GridMetrics(SignalStats.measure(signal))
+    with torch.no_grad():
+        gm.update(load_field(tmp_path / "run").sample().reshape(-1, 1), signal.flat())
+    assert float(gm.compute()["psnr"]) == pytest.approx(saved["psnr"], abs=1e-4)
+    assert float(gm.compute()["worst_decade_median"]) == pytest.approx(saved["worst_decade_median"], rel=1e-4)
