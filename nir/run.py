@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nir.budget import fit_to_budget
 from nir.config import ALIASES, build, check_config, compose_config, groups, kwargs_of, preset_line
 from nir.errors import NirError, require
 
@@ -188,6 +189,24 @@ def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
     return choice
 
 
+def _candidate_bytes(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal: Any) -> int:
+    """The field file's size for a candidate model node (for :func:`nir.budget.fit_to_budget`)."""
+    from nir.field import Field, component_spec
+
+    network = build(model, "model", **dims)
+    transform = build(cfg.transform, "transform")
+    spec = {
+        "network": component_spec(network, {**kwargs_of(model), **dims}),
+        "transform": component_spec(transform, kwargs_of(cfg.transform)),
+        "bounds": [list(b) for b in signal.bounds],
+        "shape": list(signal.shape),
+        "channels": signal.channels,
+        "meta": {"signal": signal.name, **signal.meta},
+    }
+    store = store_of(cfg)
+    return Field(network, transform, spec).stored_bytes(store["dtype"], store["int8_scale"])
+
+
 def build_parts(cfg: DictConfig) -> Parts:
     """Signal, network, transform and loss from the config; the training data (which fits the
     transform and the loss once); the field; the Lightning module."""
@@ -199,6 +218,9 @@ def build_parts(cfg: DictConfig) -> Parts:
     dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
     if cfg.model.get("bounds", "absent") is None:  # networks that cover a box (grids) get the signal's
         dims["bounds"] = [list(b) for b in signal.bounds]
+    sized = fit_to_budget(cfg, signal, dims, lambda node: _candidate_bytes(cfg, node, dims, signal))
+    if sized and os.environ.get("LOCAL_RANK", "0") == "0":
+        print(sized, flush=True)
     network = build(cfg.model, "model", **dims)
     transform = build(cfg.transform, "transform")
     loss = build(cfg.loss, "loss")

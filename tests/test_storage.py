@@ -135,3 +135,48 @@ def test_grid_tables_get_one_int8_scale_per_block_of_rows():
     back = storage.decode(t)["enc.embeddings"]
     blocked = float((back - table).abs()[:256].max() / table[:256].abs().max())
     assert blocked < 1 / 127  # the small first block keeps its own scale
+
+
+@pytest.mark.parametrize(
+    "data,overrides,knob",
+    [
+        ("peaks1d", ["data.n=512", "size.bytes=20000"], "hidden_dim"),
+        (
+            "lognormal3d",
+            ["data.n=12", "model=hashgrid_lt3d", "size.bytes=15000", "store.dtype=int8"],
+            "log2_hashmap_size",
+        ),
+        ("lognormal3d", ["data.n=16", "size.ratio=2"], "hidden_dim"),
+    ],
+)
+def test_a_budget_sizes_the_network_to_fit(data, overrides, knob, tmp_path, capsys):
+    import yaml
+    from omegaconf import OmegaConf, open_dict
+
+    from nir.config import build
+    from nir.run import _candidate_bytes
+
+    run = tmp_path / "run"
+    _, m = nir.fit(data, [*overrides, "log.images=false"], run_dir=run, steps=2, trainer__enable_progress_bar=False)
+    (line,) = [l for l in capsys.readouterr().out.splitlines() if l.startswith("size: budget")]
+    chosen = yaml.safe_load((run / "config.yaml").read_text())["model"][knob]  # the resolved size is saved
+    assert f"model.{knob}={chosen}" in line
+    budget = int(line.split("budget ")[1].split(" bytes")[0].replace(",", ""))
+    assert (run / "field.safetensors").stat().st_size == m["bytes"] <= budget
+    # the largest that fits: one more does not
+    cfg = OmegaConf.load(run / "config.yaml")
+    signal = build(cfg.data, "data")
+    dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
+    if cfg.model.get("bounds", "absent") is None:
+        dims["bounds"] = [list(b) for b in signal.bounds]
+    bigger = cfg.model.copy()
+    with open_dict(bigger):
+        bigger[knob] = chosen + 1
+    assert _candidate_bytes(cfg, bigger, dims, signal) > budget
+
+
+def test_impossible_budgets_are_one_line(tmp_path):
+    with pytest.raises(NirError, match="no model.hidden_dim fits 100 bytes"):
+        nir.fit("peaks1d", ["data.n=64", "size.bytes=100"], run_dir=tmp_path / "a", steps=2)
+    with pytest.raises(NirError, match="set size.bytes or size.ratio, not both"):
+        nir.fit("peaks1d", ["data.n=64", "size.bytes=1000", "size.ratio=10"], run_dir=tmp_path / "b", steps=2)
