@@ -189,8 +189,9 @@ def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
     return choice
 
 
-def _candidate_bytes(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal: Any) -> int:
-    """The field file's size for a candidate model node (for :func:`nir.budget.fit_to_budget`)."""
+def build_field(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal: Any) -> Any:
+    """The untrained field for ``model`` (a model node) on ``signal``: the network, the value
+    transform and the plain-value spec a saved field carries."""
     from nir.field import Field, component_spec
 
     network = build(model, "model", **dims)
@@ -203,14 +204,18 @@ def _candidate_bytes(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], s
         "channels": signal.channels,
         "meta": {"signal": signal.name, **signal.meta},
     }
+    return Field(network, transform, spec)
+
+
+def _candidate_bytes(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal: Any) -> int:
+    """The field file's size for a candidate model node (for :func:`nir.budget.fit_to_budget`)."""
     store = store_of(cfg)
-    return Field(network, transform, spec).stored_bytes(store["dtype"], store["int8_scale"])
+    return build_field(cfg, model, dims, signal).stored_bytes(store["dtype"], store["int8_scale"])
 
 
 def build_parts(cfg: DictConfig) -> Parts:
     """Signal, network, transform and loss from the config; the training data (which fits the
     transform and the loss once); the field; the Lightning module."""
-    from nir.field import Field, component_spec
     from nir.losses import check_setup
 
     signal = build(cfg.data, "data")
@@ -221,8 +226,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     sized = fit_to_budget(cfg, signal, dims, lambda node: _candidate_bytes(cfg, node, dims, signal))
     if sized and os.environ.get("LOCAL_RANK", "0") == "0":
         print(sized, flush=True)
-    network = build(cfg.model, "model", **dims)
-    transform = build(cfg.transform, "transform")
+    field = build_field(cfg, cfg.model, dims, signal)
+    transform = field.transform
     loss = build(cfg.loss, "loss")
     optim = build(cfg.optim, "optim")
     trainer_cfg = cfg.trainer
@@ -234,15 +239,6 @@ def build_parts(cfg: DictConfig) -> Parts:
     sampling = build(cfg.sampling, "sampling")
     data = TrainingData(signal, transform, loss, int(cfg.batch_size), float(cfg.cache_mb), int(cfg.seed), sampling)
     check_setup(loss, transform, precision)
-    spec = {
-        "network": component_spec(network, {**kwargs_of(cfg.model), **dims}),
-        "transform": component_spec(transform, kwargs_of(cfg.transform)),
-        "bounds": [list(b) for b in signal.bounds],
-        "shape": list(signal.shape),
-        "channels": signal.channels,
-        "meta": {"signal": signal.name, **signal.meta},
-    }
-    field = Field(network, transform, spec)
     module = FieldModule(field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile))
     return Parts(signal, data, field, module, precision, loss_option)
 
@@ -454,12 +450,8 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
         f"nir: {metrics['steps']} steps in {metrics['fit_time_s']:.1f} s, PSNR {metrics['psnr']:.2f} dB"
         + (f", SSIM {metrics['ssim']:.4f}" if metrics.get("ssim") is not None else "")
         + f" (fp32 evaluation of the final field, data range {data_range:g}, all samples){'' if finite else ' (not finite!)'}\n"
-        + (
-            f"stored field: {metrics['bytes']:,} bytes ({metrics['store_dtype']}), compression ratio"
-            f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value\n"
-            if "bytes" in metrics
-            else ""
-        )
+        + f"stored field: {metrics['bytes']:,} bytes ({metrics['store_dtype']}), compression ratio"
+        f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value\n"
         + (
             f"worst-decade median relative error {worst:.3g} (= {worst:.2%}; per-decade table in metrics.json)\n"
             if worst is not None
