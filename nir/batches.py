@@ -402,6 +402,10 @@ class TrainingData:
         idx = self.sampler.next()
         return idx, (self._t if self.sampler.full else self._t[idx])  # full batch: no gather copy
 
+    def targets_at(self, idx: Tensor) -> Tensor:
+        """Training targets (the loss's space) at flat indices of a held signal, on the device."""
+        return self._t if self.sampler.full else self._t[idx]
+
     def values_at(self, idx: Tensor) -> Tensor:
         """Signal values (signal units) at flat indices, on the device."""
         return self._y[idx] if self._y is not None else self.signal.gather(idx).to(self._device)

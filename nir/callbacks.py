@@ -411,10 +411,20 @@ class ProgressPrinter(pl.Callback):
 
 class NirTensorBoardLogger(TensorBoardLogger):
     """Lightning's TensorBoard logger without its ``epoch`` scalar (nir trains in steps; the
-    epoch is a constant 0 that would head the scalars page)."""
+    epoch is a constant 0 that would head the scalars page), with optimizer steps on the x axis.
+
+    Lightning logs at its count of training calls; with ``steps_per_call=K`` a call ``c`` ends
+    after optimizer step ``(c + 1) K``, so a point logged at ``c`` is drawn at ``(c + 1) K - 1``,
+    where a K=1 run draws the same step (every call has K steps: :mod:`nir.steps`)."""
+
+    def __init__(self, *args: Any, steps_per_call: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps_per_call = int(steps_per_call)
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if step is not None:
+            step = (int(step) + 1) * self.steps_per_call - 1
         super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
 
@@ -460,7 +470,7 @@ class FinalMetrics(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.metrics = evaluate_stored(pl_module, self.store)
-        self.metrics["nonfinite_steps"] = int(pl_module.nonfinite_steps)
+        self.metrics["nonfinite_steps"] = int(pl_module.health.nonfinite_steps)
         self.metrics["fit_time_s"] = time.perf_counter() - self._t0
         if trainer.is_global_zero and trainer.logger is not None:
             for name, value in self.metrics.items():
@@ -487,12 +497,12 @@ class DivergenceGuard(pl.Callback):
     """
 
     def __init__(self, every: int = 25) -> None:
-        self.every = every
+        self.every, self._checked = every, 0
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if int(pl_module.nonfinite_steps) == 0:
+        if int(pl_module.health.nonfinite_steps) == 0:
             return
-        step, loss = int(pl_module.first_bad_step), float(pl_module.first_bad_loss)
+        step, loss = int(pl_module.health.first_bad_step), float(pl_module.health.first_bad_loss)
         precision = str(trainer.precision)
         causes = ["learning rate too high (optim.lr)", "no gradient clipping (try trainer.gradient_clip_val=1.0)"]
         if "16" in precision and "bf16" not in precision:
@@ -509,7 +519,9 @@ class DivergenceGuard(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.every and (trainer.global_step % self.every == 0):
+        # a call may run several optimizer steps: check when the step count crosses a multiple
+        if self.every and trainer.global_step // self.every > self._checked:
+            self._checked = trainer.global_step // self.every
             self._check(trainer, pl_module)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

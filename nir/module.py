@@ -14,6 +14,7 @@ from nir.batches import TrainingData
 from nir.field import Field
 from nir.metrics import GridMetrics, MaxProjections, image_ssim
 from nir.optim import Adam
+from nir.steps import StepHealth, StepLoop
 
 
 @torch.no_grad()
@@ -51,9 +52,12 @@ class FieldModule(pl.LightningModule):
         data: the training values and their sampler (never in checkpoints; the sampler state is).
         optim: the optimiser settings (:class:`~nir.optim.Adam`).
         max_steps: length of the learning-rate schedule.
-        compile: run the training forward through ``torch.compile`` (fuses SIREN's scale, bias and
-            sine into the matmul epilogues; see docs/performance.md). Validation, evaluation and
-            the saved field stay eager, so a loaded field never carries compiled state.
+        compile: the training forward through ``torch.compile`` (docs/performance.md); validation,
+            evaluation and the saved field stay eager (a loaded field carries no compiled state).
+        steps_per_call, cuda_graph: optimizer steps per training call (manual optimisation) and
+            their capture in a CUDA graph (:class:`~nir.steps.StepLoop`).
+        clip: gradient-norm clipping (``trainer.gradient_clip_val``; Lightning clips only in
+            automatic optimisation).
     """
 
     def __init__(
@@ -64,18 +68,20 @@ class FieldModule(pl.LightningModule):
         optim: Adam | None = None,
         max_steps: int = 1000,
         compile: bool = False,
+        steps_per_call: int = 1,
+        cuda_graph: bool | str = "auto",
+        clip: float | None = None,
     ) -> None:
         super().__init__()
+        self.automatic_optimization = False  # each of a call's K optimizer steps counted by Lightning
+        self.loop = StepLoop(steps_per_call, cuda_graph, clip)  # nir.steps: K steps per call, CUDA graph
         self.field, self.loss_fn, self.data = field, loss, data
         self.optim, self.max_steps = optim or Adam(), max_steps
         self.val_metrics, self.last_magnitude = GridMetrics(data.stats), None
         # volumes' maximum-intensity projections, exact from the validation pass (TensorBoard figure)
         volume, self.last_projections = data.signal.long_tailed and data.signal.ndim >= 3, None
         self.val_projections = MaxProjections(data.signal.shape) if volume else None
-        for name, value in [("nonfinite_steps", 0), ("first_bad_step", -1), ("skipped_steps", 0)]:
-            self.register_buffer(name, torch.full((), value, dtype=torch.long), persistent=False)
-        self.register_buffer("first_bad_loss", torch.zeros(()), persistent=False)
-        self.register_buffer("_last_scale", torch.full((), float("inf")), persistent=False)
+        self.health = StepHealth()  # non-finite losses, skipped fp16 steps: counted on the device
         # a plain dict: as an attribute the compiled wrapper would duplicate every weight in the state dict
         self._compiled: dict[str, Callable[[Tensor], Tensor]] = {}
         self.compile_network = bool(compile)
@@ -92,36 +98,38 @@ class FieldModule(pl.LightningModule):
             self._compiled["net"] = torch.compile(self.field.network, dynamic=False)
         return self._compiled["net"]
 
-    # -- training ------------------------------------------------------------------------------
+    # -- training: K optimizer steps per call, eager or replayed from a CUDA graph (nir.steps) ---
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        data = self.batches()
-        idx, target = data.next_batch()
+        return self.loop.run(self, self.optimizers(), self.lr_schedulers(), self.batches())
+
+    def forward_loss(self, data: TrainingData, idx: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         out = self.train_network()(data.grid.coords(idx))
         if self.loss_fn.space == "signal":
             out = self.field.transform.inverse(out)
-        loss = self.loss_fn(out, target)
-        # self.log costs ~0.3 ms of host time per call; Lightning writes only every
-        # log_every_n_steps (the same rule as its logger connector), so log only then
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-            self.log(
-                "train/psnr",
-                batch_psnr(out, target, data, self.field.transform, self.loss_fn),
-                on_step=True,
-                on_epoch=False,
-            )
-        # counted on the device, no host sync in the step; the DivergenceGuard reads the count.
-        # A non-finite gradient with a finite loss makes the weights non-finite, and so the next
-        # step's loss; flag_nonfinite_weights covers the last step before a validation or the end.
-        self._flag_nonfinite(loss.detach())
-        return loss
+        return self.loss_fn(out, target), out
 
-    def _flag_nonfinite(self, value: Tensor) -> None:
-        bad = ~torch.isfinite(value)
-        self.nonfinite_steps += bad.long()
-        newly = bad & (self.first_bad_step < 0)
-        self.first_bad_loss = torch.where(newly, value.float(), self.first_bad_loss)
-        self.first_bad_step.masked_fill_(newly, self.global_step)
+    def eager_step(self, opt: Any, data: TrainingData, idx: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        loss, out = self.forward_loss(data, idx, target)
+        self.health.flag(loss.detach(), self.global_step)  # on the device: no host sync in the step
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        self.health.track_scale(getattr(self.trainer.precision_plugin, "scaler", None))
+        return loss, out
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:  # after the scaler's unscale
+        if self.loop.clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.loop.clip, gradient_clip_algorithm="norm")
+
+    def log_step(self, loss: Tensor, out: Tensor, target: Tensor, data: TrainingData, raw: Any) -> None:
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        for group in raw.param_groups:  # the rate this step used: lr-Adam, or lr-Adam/<group> for named groups
+            tag = "lr-Adam" + (f"/{group['name']}" if "name" in group else "")
+            self.log(tag, float(group["lr"]), on_step=True, on_epoch=False)
+        self.log("train/psnr", batch_psnr(out, target, data, self.field.transform, self.loss_fn), on_step=True)
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:  # 16-mixed: scale, skips
+            self.log("train/grad_scale", self.health.last_scale, on_step=True, on_epoch=False)
+            self.log("train/skipped_steps", self.health.skipped_steps.float(), on_step=True, on_epoch=False)
 
     @torch.no_grad()
     def flag_nonfinite_weights(self) -> None:
@@ -131,16 +139,7 @@ class FieldModule(pl.LightningModule):
         params = list(self.field.parameters())
         if params:
             total = torch.stack(torch._foreach_norm(params)).sum()
-            self._flag_nonfinite(torch.where(torch.isfinite(total), torch.zeros_like(total), total))
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None and getattr(scaler, "_scale", None) is not None:
-            scale = scaler._scale.detach().reshape(())
-            self.skipped_steps += (scale < self._last_scale).long()  # the scaler halves its scale when it skips
-            self._last_scale = scale.clone()
-            self.log("train/grad_scale", scale, on_step=True, on_epoch=False)
-            self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, on_epoch=False)
+            self.health.flag(torch.where(torch.isfinite(total), torch.zeros_like(total), total), self.global_step)
 
     def configure_optimizers(self) -> Any:
         return self.optim.build(self.field.network, self.max_steps)
@@ -157,7 +156,7 @@ class FieldModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         for name, value in self.val_metrics.compute().items():
             self.log(f"val/{name}", value, prog_bar=(name == "psnr"), sync_dist=False)
-        self.log("train/nonfinite_steps", self.nonfinite_steps.float(), sync_dist=True, reduce_fx="sum")
+        self.log("train/nonfinite_steps", self.health.nonfinite_steps.float(), sync_dist=True, reduce_fx="sum")
         if self.val_metrics.long_tailed:  # kept for the TensorBoard callback (plain values)
             bins = self.val_metrics.bins
             self.last_magnitude = {"table": bins.table(), "hist": bins.compute()["hist"].detach().cpu()}
@@ -186,8 +185,10 @@ class FieldModule(pl.LightningModule):
     # -- checkpoints carry a plain-value spec and the sampler state, never config objects -------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nir_spec"] = self.field.spec
+        checkpoint["nir_steps_per_call"] = self.loop.k
         if self.data.state_dict() is not None:
             checkpoint["nir_sampler"] = self.data.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.loop.check_resume(int(checkpoint.get("nir_steps_per_call", 1)))
         self.data.load_state_dict(checkpoint.get("nir_sampler"))

@@ -239,8 +239,32 @@ def build_parts(cfg: DictConfig) -> Parts:
     sampling = build(cfg.sampling, "sampling")
     data = TrainingData(signal, transform, loss, int(cfg.batch_size), float(cfg.cache_mb), int(cfg.seed), sampling)
     check_setup(loss, transform, precision)
-    module = FieldModule(field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile))
+    module = FieldModule(
+        field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile),
+        steps_per_call=steps_per_call(cfg), cuda_graph=cfg.get("cuda_graph", "auto"),
+        clip=trainer_cfg.get("gradient_clip_val"),
+    )  # fmt: skip
     return Parts(signal, data, field, module, precision, loss_option)
+
+
+def steps_per_call(cfg: DictConfig) -> int:
+    """Optimizer steps per training call (``steps_per_call``, :mod:`nir.steps`): the requested
+    (or the device's ``auto``) value, reduced so that every call ends on the last step, each
+    validation and each scalar log; the reduction is printed."""
+    from nir.steps import effective_steps_per_call, resolve_steps_per_call
+
+    t = cfg.trainer
+    try:
+        asked = resolve_steps_per_call(cfg.get("steps_per_call", 1), str(t.get("accelerator", "cpu")))
+    except ValueError as e:
+        raise NirError(str(e)) from None
+    events = [int(t.max_steps), int(t.get("val_check_interval") or 0), int(t.get("log_every_n_steps", 50) or 0)]
+    k = effective_steps_per_call(asked, *events)
+    if k != asked and os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"nir: steps_per_call {asked} -> {k}, so that every call ends on the last step, each validation "
+              f"and each log (trainer.max_steps, val_check_interval, log_every_n_steps: {', '.join(map(str, events))})",
+              flush=True)  # fmt: skip
+    return k
 
 
 #: HPARAMS columns every run logs after its swept and overridden keys (the same set in every job)
@@ -289,7 +313,10 @@ def _logger_and_final_metrics(cfg: DictConfig, parts: Parts, run_dir: Path, choi
     hparams = run_hparams(cfg, parts, choices, swept, list(hc.overrides.task) if hc is not None else [])
     # a sweep job's events go to tb/<its swept values>, so TensorBoard names the run after them
     version = run_name(hparams, swept) if swept else ""
-    logger = NirTensorBoardLogger(save_dir=str(run_dir), name="tb", version=version, default_hp_metric=False)
+    logger = NirTensorBoardLogger(
+        save_dir=str(run_dir), name="tb", version=version, default_hp_metric=False,
+        steps_per_call=parts.module.loop.k,
+    )  # fmt: skip
     extra = ["hp/psnr_log", "hp/worst_decade_median"] if parts.signal.long_tailed else []
     extra += ["hp/ssim"] if parts.signal.meta.get("kind") == "image" else []
     extra += ["hp/compression_ratio", "hp/bits_per_sample"]
@@ -302,6 +329,21 @@ def store_of(cfg: DictConfig) -> dict[str, str]:
     return {"dtype": str(store.get("dtype", "float32")), "int8_scale": str(store.get("int8_scale", "row"))}
 
 
+def trainer_arguments(cfg: DictConfig, parts: Parts) -> dict[str, Any]:
+    """``pl.Trainer``'s keyword arguments from ``cfg.trainer``: the resolved precision; with K
+    optimizer steps per call, the logging and validation intervals in calls (Lightning counts
+    calls); no ``gradient_clip_val`` (the module clips: manual optimisation)."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs["precision"] = parts.precision
+    k = parts.module.loop.k
+    every = int(kwargs.get("log_every_n_steps", 50) or 0)  # 0: no scalar logs
+    kwargs["log_every_n_steps"] = max(1, every // k) if every else 0
+    if kwargs.get("val_check_interval"):
+        kwargs["val_check_interval"] = max(1, int(kwargs["val_check_interval"]) // k)
+    kwargs.pop("gradient_clip_val", None)
+    return kwargs
+
+
 def build_trainer(
     cfg: DictConfig,
     parts: Parts,
@@ -312,7 +354,7 @@ def build_trainer(
     """The Lightning trainer with nir's callbacks and crash-safe checkpoints; returns it and the
     :class:`~nir.callbacks.FinalMetrics` callback that holds the end-of-run metrics."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
     from nir.callbacks import (
         AtomicCheckpointIO,
@@ -323,8 +365,7 @@ def build_trainer(
         StepProgressBar,
     )
 
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_kwargs["precision"] = parts.precision
+    trainer_kwargs = trainer_arguments(cfg, parts)
     _check_strategy(trainer_kwargs)
     _threads_for_parallel_jobs()
     long_tailed = parts.signal.long_tailed
@@ -341,7 +382,6 @@ def build_trainer(
             save_last=True,
             auto_insert_metric_name=False,
         ),
-        LearningRateMonitor(logging_interval="step"),
     ]
     callbacks += [ReconstructionLogger()] if cfg.log.images else []
     callbacks += [MagnitudeLogger()] if long_tailed else []
@@ -531,6 +571,7 @@ def start_line(cfg: DictConfig, parts: Parts, trainer: Any) -> str:
         f"nir: {type(parts.field.network).__name__} ({parts.field.num_parameters():,} parameters) on {s.name} "
         f"({shape}), {trainer.max_steps} steps of {int(cfg.batch_size):,} samples, sampling {parts.data.sampling}; "
         f"device {trainer.strategy.root_device}{devices}, precision {parts.precision}"
+        + (f", {parts.module.loop.k} steps per call" if parts.module.loop.k > 1 else "")
     )
 
 

@@ -116,16 +116,23 @@ class PlainLoop:
         n = signal.numel
         self.x = Grid(signal.shape, signal.bounds).coords(torch.arange(n)).to(device)
         self.y = signal.flat().to(device)
-        if batch is not None:  # random coordinates and targets of another batch size (throughput only)
+        self.batch = None
+        if batch is not None and batch < n:  # minibatches: random pixels each step, as a training loop draws them
+            self.batch = batch
+        elif batch is not None and batch > n:  # random coordinates and targets of a larger batch (throughput only)
             self.x = torch.rand(batch, 2, device=device) * 2 - 1
             self.y = torch.rand(batch, 1, device=device)
         self.dtype = AUTOCAST[precision]
         self.scaler = torch.amp.GradScaler(device) if precision == "16-mixed" else None
 
     def step(self) -> None:
+        x, y = self.x, self.y
+        if self.batch is not None:
+            idx = torch.randint(0, x.shape[0], (self.batch,), device=x.device)
+            x, y = x[idx], y[idx]
         with torch.autocast(self.device, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
-            p = self.fwd(self.x)
-        loss = ((p.float() - self.y) ** 2).mean()
+            p = self.fwd(x)
+        loss = ((p.float() - y) ** 2).mean()
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
@@ -157,15 +164,18 @@ class PlainLoop:
             return psnr(self.net(self.x), self.y, 2.0)  # values in [-1, 1]
 
 
-def graphed_step_time(signal: Signal, precision: str, steps: int = 200) -> float:
+def graphed_step_time(signal: Signal, precision: str, steps: int = 200, batch: int | None = None) -> float:
     """GPU only: the plain loop's whole step (forward, backward, Adam) captured once in a CUDA
-    graph and replayed, i.e. the step without the host. Seconds per step."""
+    graph and replayed, i.e. the step without the host. Seconds per step. ``batch``: random
+    coordinates of that many samples instead of the full grid (throughput only)."""
     torch.manual_seed(0)
     dev = "cuda"
     net = Siren(2, 1, 256, 3).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, capturable=True)
     x = Grid(signal.shape, signal.bounds).coords(torch.arange(signal.numel)).to(dev)
     y = signal.flat().to(dev)
+    if batch is not None and batch < signal.numel:
+        x, y = torch.rand(batch, 2, device=dev) * 2 - 1, torch.rand(batch, 1, device=dev)
     dtype = AUTOCAST[precision]
 
     def step() -> None:
@@ -219,22 +229,30 @@ def step_timer(device: str = "cpu"):
     import pytorch_lightning as pl
 
     class StepTimer(pl.Callback):
-        """Wall time per step from the training-batch starts, as the plain loop's timer: every
-        step on the CPU, block averages between synchronisations on a GPU."""
+        """Wall time per optimizer step, as the plain loop's timer: on the CPU per training call,
+        on a GPU between synchronisations every ``block`` calls (a loop never waits for the GPU
+        at every step). A call runs ``steps_per_call`` optimizer steps, so each interval is
+        divided by the optimizer steps it holds."""
 
         def __init__(self) -> None:
-            self.starts: list[float] = []
+            self.points: list[tuple[float, int]] = []
             self.k = block(device)
             self.n = 0
 
-        def on_train_batch_start(self, *a, **k) -> None:
+        def on_train_batch_start(self, trainer, *a, **k) -> None:
             if self.n % self.k == 0:
                 sync(device)
-                self.starts.append(time.perf_counter())
+                self.points.append((time.perf_counter(), trainer.global_step))
             self.n += 1
 
+        def on_train_end(self, trainer, *a) -> None:
+            sync(device)
+            self.points.append((time.perf_counter(), trainer.global_step))
+
         def step_times(self, skip: int = 3) -> list[float]:
-            return [d / self.k for d in np.diff(self.starts)][max(1, skip // self.k) :]
+            """Seconds per optimizer step of each interval after the first ``skip`` steps."""
+            p = [(t, s) for t, s in self.points if s >= skip]
+            return [(t1 - t0) / (s1 - s0) for (t0, s0), (t1, s1) in zip(p, p[1:]) if s1 > s0]
 
     return StepTimer()
 
@@ -252,8 +270,10 @@ def psnr_curve(every: int):
             self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, trainer, module, *a) -> None:
-            if trainer.global_step % every:
+            # a call may run several optimizer steps: evaluate when the count crosses a multiple
+            if trainer.global_step // every <= getattr(self, "done", 0):
                 return
+            self.done = trainer.global_step // every
             p0 = time.perf_counter()
             m = module.evaluate()
             self.points.append((p0 - self.t0 - self.paused, trainer.global_step, m["psnr"]))
@@ -497,7 +517,10 @@ def main() -> None:
         f"(the preset's own length is {int(default.trainer.max_steps)}). "
         "Times count training only (the PSNR evaluations are paused out)."
     )
-    out_path.write_text("\n".join(lines) + "\n")
+    # keep the section that scripts/bench_host.py generates in the same file
+    old = out_path.read_text() if out_path.is_file() else ""
+    kept = old[old.index("<!-- bench_host: begin -->") :] if "<!-- bench_host: begin -->" in old else ""
+    out_path.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
     print("\n".join(lines))
 
 

@@ -6,6 +6,10 @@
 #   4. Field.sample at 512^3 with a 3x256 SIREN: speed and GPU memory (docs/reuse.md)
 #   5. samples per second of the hash grid and SIREN 3x256, forward + backward + Adam, batch 2^18
 #      (scripts/bench_encoding.py; docs/performance-gpu.md, issue 12) and a hash-grid image run
+#   6. issue 16 (PARTS=steps): the captured step against eager (scripts/check_graph.py) and time per
+#      optimizer step against a plain loop, fp32 vs bf16-mixed and the hash grid at 2^18
+#      (scripts/bench_host.py --device cuda --large: a section of $OUT/performance-gpu.md)
+# PARTS picks what runs: "all" (default: 1-6) or a list of "bench runs sample encoding steps".
 # Every part has its own time limit and writes as it goes, so a partial run still reports.
 # Results: $OUT/performance-gpu.md, $OUT/gpu_results.jsonl, $OUT/gpu.log.
 # Needs hydra-core, omegaconf and antlr4 wheels in .whl/ when the machine lacks them (see docs/performance.md).
@@ -21,8 +25,13 @@ export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 LOG=$OUT/gpu.log; RES=$OUT/gpu_results.jsonl
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$LOG"
+PARTS=${PARTS:-all}
+want() { [ "$PARTS" = all ] || [[ " $PARTS " == *" $1 "* ]]; }
+cp docs/performance-gpu.md "$OUT/performance-gpu.md"
+if want bench; then
 echo "== bench $(date +%T)" >> "$LOG"
 timeout ${BENCH_S:-330} python3 scripts/bench.py --device cuda --out "$OUT/performance-gpu.md" >> "$LOG" 2>&1 || echo "bench: exit $?" >> "$LOG"
+fi
 record() {  # name run_dir
   python3 - "$1" "$2" >> "$RES" <<'PY'
 import json, sys
@@ -36,6 +45,16 @@ run() {  # name dir overrides...
   echo "== $name $(date +%T)" >> "$LOG"
   timeout 60 python3 -m nir.train trainer=gpu trainer.enable_progress_bar=false hydra.run.dir=$d "$@" >> "$LOG" 2>&1 && record "$name" $d
 }
+if want steps; then
+  echo "== steps: graph vs eager $(date +%T)" >> "$LOG"
+  timeout ${GRAPH_S:-200} python3 scripts/check_graph.py ${GRAPH_CASES:-} > "$OUT/check_graph.log" 2>&1 || echo "check_graph: exit $?" >> "$LOG"
+  grep '^{' "$OUT/check_graph.log" >> "$RES"
+  echo "== steps: bench_host $(date +%T)" >> "$LOG"
+  timeout ${HOST_S:-240} python3 scripts/bench_host.py --device cuda --large --out "$OUT/performance-gpu.md" >> "$LOG" 2>&1 || echo "bench_host: exit $?" >> "$LOG"
+  run "gpu-preset-default" /tmp/runs/gd trainer.max_steps=2000
+  run "gpu-preset-compile" /tmp/runs/gdc trainer.max_steps=2000 compile=true
+fi
+if want runs; then
 for prec in 32 bf16-mixed 16-mixed; do
   run "image-default-2000steps-$prec" /tmp/runs/img_$prec trainer.precision=$prec
 done
@@ -43,10 +62,15 @@ run "image-default-compile" /tmp/runs/img_compile compile=true
 run "peaks1d-log_mse-16-mixed" /tmp/runs/pk_lm16 data=peaks1d loss=log_mse trainer.precision=16-mixed log.images=false
 run "peaks1d-log_mse-32" /tmp/runs/pk_lm32 data=peaks1d loss=log_mse trainer.precision=32 log.images=false
 run "peaks1d-rel_l2-16-mixed" /tmp/runs/pk_rl16 data=peaks1d loss=rel_l2 trainer.precision=16-mixed log.images=false
+fi
+if want sample; then
 echo "== sample $(date +%T)" >> "$LOG"
 timeout 60 python3 scripts/bench_sample.py --model siren --n 512 --chunk 1048576 --device cuda >> "$RES" 2>> "$LOG"
+fi
+if want encoding; then
 echo "== encoding throughput $(date +%T)" >> "$LOG"
 timeout 90 python3 scripts/bench_encoding.py --device cuda --batch 262144 >> "$RES" 2>> "$LOG"
 run "image-hashgrid" /tmp/runs/img_hash model=hashgrid
+fi
 echo "== done $(date +%T)" >> "$LOG"
 cat "$RES"; cat "$OUT/performance-gpu.md" 2>/dev/null

@@ -159,19 +159,19 @@ def test_nonfinite_gradient_before_validation_is_caught_and_not_checkpointed(fil
     NaN and no later loss exists to flag it; the check of the weights at validation must."""
     from nir.module import FieldModule
 
-    real_step = FieldModule.training_step
+    real = FieldModule.forward_loss
     steps = []
 
-    def poisoned(self, batch, batch_idx):
+    def poisoned(self, data, idx, target):
         steps.append(self.global_step)
-        loss = real_step(self, batch, batch_idx)
+        loss, out = real(self, data, idx, target)
         if self.global_step == 9:  # the 10th step; validation follows it
             zero = (self.field.network.head.bias * 0).sum()  # adds 0 to the loss ...
             zero.register_hook(lambda g: g * float("nan"))  # ... and NaN to the gradient
             loss = loss + zero
-        return loss
+        return loss, out
 
-    monkeypatch.setattr(FieldModule, "training_step", poisoned)
+    monkeypatch.setattr(FieldModule, "forward_loss", poisoned)
     run = tmp_path / "run"
     cfg = tiny_overrides(files / "ok.png", steps=30) + ["trainer.val_check_interval=5", "check_finite_every=1000"]
     with pytest.raises(NirError, match=r"diverged at step 10: loss nan"):  # found at the validation of step 10

@@ -52,6 +52,7 @@ LIGHT = [
     "nir.transforms",
     "nir.checkpoint",
     "nir.storage",
+    "nir.steps",
     "nir.optim",
     "nir.errors",
     "nir.allocator",

@@ -174,6 +174,8 @@ def test_ddp_two_processes_metrics_equal_full_grid(tmp_path):
             "data.n=3000",
             "batch_size=512",
             "model.hidden_dim=16",
+            "steps_per_call=5",  # and several optimizer steps per call under DDP (issue 16)
+            "trainer.log_every_n_steps=5",
             f"hydra.run.dir={run_dir}",
         ],
         tmp_path,
@@ -194,6 +196,7 @@ def test_ddp_two_processes_metrics_equal_full_grid(tmp_path):
     assert logged["val/worst_decade_median"] == pytest.approx(full["worst_decade_median"], rel=1e-3)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["psnr"] == pytest.approx(full["psnr"], abs=1e-3) and m["steps"] == 20
+    assert [e.step for e in acc.Scalars("train/loss")] == [4, 9, 14, 19]  # every 5 optimizer steps
 
 
 def test_ddp_inside_multirun_is_refused(tmp_path):
