@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from nir.allocator import release_heap
 from nir.errors import require
+from nir.holdout import Holdout
 from nir.metrics import SignalStats
 from nir.signal import Grid, Signal, chunk_ranges
 
@@ -193,10 +194,12 @@ class BlockCache:
         seed: int = 0,
         block_rows: int = 1 << 16,
         decades: tuple[list[float], float] | None = None,
+        holdout: Holdout | None = None,
     ) -> None:
         self.signal, self.prepare, self.device, self.seed = signal, prepare, device, int(seed)
+        self.holdout = holdout
         c = signal.channels
-        row_bytes = 4 * c
+        row_bytes = 4 * c + (8 if holdout is not None else 0)  # + each cached row's flat index
         self.block = int(min(block_rows, max(1, cache_bytes // (8 * row_bytes))))  # at least 8 slots
         self.n_blocks = -(-signal.numel // self.block)
         self.slots = int(max(1, min(self.n_blocks, cache_bytes // (self.block * row_bytes))))
@@ -205,6 +208,8 @@ class BlockCache:
         self.values = torch.zeros(self.slots, self.block, c, device=device)
         self.start = torch.zeros(self.slots, dtype=torch.long, device=device)
         self.length = torch.ones(self.slots, dtype=torch.long, device=device)
+        # with a holdout a slot keeps only its block's training rows, compacted, and their flat indices
+        self.rows = torch.zeros(self.slots, self.block, dtype=torch.long, device=device) if holdout else None
         self.gen = torch.Generator(device=device).manual_seed(self.seed)
         self.epoch, self.pos, self.next_slot = 0, 0, 0
         self._order = self._permutation(0)
@@ -234,10 +239,15 @@ class BlockCache:
         lo, hi = b * self.block, min((b + 1) * self.block, self.signal.numel)
         with torch.no_grad():
             raw = self.signal.read(lo, hi).to(self.device, non_blocking=True)
-            self.values[slot, : hi - lo] = self.prepare(raw)
+            rows = torch.arange(lo, hi, device=self.device)
+            if self.holdout is not None:
+                keep = ~self.holdout.held(rows)
+                raw, rows = raw[keep], rows[keep]
+                self.rows[slot, : rows.numel()] = rows
+            self.values[slot, : rows.numel()] = self.prepare(raw)
             if self.decades is not None:
                 self._bin_block(slot, raw)
-        self.start[slot], self.length[slot] = lo, hi - lo
+        self.start[slot], self.length[slot] = lo, rows.numel()
 
     def next(self) -> tuple[Tensor, Tensor]:
         """``(flat indices, targets)`` of one batch."""
@@ -256,7 +266,11 @@ class BlockCache:
         u = (torch.rand(self.batch, device=self.device, generator=self.gen, dtype=torch.float64) * end[-1]).long()
         slot = torch.searchsorted(end, u, right=True)
         off = u - (end[slot] - self.length[slot])
-        return self.start[slot] + off, self.values[slot, off]
+        return self._flat(slot, off), self.values[slot, off]
+
+    def _flat(self, slot: Tensor, off: Tensor) -> Tensor:
+        """Flat indices of cached rows ``off`` of ``slot``."""
+        return self.start[slot] + off if self.rows is None else self.rows[slot, off]
 
     def _balanced(self) -> tuple[Tensor, Tensor]:
         """A decade-balanced batch over the cached samples (one host sync for the shares)."""
@@ -269,7 +283,7 @@ class BlockCache:
         slot = torch.searchsorted(cum, r[:, None], right=True)[:, 0]
         first = (counts.cumsum(1) - counts)[slot, decade]  # where the decade starts in the slot's order
         off = self.by_decade[slot, first + r - (cum[torch.arange(len(r)), slot] - counts[slot, decade])]
-        return self.start[slot] + off, self.values[slot, off]
+        return self._flat(slot, off), self.values[slot, off]
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}
@@ -298,6 +312,10 @@ class TrainingData:
         seed: sampler seed; DDP rank r draws with ``seed + 1_000_003 r``.
         sampling: :class:`Uniform` (default) or :class:`Decades` (long-tailed signals; a streamed
             signal is balanced over the block cache; every DDP rank balances its own batches).
+        holdout: samples never drawn (:class:`~nir.holdout.Holdout`; ``data.holdout``): samplers
+            draw from the training samples only, and :meth:`held_mask` tells the metrics which
+            rows are held out. The transform's and loss's few fitted numbers (mean, scale,
+            floor) still come from the whole signal's fit sample.
     """
 
     def __init__(
@@ -309,8 +327,10 @@ class TrainingData:
         cache_mb: float = 4096,
         seed: int = 0,
         sampling: Uniform | Decades | None = None,
+        holdout: Holdout | None = None,
     ) -> None:
-        self.sampling = sampling or Uniform()
+        self.sampling, self.holdout = sampling or Uniform(), holdout
+        self._pool: Tensor | None = None  # the training samples' flat indices (a holdout, held signal)
         if isinstance(self.sampling, Decades):
             require(
                 signal.long_tailed,
@@ -364,7 +384,7 @@ class TrainingData:
         if self.streaming:
             prepare = (lambda v: v.float()) if not self.transformed_copy else (lambda v: self.transform(v).float())
             self.sampler = BlockCache(self.signal, prepare, self.cache_bytes, self.batch_size, device, seed=seed,
-                                      decades=self._decades())  # fmt: skip
+                                      decades=self._decades(), holdout=self.holdout)  # fmt: skip
         else:
             self._y = self._t = self.signal.flat().to(device)
             if self.transformed_copy:
@@ -389,22 +409,31 @@ class TrainingData:
         return decade_edges(self.stats.floor, self.stats.absmax), self.sampling.alpha
 
     def _held_sampler(self, seed: int) -> IndexSampler | DecadeSampler:
+        """A sampler of positions in the training samples: all of them, or ``_pool``'s."""
         decades = self._decades()
+        self._pool = None if self.holdout is None else self.holdout.train_indices(self.signal.numel, self._y.device)
+        n = self.signal.numel if self._pool is None else self._pool.numel()
         if decades is not None:
-            batch = min(self.batch_size, self.signal.numel)
-            return DecadeSampler(self._y.abs().amax(1), decades[0], batch, decades[1], seed=seed)
-        return IndexSampler(self.signal.numel, self.batch_size, self._y.device, seed=seed)
+            mag = self._y.abs().amax(1) if self._pool is None else self._y[self._pool].abs().amax(1)
+            return DecadeSampler(mag, decades[0], min(self.batch_size, n), decades[1], seed=seed)
+        return IndexSampler(n, self.batch_size, self._y.device, seed=seed)
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """``(flat indices (B,), targets (B, channels))``, targets in the loss's space."""
         if isinstance(self.sampler, BlockCache):
             return self.sampler.next()
         idx = self.sampler.next()
-        return idx, (self._t if self.sampler.full else self._t[idx])  # full batch: no gather copy
+        if self._pool is not None:
+            idx = self._pool[idx]
+        return idx, self.targets_at(idx)
 
     def targets_at(self, idx: Tensor) -> Tensor:
         """Training targets (the loss's space) at flat indices of a held signal, on the device."""
-        return self._t if self.sampler.full else self._t[idx]
+        return self._t if self._pool is None and self.sampler.full else self._t[idx]  # full batch: no gather
+
+    def held_mask(self, start: int, stop: int) -> Tensor | None:
+        """Which of flat rows ``[start, stop)`` are held out, on the device (``None``: no holdout)."""
+        return None if self.holdout is None else self.holdout.held_range(start, stop, self._device)
 
     def values_at(self, idx: Tensor) -> Tensor:
         """Signal values (signal units) at flat indices, on the device."""

@@ -244,10 +244,16 @@ class GridMetrics(nn.Module):
     Every signal gets ``psnr``. Long-tailed signals also get ``psnr_log`` and the per-magnitude
     bins, with the scalar summary ``worst_decade_median`` (the largest per-bin median relative
     error over the bins above the floor that hold samples).
+
+    With ``holdout`` (``data.holdout``) the same metrics are also kept apart for the training
+    and the held-out samples (``update``'s ``held`` mask): ``psnr_train``, ``psnr_heldout`` and,
+    for long-tailed signals, ``heldout_psnr_log``, ``heldout_worst_decade_median`` and the
+    held-out per-decade table; the unprefixed metrics stay over all samples.
     """
 
-    def __init__(self, stats: SignalStats) -> None:
+    def __init__(self, stats: SignalStats, holdout: bool = False) -> None:
         super().__init__()
+        self.split = nn.ModuleDict({"trained": GridMetrics(stats), "heldout": GridMetrics(stats)}) if holdout else None
         self.range = stats.range
         self.psnr = PeakSignalNoiseRatio(data_range=self.range)
         self.long_tailed = stats.long_tailed
@@ -259,8 +265,12 @@ class GridMetrics(nn.Module):
             self.bins = MagnitudeBins(self.floor, top)
 
     @torch.no_grad()
-    def update(self, pred: Tensor, target: Tensor) -> None:
+    def update(self, pred: Tensor, target: Tensor, held: Tensor | None = None) -> None:
         pred, target = pred.float(), target.float()
+        if self.split is not None and held is not None:
+            for part, rows in (("trained", ~held), ("heldout", held)):
+                if bool(rows.any()):
+                    self.split[part].update(pred[rows], target[rows])
         self.psnr.update(pred, target)
         if self.long_tailed:
             lp = torch.log10(pred.abs() + self.floor)
@@ -274,6 +284,10 @@ class GridMetrics(nn.Module):
             out["psnr_log"] = self.psnr_log.compute()
             med = self.bins.compute()["median"][1:]
             out["worst_decade_median"] = torch.nan_to_num(med, nan=0.0).max()
+        if self.split is not None:
+            out["psnr_train"] = self.split["trained"].psnr.compute()
+            held = self.split["heldout"].compute()
+            out.update({"psnr_heldout" if k == "psnr" else f"heldout_{k}": v for k, v in held.items()})
         return out
 
     def results(self) -> dict[str, Any]:
@@ -282,9 +296,14 @@ class GridMetrics(nn.Module):
         if self.long_tailed:
             out["magnitude_floor"] = self.floor
             out["magnitude_bins"] = self.bins.table()
+            if self.split is not None:
+                out["heldout_magnitude_bins"] = self.split["heldout"].bins.table()
         return out
 
     def reset(self) -> None:
+        if self.split is not None:
+            for part in self.split.values():
+                part.reset()
         self.psnr.reset()
         if self.long_tailed:
             self.psnr_log.reset()

@@ -77,7 +77,7 @@ class FieldModule(pl.LightningModule):
         self.loop = StepLoop(steps_per_call, cuda_graph, clip)  # nir.steps: K steps per call, CUDA graph
         self.field, self.loss_fn, self.data = field, loss, data
         self.optim, self.max_steps = optim or Adam(), max_steps
-        self.val_metrics, self.last_magnitude = GridMetrics(data.stats), None
+        self.val_metrics, self.last_magnitude = GridMetrics(data.stats, data.holdout is not None), None
         # volumes' maximum-intensity projections, exact from the validation pass (TensorBoard figure)
         volume, self.last_projections = data.signal.long_tailed and data.signal.ndim >= 3, None
         self.val_projections = MaxProjections(data.signal.shape) if volume else None
@@ -149,7 +149,7 @@ class FieldModule(pl.LightningModule):
         data = self.batches()
         start, stop = (int(v) for v in batch)
         pred = self.field(data.grid.coords_range(start, stop))
-        self.val_metrics.update(pred, data.values_range(start, stop))
+        self.val_metrics.update(pred, data.values_range(start, stop), data.held_mask(start, stop))
         if self.val_projections is not None:
             self.val_projections.update(start, stop, pred)
 
@@ -171,11 +171,11 @@ class FieldModule(pl.LightningModule):
         the field would see them. The same grid pass as ``Field.sample``; under DDP every rank
         evaluates its share of chunks and the metric states are merged."""
         data = self.batches()
-        metrics = GridMetrics(data.stats).to(self.device)
+        metrics = GridMetrics(data.stats, data.holdout is not None).to(self.device)
         was_training = self.training
         self.eval()
         for start, stop, coords in data.grid.chunks(chunk, *rank_and_world()):
-            metrics.update(self.field(coords), data.values_range(start, stop))
+            metrics.update(self.field(coords), data.values_range(start, stop), data.held_mask(start, stop))
         results = metrics.results()
         if data.signal.meta.get("kind") == "image":
             results["ssim"] = whole_image_ssim(self.field, data, chunk)

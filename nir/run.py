@@ -234,10 +234,14 @@ def build_parts(cfg: DictConfig) -> Parts:
     precision = resolve_precision(trainer_cfg.get("precision", "32"), trainer_cfg.get("accelerator", "auto"))
 
     from nir.batches import TrainingData  # Lightning's import cost only once the input is known good
+    from nir.holdout import Holdout
     from nir.module import FieldModule
 
     sampling = build(cfg.sampling, "sampling")
-    data = TrainingData(signal, transform, loss, int(cfg.batch_size), float(cfg.cache_mb), int(cfg.seed), sampling)
+    holdout = Holdout.of(cfg.data.get("holdout"), signal.shape, int(cfg.seed))
+    data = TrainingData(
+        signal, transform, loss, int(cfg.batch_size), float(cfg.cache_mb), int(cfg.seed), sampling, holdout
+    )
     check_setup(loss, transform, precision)
     module = FieldModule(
         field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile),
@@ -319,6 +323,7 @@ def _logger_and_final_metrics(cfg: DictConfig, parts: Parts, run_dir: Path, choi
     )  # fmt: skip
     extra = ["hp/psnr_log", "hp/worst_decade_median"] if parts.signal.long_tailed else []
     extra += ["hp/ssim"] if parts.signal.meta.get("kind") == "image" else []
+    extra += ["hp/psnr_heldout", "hp/psnr_train"] if parts.data.holdout is not None else []
     extra += ["hp/compression_ratio", "hp/bits_per_sample"]
     return logger, FinalMetrics(hparams, ["hp/psnr", "hp/fit_time_s", *extra], store_of(cfg))
 
@@ -474,9 +479,23 @@ def collect_metrics(
         "finished_at": time.time(),
         "precision": parts.precision,
         "sampling": str(parts.data.sampling),
+        **({"holdout": str(parts.data.holdout)} if parts.data.holdout is not None else {}),
         "device": str(trainer.strategy.root_device),  # the module is back on the CPU after fit
         "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
     }
+
+
+def heldout_line(metrics: dict[str, Any]) -> str:
+    """The console's held-out line (``data.holdout``), or nothing."""
+    if metrics.get("psnr_heldout") is None:
+        return ""
+    worst = metrics.get("heldout_worst_decade_median")
+    return (
+        f"held out ({metrics['holdout']}): PSNR {metrics['psnr_heldout']:.2f} dB on samples never trained on, "
+        f"{metrics['psnr_train']:.2f} dB on the training samples"
+        + (f"; held-out worst-decade median relative error {worst:.3g} (= {worst:.2%})" if worst is not None else "")
+        + "\n"
+    )
 
 
 def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: float, store: dict[str, str]) -> None:
@@ -497,6 +516,7 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
             if worst is not None
             else ""
         )
+        + heldout_line(metrics)
         + f"run directory: {run_dir}\n"
         f"look at it:    tensorboard --logdir {run_dir}",
         flush=True,

@@ -19,15 +19,25 @@ from nir.errors import cli_errors, require
 
 #: failed jobs of the last multirun in this process (read by ``nir-train`` for its exit status)
 LAST_FAILED = 0
-LOWER_IS_BETTER = {"worst_decade_median", "wall_time_s", "fit_time_s", "num_params", "bytes", "bits_per_sample"}
+LOWER_IS_BETTER = {
+    "worst_decade_median",
+    "heldout_worst_decade_median",
+    "wall_time_s",
+    "fit_time_s",
+    "num_params",
+    "bytes",
+    "bits_per_sample",
+}
 COLUMNS = [
     "job",
     "overrides",
     "status",
     "psnr",
+    "psnr_heldout",
     "ssim",
     "psnr_log",
     "worst_decade_median",
+    "heldout_worst_decade_median",
     "wall_time_s",
     "num_params",
     "bytes",

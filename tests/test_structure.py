@@ -53,6 +53,7 @@ LIGHT = [
     "nir.checkpoint",
     "nir.storage",
     "nir.steps",
+    "nir.holdout",
     "nir.optim",
     "nir.errors",
     "nir.allocator",
