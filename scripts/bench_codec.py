@@ -36,11 +36,22 @@ import nir
 from nir.config import build, compose_config
 from nir.metrics import GridMetrics, SignalStats
 
-#: nir's configuration per dataset: the recommended long-tail setups (docs/long-tail.md)
+#: nir's configurations per dataset, in order of preference: the recommended long-tail setups
+#: (docs/long-tail.md); where one cannot fit the budget (a grid's levels and MLP set a floor of
+#: several kB), a smaller grid (4 levels, MLP 1x16), then the dataset preset's Fourier MLP
+SMALL_GRID = ["model.n_levels=4", "model.hidden_dim=16"]
 NIR = {
-    "lognormal3d": ["model=hashgrid_lt3d", "optim.lr=1e-2"],
-    "sources3d": ["model=hashgrid_lt3d", "optim.lr=1e-2", "sampling=decades"],
-    "peaks1d": [],
+    "lognormal3d": [
+        ["model=hashgrid_lt3d", "optim.lr=1e-2"],
+        ["model=hashgrid_lt3d", "optim.lr=1e-2", *SMALL_GRID],
+        [],
+    ],
+    "sources3d": [
+        ["model=hashgrid_lt3d", "optim.lr=1e-2", "sampling=decades"],
+        ["model=hashgrid_lt3d", "optim.lr=1e-2", "sampling=decades", *SMALL_GRID],
+        [],
+    ],
+    "peaks1d": [[]],
 }
 RATIOS = [10, 30, 100, 300]
 BEGIN, END = "<!-- bench_codec: begin -->", "<!-- bench_codec: end -->"
@@ -104,19 +115,24 @@ def signal_of(name: str):
 
 
 def run_nir(name: str, ratio: float, tmp: Path) -> dict | None:
-    try:
-        field, m = nir.fit(
-            name,
-            [*NIR.get(name, []), f"size.ratio={ratio}", "store.dtype=float16", "log.images=false",
-             "trainer.enable_progress_bar=false"],
-            run_dir=tmp / f"{Path(name).stem}_{ratio}",
-        )  # fmt: skip
-    except nir.NirError as e:  # no network of this kind fits the budget
-        print(f"  nir at ratio {ratio}: {e}", flush=True)
-        return None
-    decades = {b["bin"]: b["median"] for b in m.get("magnitude_bins", [])[1:] if b["count"]}
-    return {"bytes": m["bytes"], "psnr": m["psnr"], "worst": m.get("worst_decade_median"), "decades": decades,
-            "fit_s": m.get("fit_time_s")}  # fmt: skip
+    """nir's field under ``size.ratio=ratio``: the first of the dataset's setups that fits."""
+    for setup in NIR.get(name, [[]]):
+        try:
+            field, m = nir.fit(
+                name,
+                [*setup, f"size.ratio={ratio}", "store.dtype=float16", "log.images=false",
+                 "trainer.enable_progress_bar=false"],
+                run_dir=tmp / f"{Path(name).stem}_{ratio}_{len(setup)}",
+            )  # fmt: skip
+        except nir.NirError as e:  # no network of this kind fits the budget: the next setup
+            print(f"  nir at ratio {ratio} with {setup or 'the preset'}: {e}", flush=True)
+            continue
+        decades = {b["bin"]: b["median"] for b in m.get("magnitude_bins", [])[1:] if b["count"]}
+        model = next((o.split("=", 1)[1] for o in setup if o.startswith("model=")), "preset")
+        model += ", 4 levels, MLP 1x16" if "model.n_levels=4" in setup else ""
+        return {"bytes": m["bytes"], "psnr": m["psnr"], "worst": m.get("worst_decade_median"), "decades": decades,
+                "fit_s": m.get("fit_time_s"), "model": model, "num_params": m.get("num_params")}  # fmt: skip
+    return None
 
 
 def bench(name: str, ratios: list[float], tmp: Path) -> list[dict]:
@@ -178,8 +194,11 @@ def report(rows: list[dict], figure: Path) -> list[str]:
                 )
                 continue
             top = list(m["decades"].values())[-1] if m["decades"] else None
+            label = (
+                f"nir ({m.get('model', '?')}, {m.get('num_params') or 0:,} parameters)" if method == "nir" else method
+            )
             lines.append(
-                f"| {r['data']} | {r['ratio']} | {m['bytes']:,} | {bits} | {method} | {pct(m['worst'])} | {pct(top)} | "
+                f"| {r['data']} | {r['ratio']} | {m['bytes']:,} | {bits} | {label} | {pct(m['worst'])} | {pct(top)} | "
                 f"{m['psnr']:.1f} dB |"
             )
     lines += ["", "![worst-decade error against bits per sample](compression-rd.png)", ""]
@@ -226,6 +245,9 @@ def main() -> None:
     ap.add_argument("--ratios", type=float, nargs="+", default=RATIOS)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "compression.md")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument(
+        "--reuse", type=Path, default=None, help="JSON lines of earlier rows: kept, their (data, ratio) not rerun"
+    )
     args = ap.parse_args()
     try:
         import pysz  # noqa: F401
@@ -233,10 +255,16 @@ def main() -> None:
     except ImportError:
         sys.exit('bench_codec: needs pysz and zfpy: pip install -e ".[bench]"')
     ratios = [int(r) if float(r).is_integer() else r for r in args.ratios]
-    rows = []
+    text = args.reuse.read_text().strip() if args.reuse else ""
+    old = json.loads(text) if text.startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    done = {(r["data"], r["ratio"]) for r in old}
+    rows = list(old)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.data:
-            rows += bench(name, ratios, Path(tmp))
+            todo = [r for r in ratios if (name, r) not in done]
+            rows += bench(name, todo, Path(tmp)) if todo else []
+    order = {n: i for i, n in enumerate(args.data)}
+    rows.sort(key=lambda r: (order.get(r["data"], 99), r["ratio"]))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     lines = report(rows, args.out.parent / "compression-rd.png")

@@ -114,3 +114,16 @@ def test_fourier_bad_settings():
         FourierMLP(2, 1, sigma=-1)
     with pytest.raises(NirError, match="model.encoding"):
         FourierMLP(2, 1, encoding="hash")
+
+
+def test_no_mapping_encoding_is_the_coordinates():
+    """model=relu: the Fourier-features paper's "no mapping" baseline feeds the coordinates."""
+    from nir.fields import FourierMLP
+    from nir.fields.encodings import FourierEncoding
+
+    enc = FourierEncoding(2, mapping="none")
+    x = torch.rand(5, 2) * 2 - 1
+    assert enc.n_output_dims == 2 and torch.equal(enc(x), x)
+    net = FourierMLP(2, 3, hidden_dim=16, num_layers=1, encoding="none")
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Linear))
+    assert first.in_features == 2 and net(x).shape == (5, 3)

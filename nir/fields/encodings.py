@@ -29,6 +29,8 @@ class FourierEncoding(nn.Module):
     gaussian:   B ~ N(0, sigma^2), shape (num_features, in_dim)                   (paper Sec. 6)
     positional: frequencies sigma^(j/m), j = 0..m-1, on each axis separately ("log-linear";
                 m = num_features // in_dim rows per axis)                          (paper Sec. 5)
+    none:       gamma(v) = v, the coordinates themselves (the paper's "no mapping" baseline:
+                a plain ReLU MLP)
     """
 
     def __init__(
@@ -40,6 +42,8 @@ class FourierEncoding(nn.Module):
         gen = torch.Generator().manual_seed(int(seed))
         if mapping == "gaussian":
             B = torch.randn(num_features, in_dim, generator=gen) * sigma
+        elif mapping == "none":
+            B = torch.zeros(0, in_dim)
         elif mapping == "positional":
             m = max(1, num_features // in_dim)
             freqs = sigma ** (torch.arange(m, dtype=torch.float64) / m)
@@ -48,16 +52,18 @@ class FourierEncoding(nn.Module):
                 B[k * m : (k + 1) * m, k] = freqs
             B = B.float()
         else:
-            raise NirError(f"model.encoding must be 'gaussian' or 'positional', got {mapping!r}")
-        self.in_dim = in_dim
+            raise NirError(f"model.encoding must be 'gaussian', 'positional' or 'none', got {mapping!r}")
+        self.in_dim, self.identity = in_dim, mapping == "none"
         self.register_buffer("B", B)
 
     @property
     def n_output_dims(self) -> int:
-        return 2 * self.B.shape[0]
+        return self.in_dim if self.identity else 2 * self.B.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
         """``Float[Tensor, "N in_dim"]`` -> ``Float[Tensor, "N 2*num_features"]``, fp32."""
+        if self.identity:
+            return x.float()
         with torch.autocast(x.device.type, enabled=False):
             proj = (2.0 * math.pi) * (x.float() @ self.B.T)
             return torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)
