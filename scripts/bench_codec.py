@@ -201,7 +201,7 @@ def report(rows: list[dict], figure: Path) -> list[str]:
                 f"| {r['data']} | {r['ratio']} | {m['bytes']:,} | {bits} | {label} | {pct(m['worst'])} | {pct(top)} | "
                 f"{m['psnr']:.1f} dB |"
             )
-    lines += ["", "![worst-decade error against bits per sample](compression-rd.png)", ""]
+    lines += ["", "![worst- and top-decade error against bits per sample](compression-rd.png)", ""]
     plot(rows, figure)
     return lines
 
@@ -213,18 +213,25 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r["data"] for r in rows))
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.4), squeeze=False)
+    for col, name in enumerate(names):
         sub = [r for r in rows if r["data"] == name]
         size = sub[0]["samples"]
-        for method, style in [("nir", "o-"), ("SZ3", "s--"), ("ZFP", "^:")]:
-            pts = [(8 * r[method]["bytes"] / size, r[method]["worst"]) for r in sub if r[method] and r[method]["worst"]]
-            if pts:
-                x, y = zip(*sorted(pts))
-                ax.plot(x, [100 * v for v in y], style, label=method)
-        ax.set(xscale="log", yscale="log", xlabel="bits per sample", ylabel="worst-decade median error (%)", title=name)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        for row, (what, pick) in enumerate(
+            [("worst-decade", lambda m: m["worst"]), ("top-decade", lambda m: list(m["decades"].values())[-1])]
+        ):
+            ax = axes[row][col]
+            for method, style in [("nir", "o-"), ("SZ3", "s--"), ("ZFP", "^:")]:
+                pts = [
+                    (8 * r[method]["bytes"] / size, pick(r[method])) for r in sub if r[method] and r[method]["decades"]
+                ]
+                if pts:
+                    x, y = zip(*sorted(pts))
+                    ax.plot(x, [100 * v for v in y], style, label=method)
+            ax.set(xscale="log", yscale="log", xlabel="bits per sample", ylabel=f"{what} median error (%)")
+            ax.set_title(f"{name}: {what}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
