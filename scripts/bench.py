@@ -282,6 +282,19 @@ def psnr_curve(every: int):
     return Curve()
 
 
+def write_section(path: Path, name: str, text: str) -> None:
+    """Replace the section that script ``name`` generates in ``path`` (between its
+    ``<!-- name: begin -->`` / ``end`` markers), or append it; the rest of the file is kept."""
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    old = path.read_text() if path.is_file() else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) + 1 :]
+    else:
+        new = (old.rstrip() + "\n\n" if old else "") + block
+    path.write_text(new)
+
+
 def fmt3(xs: list[float], scale: float = 1.0, nd: int = 3) -> str:
     xs = sorted(x * scale for x in xs)
     return f"{xs[0]:.{nd}f} / {statistics.median(xs):.{nd}f} / {xs[-1]:.{nd}f}"

@@ -32,6 +32,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench import write_section
+
 import nir
 from nir.config import build, compose_config
 from nir.metrics import GridMetrics, SignalStats
@@ -54,7 +58,6 @@ NIR = {
     "peaks1d": [[]],
 }
 RATIOS = [10, 30, 100, 300]
-BEGIN, END = "<!-- bench_codec: begin -->", "<!-- bench_codec: end -->"
 
 
 def score(pred: np.ndarray, signal) -> dict:
@@ -236,16 +239,6 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_section(path: Path, text: str) -> None:
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    old = path.read_text() if path.is_file() else ""
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) + 1 :]
-    else:
-        new = (old.rstrip() + "\n\n" if old else "") + block
-    path.write_text(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="*", default=list(NIR), help="presets (lognormal3d sources3d peaks1d) or .npy paths")
@@ -275,7 +268,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     lines = report(rows, args.out.parent / "compression-rd.png")
-    write_section(args.out, "\n".join(lines))
+    write_section(args.out, "bench_codec", "\n".join(lines))
     print("\n".join(lines))
 
 

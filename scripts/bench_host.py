@@ -28,20 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
 
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- bench_host: begin -->", "<!-- bench_host: end -->"
 SIREN = ["model.hidden_dim=256", "model.num_layers=3", "optim.lr=1e-4", "optim.schedule=constant"]
 QUIET = ["trainer.val_check_interval=100000", "trainer.log_every_n_steps=100000"]
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace this script's section of ``path`` (between the markers), or append it."""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    old = path.read_text() if path.is_file() else ""
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) + 1 :]
-    else:
-        new = (old.rstrip() + "\n\n" if old else "") + block
-    path.write_text(new)
 
 
 def nir_step_time(overrides: list[str], steps: int, run_dir: Path, device: str) -> tuple[float, dict]:
@@ -133,7 +121,7 @@ def main() -> None:
     lines = report(rows, args, k, steps, gpu) if rows else []
     if gpu and args.large:
         lines += large_batch(tmp, steps)
-    write_section(out, "\n".join(lines))
+    bench.write_section(out, "bench_host", "\n".join(lines))
     print("\n".join(lines))
 
 
