@@ -132,6 +132,10 @@ def check_config(cfg: DictConfig) -> None:
     positive_int("trainer.max_steps", cfg.trainer.max_steps)
     positive_float("cache_mb", cfg.cache_mb)
     require(isinstance(cfg.compile, bool), f"compile must be true or false, got {cfg.compile!r}")
+    graph = cfg.get("cuda_graph", "auto")
+    require(
+        graph is True or graph is False or graph == "auto", f"cuda_graph must be auto, true or false, got {graph!r}"
+    )
     if "store" in cfg:
         from nir.storage import check
 

@@ -217,10 +217,11 @@ class CapturedStep:
 
 class StepLoop:
     """A training call's optimizer steps: ``K`` of them (fewer only where ``max_steps`` ends the
-    run), each eager (``module.eager_step``, through Lightning's optimizer wrapper) or replayed
-    from the captured graph, with the learning-rate schedule stepped after each one and the
-    last step of a logging call logged (``module.log_step``). Duck-typed on the Lightning
-    module, so this file stays free of Lightning."""
+    run), each replayed from the captured graph, or run eagerly as the same :func:`plain_step`,
+    or (DDP, a gradient scaler) through Lightning's ``manual_backward`` and optimizer wrapper
+    (``module.eager_step``); the learning-rate schedule is stepped after each one and the last
+    step of a logging call is logged (``module.log_step``). Duck-typed on the Lightning module,
+    so this file stays free of Lightning."""
 
     def __init__(self, steps_per_call: int = 1, cuda_graph: bool | str = "auto", clip: float | None = None) -> None:
         self.k, self.cuda_graph, self.clip = int(steps_per_call), cuda_graph, clip
@@ -288,8 +289,8 @@ class StepLoop:
             self.step = make(False)  # eager: the call's losses are flagged together (flag_many)
         why = graph_blocker(device, precision, data.streaming, world)
         if str(self.cuda_graph).lower() == "false":
-            why = why or "cuda_graph=false"
-        elif why is None and self.step is not None:
+            return None  # asked for eager: nothing to say
+        if why is None and self.step is not None:
             self.captured = CapturedStep(make(True), opt.optimizer, data.sampler.batch)
             self.lr_tensors = [g["lr"] for g in opt.optimizer.param_groups]
         if why and (device.type == "cuda" or self.cuda_graph is True) and module.global_rank == 0:

@@ -119,3 +119,8 @@ def test_k_steps_per_call_divergence_stops_at_the_step(tmp_path, tiny_png):
 def test_bad_steps_per_call_is_one_clear_line(tiny_png, tmp_path):
     with pytest.raises(NirError, match="steps_per_call must be an integer >= 1 or auto, got 'x'"):
         train(make_cfg(tiny_overrides(tiny_png, steps=4) + ["steps_per_call=x"]), tmp_path / "r")
+
+
+def test_bad_cuda_graph_is_one_clear_line(tiny_png, tmp_path):
+    with pytest.raises(NirError, match="cuda_graph must be auto, true or false, got 'yes'"):
+        train(make_cfg(tiny_overrides(tiny_png, steps=4) + ["cuda_graph=yes"]), tmp_path / "r")
