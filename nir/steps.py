@@ -117,15 +117,11 @@ class StepHealth(nn.Module):
 
     def flag(self, value: Tensor, step: int | Tensor) -> None:
         """Count a non-finite ``value`` at optimizer step ``step``."""
-        bad = ~torch.isfinite(value)
-        self.nonfinite_steps += bad.long()
-        newly = bad & (self.first_bad_step < 0)
-        self.first_bad_loss.copy_(torch.where(newly, value.float(), self.first_bad_loss))
-        self.first_bad_step.copy_(torch.where(newly, step, self.first_bad_step))
+        self.flag_many([value], step)
 
-    def flag_many(self, losses: list[Tensor], first_step: int) -> None:
-        """:meth:`flag` for the losses of consecutive steps from ``first_step``, in one pass
-        (a call's eager steps: a dozen small ops per call instead of per step)."""
+    def flag_many(self, losses: list[Tensor], first_step: int | Tensor) -> None:
+        """Count the non-finite ones among the losses of consecutive steps from ``first_step``,
+        in one pass (a call's eager steps: a dozen small ops per call instead of per step)."""
         v = torch.stack(losses).float()
         bad = ~torch.isfinite(v)
         self.nonfinite_steps += bad.sum()
