@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from nir.allocator import release_heap
 from nir.errors import require
 from nir.holdout import Holdout
-from nir.metrics import SignalStats
+from nir.metrics import SignalStats, decade_bin
 from nir.signal import Grid, Signal, chunk_ranges
 
 log = logging.getLogger("nir")
@@ -102,7 +102,7 @@ class DecadeSampler:
     def __init__(self, magnitude: Tensor, edges: list[float], batch_size: int, alpha: float, seed: int = 0) -> None:
         device = magnitude.device
         edges_t = torch.tensor(edges, dtype=torch.float32, device=device)
-        bins = torch.bucketize(magnitude.float(), edges_t, right=True).clamp_max(len(edges) - 1)
+        bins = decade_bin(magnitude, edges_t)
         self.order = torch.argsort(bins, stable=True)  # flat indices grouped by decade
         counts = torch.bincount(bins, minlength=len(edges)).cpu()
         self.counts = counts
@@ -226,7 +226,7 @@ class BlockCache:
 
     def _bin_block(self, slot: int, raw: Tensor) -> None:
         nb = self._edges.numel()
-        bins = torch.bucketize(raw.abs().amax(1).float(), self._edges, right=True).clamp_max(nb - 1)
+        bins = decade_bin(raw.abs().amax(1), self._edges)
         self.by_decade[slot, : bins.numel()] = torch.argsort(bins, stable=True)
         self.decade_count[slot] = torch.bincount(bins, minlength=nb)
 

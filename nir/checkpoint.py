@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +19,48 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     A process killed at any instant leaves either the old complete file or the new one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(path, e) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+class WriteError(NirError):
+    """A file could not be written (no space left, an I/O error, no permission): one line with
+    the file, the reason and the free space where it was going. The earlier file is intact."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path, self.errno = Path(path), error.errno
+        reason = error.strerror or type(error).__name__
+        super().__init__(
+            f"could not write {str(path)!r}: {reason} ({free_space(path)} free there); "
+            "the earlier file, if any, is unchanged: free some space or choose another output directory"
+        )
+
+
+def free_space(path: Path) -> str:
+    """Free space on the filesystem that holds ``path`` (its nearest existing parent), for messages."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return "unknown"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if free < 1024 or unit == "GB":
+            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+        free /= 1024
+    return "unknown"
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:

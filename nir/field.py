@@ -265,13 +265,13 @@ class Field(nn.Module):
         one scale per weight row, or per tensor with ``int8_scale="tensor"``); buffers stay
         float32 (:mod:`nir.storage`). :func:`load_field` dequantises, so the loaded field answers
         exactly what the file holds."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from nir.checkpoint import atomic_write_bytes
 
         path = Path(path)
-        tensors, metadata = self._stored_tensors(dtype, int8_scale)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        tmp.replace(path)
+        data = save(*self._stored_tensors(dtype, int8_scale))
+        atomic_write_bytes(path, lambda f: f.write(data))  # tmp, fsync, rename: never half a field
         return path
 
     def stored_bytes(self, dtype: str = "float32", int8_scale: str = "row") -> int:

@@ -54,6 +54,14 @@ def decade_edges(floor: float, top: float) -> list[float]:
     return [float(floor)] + [10.0**k for k in range(a, b + 1)]
 
 
+def decade_bin(mag: Tensor, edges: Tensor) -> Tensor:
+    """Bin of each magnitude for :func:`decade_edges` ``edges`` (a float32 tensor): 0 below the
+    floor, ``i`` for ``[edges[i-1], edges[i])``, the last bin closed at the top. An exact power of
+    ten opens its decade (1e-2 is in ``[1e-2, 1e-1)``). The per-decade metric and the decade
+    sampler both bin with this function, so a sample is drawn in the decade it is scored in."""
+    return torch.bucketize(mag.float(), edges.to(mag.device), right=True).clamp_max(edges.numel() - 1)
+
+
 def bin_label(lo: float | None, hi: float) -> str:
     return f"<{hi:.0e}" if lo is None else f"{lo:.0e}..{hi:.0e}"
 
@@ -82,9 +90,8 @@ class MagnitudeBins(Metric):
         self.register_buffer("_edges_t", torch.tensor(self.edges, dtype=torch.float32), persistent=False)
 
     def bin_index(self, mag: Tensor) -> Tensor:
-        """Bin of each magnitude: 0 below the floor, i for [edges[i-1], edges[i])."""
-        idx = torch.bucketize(mag, self._edges_t.to(mag.device), right=True)
-        return idx.clamp_max(len(self.edges) - 1)
+        """Bin of each magnitude: 0 below the floor, i for [edges[i-1], edges[i]) (:func:`decade_bin`)."""
+        return decade_bin(mag, self._edges_t)
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:

@@ -241,3 +241,25 @@ def test_each_ddp_rank_draws_its_own_balanced_batches():
     assert not torch.equal(batches[0], batches[1])  # different draws on each rank ...
     for d, idx in zip(ranks, batches):  # ... each with the decade shares
         assert torch.equal(torch.bincount(_bins(s.flat()[idx], d), minlength=len(d.sampler.slots)), d.sampler.slots)
+
+
+def test_each_epoch_is_a_new_permutation_seeded_by_seed_plus_epoch():
+    """The docstring's contract: epoch e is torch.randperm under a generator seeded with seed + e."""
+    s = IndexSampler(100, 50, CPU, seed=7)
+    epochs = [torch.cat([s.next(), s.next()]) for _ in range(3)]
+    for e, got in enumerate(epochs):
+        expect = torch.randperm(100, generator=torch.Generator().manual_seed(7 + e))
+        assert torch.equal(got, expect)
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+
+
+def test_a_resumed_sampler_draws_what_an_uninterrupted_one_draws_across_epochs():
+    whole = IndexSampler(100, 30, CPU, seed=2)
+    drawn = [whole.next() for _ in range(12)]  # four epochs' worth, batches straddling epoch ends
+    first = IndexSampler(100, 30, CPU, seed=2)
+    for _ in range(5):
+        first.next()
+    resumed = IndexSampler(100, 30, CPU, seed=2)
+    resumed.load_state_dict(first.state_dict())
+    for k in range(5, 12):
+        assert torch.equal(resumed.next(), drawn[k])

@@ -9,15 +9,17 @@ import torch.nn.functional as F
 
 from nir.errors import NirError
 from nir.fields import EncodedMLP, GridEncoding
-from nir.fields.encodings import PRIMES
 
 MASK = 0xFFFFFFFF
+# tiny-cuda-nn's spatial-hash primes (encodings/grid.h), written out here rather than imported from
+# the module under test, so that a changed constant there fails these tests
+TCNN_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
 
 
 def _hash(vertex: list[int], table: int) -> int:
     """tiny-cuda-nn's spatial hash, by hand: XOR of uint32(c_i * pi_i), modulo the table size."""
     h = 0
-    for c, p in zip(vertex, PRIMES):
+    for c, p in zip(vertex, TCNN_PRIMES):
         h ^= (c * p) & MASK
     return h % table
 
@@ -39,6 +41,19 @@ def test_hash_and_dense_indices_match_a_hand_computation(d):
     if enc.dense_levels[0]:  # row-major, axis 0 slowest
         expect = [sum(c * r0 ** (d - 1 - k) for k, c in enumerate(row)) for row in small[:, 0, 0].tolist()]
         assert dense.tolist() == expect
+
+
+@pytest.mark.parametrize(
+    "vertex,row",
+    [((3, 5, 7), 329061), ((0, 1, 0), 489905), ((199, 0, 123), 5200), ((17, 42, 99), 403844),
+     ((3, 5, 7, 11), 484834), ((1, 0, 0, 1), 443124)],
+)  # fmt: skip
+def test_hashed_rows_are_tiny_cuda_nns(vertex, row):
+    """Literal table rows of a 2^19-entry hashed level: (XOR_i uint32(c_i * pi_i)) mod 2^19."""
+    d = len(vertex)
+    enc = GridEncoding(d, n_levels=1, log2_hashmap_size=19, base_resolution=200, finest_resolution=200)
+    assert enc.dense_levels == [False]
+    assert int(enc.indices(torch.tensor(vertex)[None, None, None, :])) == row
 
 
 def test_dense_level_is_trilinear_interpolation_of_its_table():

@@ -1,5 +1,6 @@
 """Fields saved by an earlier nir (tests/data/legacy, written before the structure change of
-issue 11) load and answer exactly as they did then."""
+issue 11; the hash grid's, a 3-D hash grid with hashed levels, written for issue 28 to pin the
+spatial hash) load and answer exactly as they did then."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from nir import load_field
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
 
 
-@pytest.mark.parametrize("name", ["siren_image.safetensors", "fourier_log3d.safetensors", "siren_tiny.ckpt"])
+@pytest.mark.parametrize(
+    "name", ["siren_image.safetensors", "fourier_log3d.safetensors", "hashgrid_log3d.safetensors", "siren_tiny.ckpt"]
+)
 def test_legacy_field_gives_the_same_outputs(name: str) -> None:
     field = load_field(LEGACY / name)
     coords = torch.from_numpy(np.load(LEGACY / "coords.npy"))[:, : field.in_dim]

@@ -109,8 +109,8 @@ def test_non_positive_floor_refused(bad):
 def test_floor_rule():
     y = torch.cat([torch.zeros(10), torch.logspace(-4, 2, 1000)])
     f = floor_from_data(y, 1e-7)
-    nz = torch.logspace(-4, 2, 1000)
-    assert f == pytest.approx(0.1 * float(nz.kthvalue(10).values), rel=1e-6)
+    # the docs' rule by hand: 0.1 x the 1st percentile of the non-zero values, the 10th of 1000 log-spaced ones
+    assert f == pytest.approx(0.1 * 10 ** (-4 + 9 * 6 / 999), rel=1e-5)
     # the relative minimum wins when the smallest values are far below the peak
     tiny = torch.cat([torch.full((1000,), 1e-12), torch.tensor([100.0])])
     assert floor_from_data(tiny, 1e-5) == pytest.approx(1e-3)
@@ -456,3 +456,35 @@ def test_loss_on_the_command_line_beats_auto(tmp_path, capfd):
     assert "loss=auto" not in out.out
     assert "GPU available" not in out.out + out.err and "litlogger" not in out.out + out.err  # nir.fit is quiet too
     assert "nir.losses.MSE" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+# ----------------------------------------------------------------------------- the contract, pinned by literal values
+
+
+def test_exact_powers_of_ten_open_their_decade_in_the_metric_and_the_sampler():
+    """docs/long-tail.md: bin 0 is [0, floor), bin i is [edges[i-1], edges[i]); 0.01 lands in 1e-2..1e-1.
+    Expected bins are written out by hand from that rule, not computed by the code under test."""
+    from nir.batches import DecadeSampler
+
+    floor, top = 2e-3, 50.0
+    edges = decade_edges(floor, top)
+    assert edges == [2e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+    mags = torch.tensor([0.0, 1e-3, 2e-3, 5e-3, 1e-2, 0.05, 1e-1, 1.0, 9.99, 10.0, 50.0])
+    expect = [0, 0, 1, 1, 2, 2, 3, 4, 4, 5, 5]
+    assert MagnitudeBins(floor, top).bin_index(mags).tolist() == expect
+    sampler = DecadeSampler(mags, edges, batch_size=64, alpha=0.0)
+    assert sampler.counts.tolist() == [2, 2, 2, 1, 2, 2]  # how many of `expect` fall in each bin
+
+
+def test_worst_decade_median_leaves_out_the_values_below_the_floor():
+    """A large error below the floor (bin 0) and 1 % errors above it: the worst decade is 1 %."""
+    stats = SignalStats(range=100.0, long_tailed=True, floor=1e-3, absmin=1e-5, absmax=100.0)
+    gm = GridMetrics(stats)
+    below = torch.full((50,), 1e-5)
+    above = torch.logspace(-2.9, 1.9, 200)
+    target = torch.cat([below, above])
+    pred = torch.cat([torch.full((50,), 1.0), above * 1.01])  # relative error 1000 below, 0.01 above
+    gm.update(pred[:, None], target[:, None])
+    out = gm.compute()
+    assert float(gm.bins.compute()["median"][0]) > 100  # bin 0 holds the large error ...
+    assert float(out["worst_decade_median"]) == pytest.approx(0.01, rel=0.03)  # ... and is not the worst decade

@@ -69,6 +69,11 @@ def test_block_cache_pairs_indices_with_values_and_covers_uniformly(tmp_path):
     per_block = torch.stack([counts[i : i + 300].mean() for i in range(0, n - 300, 300)])
     assert float(per_block.std() / per_block.mean()) < 0.1, per_block
     assert float(counts[-(n % 300) :].mean() / counts.mean()) == pytest.approx(1.0, abs=0.25)  # the short block too
+    # the docstring's contract: epoch e's block order is numpy's permutation under seed + e, new each epoch
+    orders = [cache._permutation(e) for e in range(3)]
+    for e, order in enumerate(orders):
+        assert order.tolist() == np.random.default_rng(e).permutation(cache.n_blocks).tolist()
+    assert orders[0].tolist() != orders[1].tolist() != orders[2].tolist()
 
 
 def test_streaming_training_fits_like_in_memory(tmp_path):

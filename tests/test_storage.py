@@ -137,6 +137,24 @@ def test_grid_tables_get_one_int8_scale_per_block_of_rows():
     assert blocked < 1 / 127  # the small first block keeps its own scale
 
 
+@pytest.mark.parametrize("int8_scale", ["row", "tensor"])
+@pytest.mark.parametrize("name,rows", [("net.weight", 8), ("enc.embeddings", 600)])
+def test_int8_grid_values_round_trip_bit_exactly(name, rows, int8_scale):
+    """The docs' rule is scale = max|w| / 127 with integers in [-127, 127]: a tensor whose entries
+    are k * (integers in [-127, 127]), its maximum exactly 127 k (k a power of two, so every
+    product is exact), is on the int8 grid and must come back bit for bit."""
+    gen = torch.Generator().manual_seed(rows)
+    k = 2.0**-9
+    q = torch.randint(-127, 128, (rows, 16), generator=gen).float()
+    q[:, 0] = 127.0  # every row and every block of rows reaches the maximum
+    q[1::2, 1] = -127.0
+    w = q * k
+    t = storage.encode({name: w}, [name], "int8", int8_scale)
+    assert t[name].dtype == torch.int8
+    assert torch.equal(t[name].float(), q)  # the stored integers are the grid's
+    assert torch.equal(storage.decode(t)[name], w)
+
+
 @pytest.mark.parametrize(
     "data,overrides,knob",
     [
