@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(VENV)/bin/nir-train $(ARGS)
 
-## the test suite (CPU only)
+## the test suite (CPU only), one pytest-xdist worker per core (at most 4); ARGS="-n 0" runs it in one process
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal $(ARGS)
 
 ## ruff: lint and format check (configuration in pyproject.toml); `make format` applies the formatter
 lint: $(STAMP)

@@ -8,8 +8,10 @@ all stop together."""
 
 from __future__ import annotations
 
+import io
 import math
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -420,12 +422,69 @@ class NirTensorBoardLogger(TensorBoardLogger):
     def __init__(self, *args: Any, steps_per_call: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.steps_per_call = int(steps_per_call)
+        self.failed: str | None = None
+
+    # TensorBoard is a view of the run, not its result: a write that fails (a full disk, an I/O
+    # error, in the writer's thread or here) prints one line and turns TensorBoard off for the
+    # rest of the run; training, checkpoints, the field and metrics.json go on (docs/troubleshooting.md)
+    @property
+    def experiment(self) -> Any:
+        exp = TensorBoardLogger.experiment.fget(self)
+        if exp is not None and not isinstance(exp, _Guarded):
+            self._experiment = exp = _Guarded(exp, self)
+        return exp
+
+    def tensorboard_failed(self, e: BaseException) -> None:
+        if self.failed is None:
+            from nir.checkpoint import free_space
+
+            self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            print(
+                f"warning: TensorBoard events in {self.log_dir} could not be written ({self.failed}; "
+                f"{free_space(Path(self.log_dir))} free there); TensorBoard is off for the rest of the run, "
+                "training goes on and the field and metrics.json will be saved",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    @rank_zero_only
+    def save(self) -> None:  # hparams.yaml
+        if self.failed is None:
+            try:
+                super().save()
+            except OSError as e:
+                self.tensorboard_failed(e)
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if step is not None:
             step = (int(step) + 1) * self.steps_per_call - 1
         super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+
+class _Guarded:
+    """A TensorBoard writer (or its file writer) whose calls never raise: the first failure is
+    reported through ``logger.tensorboard_failed``, later calls do nothing."""
+
+    def __init__(self, target: Any, logger: NirTensorBoardLogger) -> None:
+        self._target, self._logger = target, logger
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._logger.failed is not None:
+                return None
+            try:
+                out = attr(*args, **kwargs)
+            except Exception as e:  # OSError, or the writer thread's error re-raised here
+                self._logger.tensorboard_failed(e)
+                return None
+            return _Guarded(out, self._logger) if hasattr(out, "add_event") else out
+
+        return call
 
 
 def evaluate_stored(pl_module: pl.LightningModule, store: dict[str, str]) -> dict[str, Any]:
@@ -535,12 +594,44 @@ class DivergenceGuard(pl.Callback):
             self._check(trainer, pl_module)
 
 
+class InterruptCheckpoint(pl.Callback):
+    """The training loop's side of :class:`nir.faults.SignalCatcher`: after each training call,
+    if a signal arrived, write ``checkpoints/last.ckpt`` at this optimizer step (atomically;
+    the weights checked finite first, as before any checkpoint) and stop with
+    :class:`nir.faults.Interrupted`. ``resume=last`` or ``resume=auto`` continues from there to
+    the same field as an uninterrupted run (tests/test_faults.py)."""
+
+    def __init__(self, catcher: Any, run_dir: Path) -> None:
+        self.catcher, self.run_dir = catcher, Path(run_dir)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.catcher.reclaim()  # after Lightning's signal connector wrapped SIGTERM
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
+        if self.catcher.signum is None:
+            return
+        from nir.faults import Interrupted
+
+        for cb in trainer.callbacks:
+            if isinstance(cb, DivergenceGuard):
+                pl_module.flag_nonfinite_weights()
+                cb._check(trainer, pl_module)  # a diverged model is reported, never checkpointed
+        path = self.run_dir / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(path)
+        raise Interrupted(self.catcher.signum, trainer.global_step, trainer.max_steps, path, self.run_dir)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO that writes to a temporary file and renames it into place, and
     reads checkpoints with ``weights_only=True`` (:func:`nir.checkpoint.load_checkpoint`)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        atomic_write_bytes(Path(path), lambda f: torch.save(checkpoint, f))
+        # serialised first, then written: a full disk is an OSError of the write (one line,
+        # WriteError), not torch's zip writer failing with "unexpected pos" (issue 25)
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        data = buf.getbuffer()
+        atomic_write_bytes(Path(path), lambda f: f.write(data))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(Path(path), map_location)

@@ -12,6 +12,10 @@ import torch
 
 from nir.errors import NirError
 
+#: the version of the files nir writes (field files' ``nir_format`` metadata, checkpoints'
+#: ``nir_format`` key); a reader refuses a higher one in one line
+FORMAT = 1
+
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Write through ``write(file)`` into ``path.tmp``, fsync, then rename over ``path``.
@@ -38,6 +42,8 @@ class WriteError(NirError):
     """A file could not be written (no space left, an I/O error, no permission): one line with
     the file, the reason and the free space where it was going. The earlier file is intact."""
 
+    exit_status = 74  # sysexits.h EX_IOERR
+
     def __init__(self, path: Path, error: OSError) -> None:
         self.path, self.errno = Path(path), error.errno
         reason = error.strerror or type(error).__name__
@@ -63,11 +69,30 @@ def free_space(path: Path) -> str:
     return "unknown"
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` (UTF-8)."""
+    data = text.encode()
+    atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def check_format(found: Any, what: str) -> None:
+    """Refuse a file written by a newer nir (its ``nir_format`` above :data:`FORMAT`); files
+    without the key are format 1 (written before it existed)."""
+    try:
+        version = int(found if found is not None else 1)
+    except (TypeError, ValueError):
+        raise NirError(f"{what} has an unreadable format version {found!r}; it is corrupt or not nir's") from None
+    if version > FORMAT:
+        raise NirError(
+            f"{what} was written by a newer nir (file format {version}, this nir reads up to {FORMAT}); upgrade nir"
+        )
+
+
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``: plain containers and tensors only; anything
     else (a pickled object, code) is refused before it runs."""
     try:
-        return torch.load(str(path), map_location=map_location or "cpu", weights_only=True)
+        ckpt = torch.load(str(path), map_location=map_location or "cpu", weights_only=True)
     except FileNotFoundError:
         raise NirError(f"checkpoint {str(path)!r} does not exist") from None
     except Exception as e:  # UnpicklingError, truncated files, ...
@@ -75,3 +100,7 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
         raise NirError(
             f"checkpoint {str(path)!r} refused: not a complete plain-data checkpoint ({first[:160]})"
         ) from None
+    if not isinstance(ckpt, dict):
+        raise NirError(f"checkpoint {str(path)!r} refused: it holds a {type(ckpt).__name__}, not a checkpoint")
+    check_format(ckpt.get("nir_format"), f"checkpoint {str(path)!r}")
+    return ckpt

@@ -37,12 +37,13 @@ def positive_float(name: str, value) -> float:
 
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
-    """In a console script: a :class:`NirError` becomes ``error: <message>`` on stderr, exit 2."""
+    """In a console script: a :class:`NirError` becomes ``error: <message>`` on stderr and the
+    error's ``exit_status`` (2 unless it names another: 74 a failed write, 128 + N a signal)."""
     try:
         yield
     except NirError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(e, "exit_status", 2)) from None
 
 
 def check_network_sizes(in_dim, out_dim, hidden_dim, num_layers) -> None:

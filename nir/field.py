@@ -256,7 +256,9 @@ class Field(nn.Module):
 
         params = [name for name, _ in self.named_parameters()]
         tensors = storage.encode(self.state_dict(), params, dtype, int8_scale)
-        return tensors, {"nir_spec": json.dumps(self.spec), "nir_dtype": dtype}
+        from nir.checkpoint import FORMAT
+
+        return tensors, {"nir_format": str(FORMAT), "nir_spec": json.dumps(self.spec), "nir_dtype": dtype}
 
     def save(self, path: str | Path, dtype: str = "float32", int8_scale: str = "row") -> Path:
         """Write a portable field file: safetensors weights, the spec as JSON in its header.
@@ -331,21 +333,51 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
 
         ckpt = load_checkpoint(p)
         require("nir_spec" in ckpt, f"checkpoint {str(p)!r} has no nir spec; it was not written by nir")
-        field = Field.from_spec(ckpt["nir_spec"], trusted)
-        state = {k[len("field.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("field.")}
-        field.load_state_dict(state)
-        return field.to(device).eval()
+        states = ckpt.get("state_dict")
+        state = (
+            {k[len("field.") :]: v for k, v in states.items() if k.startswith("field.")}
+            if isinstance(states, dict)
+            else {}
+        )
+        return _rebuild(ckpt["nir_spec"], lambda: state, f"checkpoint {str(p)!r}", trusted).to(device).eval()
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:
-        raise NirError(f"{str(p)!r} is not a safetensors field file ({e})") from None
+        raise NirError(f"{str(p)!r} is not a safetensors field file ({_first_line(e)})") from None
     require("nir_spec" in meta, f"{str(p)!r} has no nir spec in its header; it was not written by Field.save")
-    field = Field.from_spec(json.loads(meta["nir_spec"]), trusted)
+    from nir.checkpoint import check_format
     from nir.storage import decode
 
-    field.load_state_dict(decode(load_file(str(p))))
-    return field.to(device).eval()
+    what = f"field file {str(p)!r}"
+    check_format(meta.get("nir_format"), what)
+    try:
+        spec = json.loads(meta["nir_spec"])
+    except ValueError:
+        raise NirError(f"{what} is corrupt: its spec is not valid JSON; save the field again") from None
+    return _rebuild(spec, lambda: decode(load_file(str(p))), what, trusted).to(device).eval()
+
+
+def _rebuild(spec: Any, state: Any, what: str, trusted: Iterable[str]) -> Field:
+    """The field of ``spec`` with the weights ``state()``; anything that does not fit (a spec
+    that is not a nir spec, tensors missing, of the wrong shape or unreadable) is one line."""
+    if not (isinstance(spec, dict) and {"network", "transform", "bounds"} <= set(spec)):
+        raise NirError(f"{what} is corrupt: its spec is not a nir field spec; save the field again")
+    try:
+        field = Field.from_spec(spec, trusted)
+        field.load_state_dict(state())
+    except NirError:
+        raise
+    except Exception as e:  # a damaged spec or tensor section, a truncated file
+        raise NirError(f"{what} is corrupt or truncated ({_first_line(e)}); save the field again") from None
+    return field
+
+
+def _first_line(e: Exception) -> str:
+    if isinstance(e, KeyError):
+        return f"missing entry {e}"
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from nir.batches import TrainingData
+from nir.checkpoint import FORMAT
 from nir.field import Field
 from nir.metrics import GridMetrics, MaxProjections, image_ssim
 from nir.optim import Adam
@@ -184,6 +185,7 @@ class FieldModule(pl.LightningModule):
 
     # -- checkpoints carry a plain-value spec and the sampler state, never config objects -------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nir_format"] = FORMAT
         checkpoint["nir_spec"] = self.field.spec
         checkpoint["nir_steps_per_call"] = self.loop.k
         if self.data.state_dict() is not None:

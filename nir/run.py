@@ -136,10 +136,35 @@ def json_safe(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     """Strict JSON (``allow_nan=False``: non-finite numbers are written as ``null``), atomically."""
-    from nir.checkpoint import atomic_write_bytes
+    from nir.checkpoint import atomic_write_text
 
-    text = json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object nir wrote (``metrics.json``, a sweep record); a file that is not one
+    (truncated, corrupt, foreign) is one line naming it."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise NirError(
+            f"{what} {str(path)!r} cannot be read ({type(e).__name__}); it is corrupt or truncated: remove it or re-run"
+        ) from None
+    require(isinstance(obj, dict), f"{what} {str(path)!r} is not a JSON object; it was not written by nir")
+    return obj
+
+
+def write_hydra_record(run_dir: Path, cfg: DictConfig, overrides: Sequence[str], hydra_cfg: Any = None) -> None:
+    """``.hydra/config.yaml``, ``overrides.yaml`` (and ``hydra.yaml`` under Hydra): the record
+    Hydra keeps of a job, written by nir (``hydra.output_subdir: null``) once the run holds its
+    directory's lock, atomically, so a refused second run or a full disk leaves the first intact."""
+    from nir.checkpoint import atomic_write_text
+
+    record = run_dir / ".hydra"
+    atomic_write_text(record / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(record / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    if hydra_cfg is not None:
+        atomic_write_text(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
 
 
 # ----------------------------------------------------------------------------- the run's steps
@@ -386,6 +411,7 @@ def build_trainer(
             save_top_k=1,
             save_last=True,
             auto_insert_metric_name=False,
+            enable_version_counter=False,  # one run per directory (its lock): never last-v1.ckpt beside last.ckpt
         ),
     ]
     callbacks += [ReconstructionLogger()] if cfg.log.images else []
@@ -411,22 +437,23 @@ def fit_with_guards(
     """Fit (resuming if asked); a divergence writes ``metrics.json`` with status ``diverged`` and
     ends in one line. Returns the final fp32 metrics and the number of optimizer steps."""
     from nir.callbacks import Diverged
-    from nir.checkpoint import load_checkpoint
+    from nir.checkpoint import atomic_write_text, load_checkpoint
+    from nir.faults import Interrupted
 
-    ckpt_path = None
-    if cfg.resume:
-        ckpt_path = run_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
-        require(
-            ckpt_path.is_file(),
-            f"resume: checkpoint {str(ckpt_path)!r} not found; pass a .ckpt path or 'last' with the run's hydra.run.dir",
-        )
-    if trainer.is_global_zero:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = resume_checkpoint(cfg.resume, last, trainer.is_global_zero)
+    if trainer.is_global_zero:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         trainer.fit(
             parts.module, datamodule=_datamodule(parts), ckpt_path=ckpt_path, weights_only=True if ckpt_path else None
         )
+    except Interrupted as e:
+        if trainer.is_global_zero:
+            info = {"status": "interrupted", "step": e.step, "signal": e.signum, "checkpoint": str(e.checkpoint),
+                    "wall_time_s": time.perf_counter() - t_start, "message": str(e)}  # fmt: skip
+            write_json(run_dir / "metrics.json", info)
+        raise
     except Diverged as d:
         info = {
             "status": "diverged",
@@ -451,6 +478,34 @@ def fit_with_guards(
         "fit_time_s": time.perf_counter() - t_start,
     }
     return final, int(load_checkpoint(last).get("global_step", 0))
+
+
+def resume_checkpoint(resume: Any, last: Path, talk: bool = True) -> Path | None:
+    """The checkpoint ``resume`` names: ``null`` none; ``last`` the run directory's
+    ``checkpoints/last.ckpt`` (which must exist); ``auto`` that one if it exists, else none (a
+    requeued job resumes, a first start starts); any other value a ``.ckpt`` path. The file is
+    read once here, so a corrupt, foreign or newer one is one line before training starts."""
+    from nir.checkpoint import load_checkpoint
+
+    if not resume:
+        return None
+    if str(resume) == "auto":
+        if not last.is_file():
+            if talk:
+                print(f"nir: resume=auto: no checkpoint at {last}; starting from step 0", flush=True)
+            return None
+        path = last
+    else:
+        path = last if str(resume) == "last" else Path(str(resume))
+        require(
+            path.is_file(),
+            f"resume: checkpoint {str(path)!r} not found; pass a .ckpt path, 'last' with the run's hydra.run.dir, or 'auto'",
+        )
+    ckpt = load_checkpoint(path)
+    require("nir_spec" in ckpt, f"resume: checkpoint {str(path)!r} was not written by nir (no nir spec)")
+    if talk and str(resume) == "auto":
+        print(f"nir: resume=auto: resuming from {path} at step {int(ckpt.get('global_step', 0))}", flush=True)
+    return path
 
 
 def _datamodule(parts: Parts) -> Any:
@@ -540,10 +595,17 @@ def train_field(
     run_dir: str | Path | None = None,
     callbacks: Sequence[Any] = (),
     choices: dict[str, Any] | None = None,
+    overrides: Sequence[str] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """:func:`train`, also returning the trained :class:`~nir.field.Field` (on the CPU, eval mode).
     ``callbacks``: extra Lightning callbacks (benchmarks, custom logging). ``choices``: the
-    chosen option per config group (Hydra's, by default), for the data preset's line."""
+    chosen option per config group (Hydra's, by default), for the data preset's line.
+    ``overrides``: the overrides to record in ``.hydra/`` (Hydra's task overrides by default;
+    no record outside Hydra unless given).
+
+    The run holds its directory's lock (:class:`nir.faults.RunLock`) from before its first write
+    to after its last, and stops at a step boundary with a checkpoint on SIGTERM, SIGINT or
+    SIGUSR1 (:class:`nir.faults.Interrupted`)."""
     t_start, t_wall0 = time.perf_counter(), time.time()
     _, hc = hydra_job()
     choices = choices if choices is not None else dict(hc.runtime.choices) if hc else {}
@@ -554,15 +616,29 @@ def train_field(
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
         run_dir = prepare_run_dir(cfg, run_dir)  # its key check imports Lightning, which adds filters
-        parts = build_parts(cfg)
-        trainer, final_metrics = build_trainer(cfg, parts, run_dir, callbacks, choices)
-        if trainer.is_global_zero:
-            print(start_line(cfg, parts, trainer), flush=True)
-        final, steps = fit_with_guards(cfg, parts, trainer, final_metrics, run_dir, t_start)
-    metrics = collect_metrics(parts, trainer, final, steps, t_start, t_wall0)
-    if trainer.is_global_zero:
-        write_run(parts.field, metrics, run_dir, parts.data.stats.range, store_of(cfg))
+        from nir.callbacks import InterruptCheckpoint
+        from nir.faults import SignalCatcher, run_lock, signals_to_catch
+
+        with run_lock(run_dir, enabled=_first_process()), SignalCatcher(signals_to_catch()) as catcher:
+            if overrides is not None or hc is not None:
+                task = list(overrides) if overrides is not None else list(hc.overrides.task)
+                write_hydra_record(run_dir, cfg, task, hc)
+            parts = build_parts(cfg)
+            interrupt = InterruptCheckpoint(catcher, run_dir)
+            trainer, final_metrics = build_trainer(cfg, parts, run_dir, [interrupt, *callbacks], choices)
+            if trainer.is_global_zero:
+                print(start_line(cfg, parts, trainer), flush=True)
+            final, steps = fit_with_guards(cfg, parts, trainer, final_metrics, run_dir, t_start)
+            metrics = collect_metrics(parts, trainer, final, steps, t_start, t_wall0)
+            if trainer.is_global_zero:
+                write_run(parts.field, metrics, run_dir, parts.data.stats.range, store_of(cfg))
     return parts.field.cpu().eval(), metrics
+
+
+def _first_process() -> bool:
+    """Rank 0 of a run (the process that holds the run directory's lock): not a DDP child that
+    Lightning or torchrun started with its rank in the environment."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 @contextlib.contextmanager
@@ -644,8 +720,4 @@ def fit(
         ov.append(f"{key}={value if key in names else literal}")
     ov += list(overrides)
     cfg, choices = compose_config(ov)
-    hydra_dir = run_dir / ".hydra"
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ov)))
-    OmegaConf.save(cfg, hydra_dir / "config.yaml")
-    return train_field(cfg, run_dir, choices=choices)
+    return train_field(cfg, run_dir, choices=choices, overrides=ov)

@@ -1,13 +1,15 @@
 """Sweeps: a per-job results table (``nir-summarize``) and the multirun report that sets the exit status.
 
 A sweep directory holds one run directory per job (Hydra's ``hydra.sweep.dir``), each with
-``.hydra/overrides.yaml`` and ``metrics.json`` (status ``ok``, ``diverged`` or ``failed``).
+``.hydra/overrides.yaml`` and ``metrics.json`` (status ``ok``, ``diverged``, ``interrupted`` or
+``failed``). A corrupt or foreign record is one line naming it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -50,12 +52,21 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per job directory below ``sweep_dir`` that Hydra created (``.hydra/overrides.yaml``)."""
     sweep_dir = Path(sweep_dir)
     rows = []
+    from nir.run import read_json
+
     for ov in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):
         job = ov.parent.parent
-        overrides = yaml.safe_load(ov.read_text()) or []
+        try:
+            overrides = yaml.safe_load(ov.read_text()) or []
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            overrides = None
+        require(
+            isinstance(overrides, list),
+            f"sweep record {str(ov)!r} is corrupt (not a YAML list of overrides); remove the job directory or re-run it",
+        )
         mfile = job / "metrics.json"
         m = (
-            json.loads(mfile.read_text())
+            read_json(mfile, "metrics file")
             if mfile.is_file()
             else {"status": "failed", "error": "no metrics.json (killed?)"}
         )
@@ -89,18 +100,21 @@ def _cell(v: Any) -> str:
 
 def write_summary(sweep_dir: str | Path, by: str = "psnr") -> tuple[list[dict[str, Any]], str]:
     """Write ``summary.csv`` and ``summary.md`` into the sweep directory; return rows and the table."""
+    from nir.checkpoint import atomic_write_text
+
     sweep_dir = Path(sweep_dir)
     rows = sort_rows(collect(sweep_dir), by)
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in COLUMNS})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k) for k in COLUMNS})
+    atomic_write_text(sweep_dir / "summary.csv", buf.getvalue())
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r.get(k)) for k in COLUMNS) + " |" for r in rows]
     table = "\n".join(lines) + "\n"
     note = "Relative errors (worst_decade_median) are fractions: 0.05 = 5 %. PSNR in dB, times in seconds.\n"
-    (sweep_dir / "summary.md").write_text(f"# Sweep summary: {sweep_dir}\n\nSorted by {by}. {note}\n" + table)
+    atomic_write_text(sweep_dir / "summary.md", f"# Sweep summary: {sweep_dir}\n\nSorted by {by}. {note}\n" + table)
     return rows, table
 
 
@@ -136,7 +150,17 @@ def swept_keys(task_overrides: list[str], sweeper_params: Any = None) -> list[st
 def read_swept(sweep_dir: str | Path) -> list[str]:
     """The swept keys :class:`SweepReport` wrote for this sweep ([] outside a sweep)."""
     f = Path(sweep_dir) / SWEPT_FILE
-    return json.loads(f.read_text()) if f.is_file() else []
+    if not f.is_file():
+        return []
+    try:
+        keys = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        keys = None
+    require(
+        isinstance(keys, list) and all(isinstance(k, str) for k in keys),
+        f"sweep record {str(f)!r} is corrupt (not a JSON list of keys); remove it and start the sweep again",
+    )
+    return keys
 
 
 class SweepReport(_HydraCallback):
@@ -151,7 +175,9 @@ class SweepReport(_HydraCallback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         keys = swept_keys(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
-        (sweep_dir / SWEPT_FILE).write_text(json.dumps(keys))
+        from nir.checkpoint import atomic_write_text
+
+        atomic_write_text(sweep_dir / SWEPT_FILE, json.dumps(keys))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         global LAST_FAILED

@@ -1,6 +1,7 @@
 """``nir-train``: the Hydra entry point. Thin: it checks argv, sets up the process, and hands the
-composed config to :func:`nir.run.train`; its exit status is 2 for bad input and, after a
-multirun, the number of failed or diverged jobs."""
+composed config to :func:`nir.run.train`. Exit statuses (:mod:`nir.faults`): 2 bad input or a
+corrupt file, 74 a failed write, 128 + N interrupted by signal N, and after a multirun the
+number of failed or diverged jobs."""
 
 from __future__ import annotations
 
@@ -21,16 +22,24 @@ def _objective(metrics: dict[str, Any], cfg: DictConfig) -> float:
     return float(v) if isinstance(v, (int, float)) else float("nan")
 
 
-def _record_failed_job(run_dir: Path, job: int, e: Exception) -> None:
-    """In a sweep a failed job writes status ``failed`` (unless it diverged) and the sweep goes on."""
-    from nir.run import write_json
+def _record_failed_job(run_dir: Path, cfg: DictConfig, hc: Any, e: Exception) -> None:
+    """In a sweep a failed job writes status ``failed`` (unless it recorded ``diverged`` or
+    ``interrupted`` itself), and its ``.hydra`` record if it failed before writing one, so
+    ``nir-summarize`` lists it; the sweep goes on."""
+    from nir.run import write_hydra_record, write_json
 
     msg = str(e).replace("\n", " ") if isinstance(e, NirError) else f"{type(e).__name__}: {e}".replace("\n", " ")
     mfile = run_dir / "metrics.json"
-    if not (mfile.is_file() and json.loads(mfile.read_text()).get("status") == "diverged"):
-        run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        status = json.loads(mfile.read_text()).get("status") if mfile.is_file() else None
+    except ValueError:
+        status = None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / ".hydra" / "overrides.yaml").is_file():
+        write_hydra_record(run_dir, cfg, list(hc.overrides.task), hc)
+    if status not in ("diverged", "interrupted"):
         write_json(mfile, {"status": "failed", "error": msg[:2000]})
-    print(f"error: job {job} failed: {msg[:500]}", file=sys.stderr, flush=True)
+    print(f"error: job {hc.job.num} {status or 'failed'}: {msg[:500]}", file=sys.stderr, flush=True)
 
 
 def _hydra_app() -> Any:
@@ -41,15 +50,20 @@ def _hydra_app() -> Any:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from nir.faults import Interrupted
         from nir.run import train
 
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
             with cli_errors():
                 return _objective(train(cfg), cfg)
         try:
             return _objective(train(cfg), cfg)
         except Exception as e:
-            _record_failed_job(Path(HydraConfig.get().runtime.output_dir), HydraConfig.get().job.num, e)
+            with cli_errors():
+                _record_failed_job(Path(hc.runtime.output_dir), cfg, hc, e)
+                if isinstance(e, Interrupted):  # the signal was for the whole process: the sweep stops here
+                    raise
             return float("nan")
 
     return app
@@ -66,9 +80,23 @@ def main() -> None:
     with cli_errors():
         precheck(sys.argv[1:])
     tune_allocator()  # this process only: library calls never change the allocator
-    from nir import sweep
+    import logging
+    import os
 
-    _hydra_app()()
+    from nir import sweep
+    from nir.checkpoint import WriteError
+
+    # Hydra's job log is a copy of the console: lines it cannot write (a full disk) are dropped
+    # quietly instead of a "Logging error" traceback each
+    logging.raiseExceptions = False
+    # errors from Hydra's own steps (its sweep records, a callback) reach us instead of being
+    # printed by Hydra as a traceback, so a failed write is one line here too
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    with cli_errors():
+        try:
+            _hydra_app()()
+        except OSError as e:
+            raise WriteError(Path(e.filename or "(a file of the run)"), e) from None
     if sweep.LAST_FAILED:
         raise SystemExit(min(sweep.LAST_FAILED, 125))  # the exit status is the number of failed jobs
 

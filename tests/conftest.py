@@ -14,8 +14,9 @@ from nir.config import CONF_DIR
 
 warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
 ROOT = Path(__file__).resolve().parent.parent
-# keep the 2-core CI machine responsive: one intra-op thread per test process is plenty here
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# keep the 2-core CI machine responsive: under pytest-xdist (make test runs one worker per core)
+# each worker computes with one thread, so workers do not oversubscribe the cores; alone, two
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 
 def smooth_image(h: int = 32, w: int = 40, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -85,20 +85,52 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,overrides,expect", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_touches_nothing(case, overrides, expect, files, tmp_path):
-    earlier = tmp_path / "earlier"
-    earlier.mkdir()
-    (earlier / "metrics.json").write_text('{"status": "ok"}')
-    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+# the console script end to end (a subprocess: one `error:` line, exit 2, no traceback) for one case
+# of each place a problem is found: argv before Hydra (unknown key, added key, output dir), reading
+# the signal (missing path, NaN values), building a component (width); every case, these included,
+# also runs in-process below (the same checks, the same message, nothing touched), which is fast
+CONSOLE = {"missing path", "NaN values", "unknown key", "added key", "width", "output dir"}
+
+
+def _args(overrides: list[str], files: Path, tmp_path: Path) -> list[str]:
     args = [o.format(d=files) for o in overrides]
     if not any(a.startswith("hydra.run.dir") for a in args):
         args.append(f"hydra.run.dir={tmp_path / 'new'}")
     if not any(a.startswith("data.path") or a.startswith("data=") for a in args):
         args.append(f"data.path={files / 'ok.png'}")
-    fast = [f for f in FAST if f.split("=")[0] not in {a.split("=")[0] for a in args}]
-    r = subprocess.run(NIR_TRAIN + args + fast, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
-    assert r.returncode != 0
+    return args + [f for f in FAST if f.split("=")[0] not in {a.split("=")[0] for a in args}]
+
+
+def _earlier(tmp_path: Path) -> dict[Path, int]:
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "metrics.json").write_text('{"status": "ok"}')
+    return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+
+
+@pytest.mark.parametrize("case,overrides,expect", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_with_its_message_and_touches_nothing(case, overrides, expect, files, tmp_path):
+    """In-process, as nir-train does it: the argv checks, then the run (nir.cli.precheck, nir.run.train)."""
+    from nir.cli import precheck
+
+    before = _earlier(tmp_path)
+    args = _args(overrides, files, tmp_path)
+    with pytest.raises(NirError) as e:
+        precheck(args)
+        train(make_cfg([a for a in args if not a.startswith("hydra.")]), tmp_path / "new")
+    assert expect in str(e.value) and "\n" not in str(e.value)
+    assert {p: p.stat().st_mtime_ns for p in before if p.exists()} == before
+    assert not (tmp_path / "new" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "case,overrides,expect", [c for c in CASES if c[0] in CONSOLE], ids=sorted(CONSOLE, key=[c[0] for c in CASES].index)
+)
+def test_bad_input_is_one_line_on_the_console_and_touches_nothing(case, overrides, expect, files, tmp_path):
+    before = _earlier(tmp_path)
+    args = _args(overrides, files, tmp_path)
+    r = subprocess.run(NIR_TRAIN + args, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2
     err = [l for l in r.stderr.splitlines() if l.strip()]
     lines = [l for l in err if l.startswith("error:")]
     assert len(lines) == 1 and expect in lines[0], r.stderr[-1500:]
@@ -238,11 +270,50 @@ def _run(run_dir: Path, extra=()) -> subprocess.Popen:
     )
 
 
+@pytest.fixture(scope="module")
+def kill_ref(tmp_path_factory) -> Path:
+    """The uninterrupted KILL_RUN, for the kill and signal tests to compare with."""
+    ref = tmp_path_factory.mktemp("kill") / "ref"
+    p = _run(ref)
+    assert p.wait(timeout=600) == 0, p.stdout.read()[-2000:]
+    return ref
+
+
 @pytest.mark.slow
-def test_sigkill_at_several_moments_then_resume_matches(tmp_path):
-    ref = _run(tmp_path / "ref")
-    assert ref.wait(timeout=600) == 0, ref.stdout.read()[-2000:]
-    ref_psnr = json.loads((tmp_path / "ref" / "metrics.json").read_text())["psnr"]
+def test_sigterm_to_nir_train_checkpoints_the_step_and_resume_auto_ends_at_the_same_field(kill_ref, tmp_path):
+    """The command line end to end (issue 25): SIGTERM mid-run (what SLURM and kill send) is one
+    line and exit 143 after a checkpoint at the current step; the same command again with
+    resume=auto ends at the uninterrupted field, bit for bit."""
+    from nir import load_field
+    from nir.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    p = _run(run, ["resume=auto"])
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith("step 30/"):
+            p.send_signal(signal.SIGTERM)
+            break
+    out.append(p.stdout.read())
+    assert p.wait(timeout=120) == 128 + signal.SIGTERM, "".join(out)[-2000:]
+    errors = [line for line in "".join(out).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "error: interrupted by SIGTERM at step" in errors[0], "".join(out)[-2000:]
+    assert "Traceback" not in "".join(out)
+    step = json.loads((run / "metrics.json").read_text())["step"]
+    assert 30 <= step < 120 and load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == step
+    q = _run(run, ["resume=auto"])
+    rest = q.stdout.read()
+    assert q.wait(timeout=600) == 0, rest[-2000:]
+    assert f"resume=auto: resuming from {run / 'checkpoints' / 'last.ckpt'} at step {step}" in rest
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 120
+    a, b = load_field(kill_ref).state_dict(), load_field(run).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_moments_then_resume_matches(kill_ref, tmp_path):
+    ref_psnr = json.loads((kill_ref / "metrics.json").read_text())["psnr"]
     for i, kill_at in enumerate(["step 20/", "step 50/", "step 90/"]):
         run = tmp_path / f"kill{i}"
         p = _run(run)

@@ -51,6 +51,7 @@ LIGHT = [
     "nir.metrics",
     "nir.transforms",
     "nir.checkpoint",
+    "nir.faults",
     "nir.storage",
     "nir.steps",
     "nir.holdout",
