@@ -73,6 +73,21 @@ def check_groups(overrides: list[str]) -> None:
                 require(option in options[key], f"unknown {key} {option!r}; choose one of: {', '.join(options[key])}")
 
 
+def output_dir(argv: list[str], overrides: list[str] | None = None) -> tuple[str, str | None, Path]:
+    """Where ``nir-train``'s argv puts its output: the key (``hydra.run.dir``, or
+    ``hydra.sweep.dir`` with ``-m``), the value given (None: the default), and that directory
+    (``outputs/`` or ``multirun/`` for the default's dated subfolders)."""
+    overrides = overrides_of(argv) if overrides is None else overrides
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    value = next((a.split("=", 1)[1] for a in overrides if a.startswith(key + "=")), None)
+    return (
+        key,
+        value,
+        Path(value if value is not None else "multirun" if multirun else "outputs").expanduser().absolute(),
+    )
+
+
 def check_output_dir(argv: list[str], overrides: list[str]) -> None:
     """One line for an output directory that cannot be created (before Hydra tries): the
     nearest existing parent of ``hydra.run.dir`` (``hydra.sweep.dir`` with ``-m``; ``outputs/``
@@ -80,10 +95,7 @@ def check_output_dir(argv: list[str], overrides: list[str]) -> None:
     can look writable and refuse (``/proc``, read-only mounts, root's access checks)."""
     import tempfile
 
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    value = next((a.split("=", 1)[1] for a in overrides if a.startswith(key + "=")), None)
-    p = Path(value if value is not None else "multirun" if multirun else "outputs").expanduser().absolute()
+    key, value, p = output_dir(argv, overrides)
     while not p.exists() and p != p.parent:
         p = p.parent
     try:

@@ -72,7 +72,7 @@ def _hydra_app() -> Any:
 def main() -> None:
     """Console script ``nir-train``."""
     from nir.allocator import tune_allocator
-    from nir.cli import help_text, precheck
+    from nir.cli import help_text, output_dir, precheck
 
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(help_text())
@@ -95,8 +95,10 @@ def main() -> None:
     with cli_errors():
         try:
             _hydra_app()()
-        except OSError as e:
-            raise WriteError(Path(e.filename or "(a file of the run)"), e) from None
+        except OSError as e:  # Hydra's own writes (multirun.yaml, its job log) do not name their file
+            raise WriteError(
+                Path(e.filename) if e.filename else output_dir(sys.argv[1:])[2] / "(a file Hydra writes)", e
+            ) from None
     if sweep.LAST_FAILED:
         raise SystemExit(min(sweep.LAST_FAILED, 125))  # the exit status is the number of failed jobs
 
