@@ -2,6 +2,7 @@
 
 from nir.errors import NirError
 from nir.field import Field, load_field
+from nir.metrics import score
 from nir.signal import Grid, Signal, read_array, read_image
 
 
@@ -14,5 +15,5 @@ def fit(*args, **kwargs):
 
 fit.__doc__ = "Train a field from Python with nir-train's configs; see nir.run.fit."
 
-__all__ = ["Field", "Grid", "NirError", "Signal", "fit", "load_field", "read_array", "read_image"]
+__all__ = ["Field", "Grid", "NirError", "Signal", "fit", "load_field", "read_array", "read_image", "score"]
 __version__ = "0.1.0"

@@ -566,8 +566,7 @@ class DivergenceGuard(pl.Callback):
         causes = ["learning rate too high (optim.lr)", "no gradient clipping (try trainer.gradient_clip_val=1.0)"]
         if "16" in precision and "bf16" not in precision:
             causes.append("values beyond fp16's range (try trainer.precision=bf16-mixed)")
-        if type(pl_module.field.network).__name__ == "Siren":
-            causes.append("w0 too large for the signal (model.w0, model.w0_first)")
+        causes += list(getattr(pl_module.field.network, "divergence_causes", ()))  # a network's own likely causes
         raise Diverged(
             f"training diverged at step {step}: loss {loss} (precision {precision}); likely causes: "
             + "; ".join(causes),

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,50 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nir.components import TRUSTED_ENV, build_component, component_spec, import_class, trusted_prefixes  # noqa: F401
 from nir.errors import NirError, cli_errors, require
 from nir.signal import Grid
-
-TRUSTED_ENV = "NIR_TRUSTED_MODULES"
-
-
-def trusted_prefixes(trusted: Iterable[str] = ()) -> tuple[str, ...]:
-    """Module prefixes a field spec may name: ``nir``, the ``trusted`` argument, and the
-    comma-separated ``NIR_TRUSTED_MODULES`` environment variable."""
-    env = [p.strip() for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip()]
-    return ("nir", *(str(p).strip() for p in trusted if str(p).strip()), *env)
-
-
-def import_class(target: str, trusted: Iterable[str] = ()) -> type:
-    """Import ``target`` ("nir.fields.siren.Siren"), refusing modules outside the trusted prefixes.
-
-    Nothing is unpickled: the spec names a class and gives plain keyword arguments, and only
-    modules the user trusts are imported (importing runs a module's top-level code).
-    """
-    module, _, name = target.rpartition(".")
-    prefixes = trusted_prefixes(trusted)
-    require(
-        any(module == p or module.startswith(p + ".") for p in prefixes),
-        f"field spec names class {target!r}, outside the trusted modules ({', '.join(prefixes)}); "
-        f"if you trust it, pass trusted=[{module.split('.')[0]!r}] to load_field or set {TRUSTED_ENV}={module.split('.')[0]}",
-    )
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise NirError(
-            f"field spec names unknown class {target!r}; was it saved by a newer nir, or is its module not importable?"
-        ) from None
-    require(isinstance(cls, type) and issubclass(cls, nn.Module), f"field spec: {target!r} is not a module class")
-    return cls
-
-
-def build_component(spec: dict[str, Any], trusted: Iterable[str] = ()) -> nn.Module:
-    """Build ``{"target": "module.Class", "kwargs": {...}}`` (plain values only)."""
-    return import_class(spec["target"], trusted)(**spec.get("kwargs", {}))
-
-
-def component_spec(obj: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
-    cls = type(obj)
-    return {"target": f"{cls.__module__}.{cls.__qualname__}", "kwargs": dict(kwargs)}
 
 
 class Field(nn.Module):
@@ -183,6 +140,11 @@ class Field(nn.Module):
             self._write_image(result, Path(out))
         return result
 
+    @property
+    def is_image(self) -> bool:
+        """Whether the field was trained on an image (its spec's ``is_image``, from the signal)."""
+        return bool(self.spec.get("is_image", False)) and self.in_dim == 2
+
     def sample_image(self, shape: Sequence[int] | None = None, bounds: Sequence[Sequence[float]] | None = None) -> Any:
         """A field trained on an image, sampled and returned as that image: a numpy array of
         shape ``(H, W)`` (gray) or ``(H, W, 3)`` in the file's own range and type (``uint8`` for
@@ -191,10 +153,7 @@ class Field(nn.Module):
         import numpy as np
 
         meta = self.spec.get("meta", {})
-        require(
-            meta.get("kind") == "image" and self.in_dim == 2,
-            "sample_image needs a field trained on an image; use sample() for other signals",
-        )
+        require(self.is_image, "sample_image needs a field trained on an image; use sample() for other signals")
         lo, hi = meta["value_range"]
         u = np.clip((self.sample(shape, bounds).numpy() - lo) / max(hi - lo, 1e-30), 0, 1)
         u = u[..., 0] if u.shape[-1] == 1 else u
@@ -363,6 +322,8 @@ def _rebuild(spec: Any, state: Any, what: str, trusted: Iterable[str]) -> Field:
     that is not a nir spec, tensors missing, of the wrong shape or unreadable) is one line."""
     if not (isinstance(spec, dict) and {"network", "transform", "bounds"} <= set(spec)):
         raise NirError(f"{what} is corrupt: its spec is not a nir field spec; save the field again")
+    if "is_image" not in spec:  # written before the spec carried the capability (issue 27): the reader's label said it
+        spec = {**spec, "is_image": spec.get("meta", {}).get("kind") == "image"}
     try:
         field = Field.from_spec(spec, trusted)
         field.load_state_dict(state())

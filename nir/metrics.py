@@ -315,3 +315,34 @@ class GridMetrics(nn.Module):
         if self.long_tailed:
             self.psnr_log.reset()
             self.bins.reset()
+
+
+def score(prediction: Any, signal: Signal, holdout: Any = None) -> dict[str, Any]:
+    """Score a prediction of ``signal`` on its grid with nir's metrics, as a run reports them:
+    ``psnr`` and, for a long-tailed signal, ``psnr_log``, ``worst_decade_median``,
+    ``magnitude_floor`` and ``magnitude_bins``; ``ssim`` for an image. The one scorer of the
+    run's final evaluation, the scripts and the tests.
+
+    Args:
+        prediction: a field (anything with ``sample(shape)``, e.g. :class:`nir.Field`: sampled on
+            the signal's grid, chunk by chunk) or an array / tensor of the signal's grid values
+            (``(*shape)`` or ``(*shape, channels)``, any float type).
+        signal: the reference :class:`~nir.signal.Signal`.
+        holdout: a :class:`~nir.holdout.Holdout`, to score training and held-out samples apart.
+    """
+    import numpy as np
+
+    if hasattr(prediction, "sample"):
+        with torch.no_grad():
+            prediction = prediction.sample(signal.shape, signal.bounds)
+    pred = torch.as_tensor(np.ascontiguousarray(prediction) if isinstance(prediction, np.ndarray) else prediction)
+    pred = pred.detach().float().cpu().reshape(signal.numel, signal.channels)
+    target = signal.flat()
+    gm = GridMetrics(SignalStats.measure(signal), holdout is not None)
+    held = holdout.held_range(0, signal.numel) if holdout is not None else None
+    gm.update(pred, target, held)
+    out = gm.results()
+    if signal.is_image:
+        shape = (*signal.shape, signal.channels)
+        out["ssim"] = image_ssim(pred.reshape(shape), target.reshape(shape), gm.range)
+    return out

@@ -178,7 +178,7 @@ class FieldModule(pl.LightningModule):
         for start, stop, coords in data.grid.chunks(chunk, *rank_and_world()):
             metrics.update(self.field(coords), data.values_range(start, stop), data.held_mask(start, stop))
         results = metrics.results()
-        if data.signal.meta.get("kind") == "image":
+        if data.signal.is_image:
             results["ssim"] = whole_image_ssim(self.field, data, chunk)
         self.train(was_training)
         return results

@@ -227,6 +227,7 @@ def build_field(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal
         "bounds": [list(b) for b in signal.bounds],
         "shape": list(signal.shape),
         "channels": signal.channels,
+        "is_image": signal.is_image,
         "meta": {"signal": signal.name, **signal.meta},
     }
     return Field(network, transform, spec)
@@ -347,7 +348,7 @@ def _logger_and_final_metrics(cfg: DictConfig, parts: Parts, run_dir: Path, choi
         steps_per_call=parts.module.loop.k,
     )  # fmt: skip
     extra = ["hp/psnr_log", "hp/worst_decade_median"] if parts.signal.long_tailed else []
-    extra += ["hp/ssim"] if parts.signal.meta.get("kind") == "image" else []
+    extra += ["hp/ssim"] if parts.signal.is_image else []
     extra += ["hp/psnr_heldout", "hp/psnr_train"] if parts.data.holdout is not None else []
     extra += ["hp/compression_ratio", "hp/bits_per_sample"]
     return logger, FinalMetrics(hparams, ["hp/psnr", "hp/fit_time_s", *extra], store_of(cfg))
@@ -676,10 +677,10 @@ def _signal_overrides(signal: Any, run_dir: Path) -> list[str]:
     import numpy as np
     import torch
 
-    if isinstance(signal, (str, Path)) and Path(signal).suffix.lower() in (".npy", ".npz"):
-        return ["data=array", f"data.path={Path(signal).resolve()}"]
+    from nir.signal import reader_option
+
     if isinstance(signal, (str, Path)) and Path(signal).suffix:
-        return ["data=image", f"data.path={Path(signal).resolve()}"]
+        return [f"data={reader_option(signal)}", f"data.path={Path(signal).resolve()}"]
     if isinstance(signal, str):
         options = groups()["data"]
         require(signal in options, f"signal {signal!r} is neither a file nor a data option ({', '.join(options)})")

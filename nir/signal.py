@@ -28,6 +28,21 @@ from nir.errors import NirError, require
 
 FIT_SAMPLE = 1 << 22  # samples that data statistics are fitted on (see Signal.fit_sample)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+ARRAY_EXTENSIONS = (".npy", ".npz")
+#: the readers, by file suffix: suffix -> the ``data=`` option that reads it (its ``_target_`` is the
+#: reader function ``read(path, **options) -> Signal``, its keys the reader's options). A new format
+#: is one reader function, one ``conf/data/<option>.yaml`` and its suffixes here (docs/architecture.md).
+READERS: dict[str, str] = {**dict.fromkeys(IMAGE_EXTENSIONS, "image"), **dict.fromkeys(ARRAY_EXTENSIONS, "array")}
+
+
+def reader_option(path: str | os.PathLike) -> str:
+    """The ``data=`` option that reads ``path`` (by its suffix, :data:`READERS`); one line otherwise."""
+    suffix = Path(path).suffix.lower()
+    require(
+        suffix in READERS,
+        f"data.path {str(path)!r}: no reader for {suffix or 'a file without a suffix'!r}; nir reads {', '.join(READERS)}",
+    )
+    return READERS[suffix]
 
 
 @dataclass
@@ -43,6 +58,8 @@ class Signal:
             (per-decade metrics, log-space figures). Readers of scientific fields set it;
             images and any new signal type default to ``False``, so nothing is binned by
             magnitude unless its reader says so.
+        is_image: whether the signal is a picture (SSIM, image figures, ``Field.sample_image``):
+            :func:`read_image` sets it, with ``meta["value_range"]`` and ``meta["bit_depth"]``.
     """
 
     values: Tensor
@@ -50,6 +67,7 @@ class Signal:
     name: str = "signal"
     meta: dict = field(default_factory=dict)
     long_tailed: bool = False
+    is_image: bool = False
     source: MappedFile | None = field(default=None, repr=False, compare=False)
     _summary: dict | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -391,10 +409,8 @@ def read_image(
         bounds=default_bounds(2, bounds),
         name=p.stem,
         meta={"kind": "image", "path": str(p), "value_range": [lo, hi], "bit_depth": bits},
+        is_image=True,
     )
-
-
-ARRAY_EXTENSIONS = (".npy", ".npz")
 
 
 def _load_array(p: Path, key: str | None, mmap: bool) -> tuple[np.ndarray, MappedFile | None]:

@@ -32,13 +32,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench import write_section
 
 import nir
+from nir.benchmark import write_section
 from nir.config import build, compose_config
-from nir.metrics import GridMetrics, SignalStats
+from nir.metrics import SignalStats
 
 #: nir's configurations per dataset, in order of preference: the recommended long-tail setups
 #: (docs/long-tail.md); where one cannot fit the budget (a grid's levels and MLP set a floor of
@@ -61,9 +59,7 @@ RATIOS = [10, 30, 100, 300]
 
 
 def score(pred: np.ndarray, signal) -> dict:
-    gm = GridMetrics(SignalStats.measure(signal))
-    gm.update(torch.as_tensor(np.ascontiguousarray(pred), dtype=torch.float32).reshape(-1, 1), signal.flat())
-    r = gm.results()
+    r = nir.score(pred, signal)
     return {
         "psnr": r["psnr"],
         "worst": r.get("worst_decade_median"),

@@ -29,14 +29,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import bench
-
+from nir import benchmark as bench
 from nir.allocator import tune_allocator
+from nir.config import compose_config
 from nir.run import train_field
 from nir.signal import sample_image_path
-from tests.conftest import make_cfg
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 QUIET = ["trainer.enable_progress_bar=false", "log.images=false", "check_finite_every=0"]
@@ -50,7 +48,7 @@ IMAGE = {
 
 def run(overrides: list[str], tmp: Path, callbacks=()) -> tuple[dict, object]:
     d = Path(tempfile.mkdtemp(dir=tmp))
-    field, m = train_field(make_cfg([*QUIET, *overrides]), d, callbacks=list(callbacks))
+    field, m = train_field(compose_config([*QUIET, *overrides])[0], d, callbacks=list(callbacks))
     return m, field
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import bench
+from nir import benchmark as bench
 
 ROOT = Path(__file__).resolve().parent.parent
 SIREN = ["model.hidden_dim=256", "model.num_layers=3", "optim.lr=1e-4", "optim.schedule=constant"]
@@ -37,8 +37,8 @@ def nir_step_time(overrides: list[str], steps: int, run_dir: Path, device: str) 
     warm-up and graph capture excluded), and the run's metrics."""
     import pytorch_lightning as pl
 
+    from nir.config import compose_config
     from nir.run import train_field
-    from tests.conftest import make_cfg
 
     skip, points = max(30, steps // 10), []
 
@@ -55,7 +55,7 @@ def nir_step_time(overrides: list[str], steps: int, run_dir: Path, device: str) 
 
     ov = [*bench.DEVICE_OVERRIDES, f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false",
           "log.images=false", "check_finite_every=0", *overrides]  # fmt: skip
-    _, m = train_field(make_cfg(ov), run_dir, callbacks=[Timer()])
+    _, m = train_field(compose_config(ov)[0], run_dir, callbacks=[Timer()])
     (t0, s0), (t1, s1) = points[0], points[-1]
     return (t1 - t0) / (s1 - s0), m
 

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     import pytorch_lightning  # noqa: F401  (imported before the baseline)
 
+    from nir.config import compose_config
     from nir.run import train_field
-    from tests.conftest import make_cfg
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="nir_mem_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         "trainer.precision=32",
         "check_finite_every=0",
     ]
-    cfg = make_cfg(ov)
+    cfg = compose_config(ov)[0]
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     base = status_kb("VmRSS") / 1024
     t = time.perf_counter()

@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT))
 
 import nir
 from nir.config import build, compose_config
-from nir.metrics import GridMetrics, SignalStats
 
 CASES = {
     "image (SIREN 3x256, 800 steps)": ("image", []),
@@ -33,10 +32,7 @@ STORES = [("float32", "row"), ("float16", "row"), ("int8", "row"), ("int8", "ten
 
 
 def evaluate(field, signal) -> dict:
-    gm = GridMetrics(SignalStats.measure(signal))
-    with torch.no_grad():
-        gm.update(field.sample().reshape(-1, signal.channels), signal.flat())
-    return {k: float(v) for k, v in gm.compute().items()}
+    return {k: v for k, v in nir.score(field, signal).items() if isinstance(v, float)}
 
 
 def main() -> None:

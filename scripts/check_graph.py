@@ -41,8 +41,8 @@ CASES = {  # name: overrides (on top of trainer=gpu)
 
 
 def run(overrides: list[str], run_dir: Path) -> tuple[dict, float]:
+    from nir.config import compose_config
     from nir.run import train_field
-    from tests.conftest import make_cfg
 
     t = time.perf_counter()
     device = (
@@ -51,7 +51,7 @@ def run(overrides: list[str], run_dir: Path) -> tuple[dict, float]:
     ov = [*device, "trainer.enable_progress_bar=false", "trainer.val_check_interval=100", *overrides]
     if not torch.cuda.is_available():
         ov = [o for o in ov if not o.startswith(("trainer.max_steps=", "batch_size="))] + device[:2]
-    _, m = train_field(make_cfg(ov), run_dir)
+    _, m = train_field(compose_config(ov)[0], run_dir)
     return m, time.perf_counter() - t
 
 

@@ -25,3 +25,9 @@ def test_legacy_field_gives_the_same_outputs(name: str) -> None:
     with torch.no_grad():
         got = field(coords).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_legacy_image_field_is_still_an_image():
+    """Fields saved before the spec carried ``is_image`` get it from their reader's label."""
+    assert load_field(LEGACY / "siren_image.safetensors").is_image
+    assert not load_field(LEGACY / "fourier_log3d.safetensors").is_image

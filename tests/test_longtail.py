@@ -488,3 +488,21 @@ def test_worst_decade_median_leaves_out_the_values_below_the_floor():
     out = gm.compute()
     assert float(gm.bins.compute()["median"][0]) > 100  # bin 0 holds the large error ...
     assert float(out["worst_decade_median"]) == pytest.approx(0.01, rel=0.03)  # ... and is not the worst decade
+
+
+def test_score_takes_a_field_or_its_grid_values():
+    """nir.score: the one scorer (runs, scripts, tests); a field is sampled on the signal's grid."""
+    from pathlib import Path
+
+    import nir
+    from nir.signal import Signal
+
+    field = nir.load_field(Path(__file__).parent / "data" / "legacy" / "fourier_log3d.safetensors")
+    pred = field.sample()
+    signal = Signal(values=pred * 1.01, bounds=tuple(map(tuple, field.spec["bounds"])), long_tailed=True)
+    from nir.run import json_safe  # an empty bin's statistics are NaN, which equals nothing
+
+    by_field, by_values = nir.score(field, signal), nir.score(pred[..., 0].numpy(), signal)
+    assert json_safe(by_field) == json_safe(by_values)
+    assert by_field["worst_decade_median"] == pytest.approx(1 / 1.01 - 1 + 0.02, abs=0.011)  # |p - y| / y = 0.0099
+    assert [b["count"] for b in by_field["magnitude_bins"]] and "ssim" not in by_field

@@ -339,3 +339,21 @@ def test_sigkill_at_several_moments_then_resume_matches(kill_ref, tmp_path):
         m = json.loads((run / "metrics.json").read_text())
         assert m["steps"] == 120
         assert m["psnr"] == pytest.approx(ref_psnr, abs=0.05)
+
+
+@pytest.mark.parametrize("network,w0_named", [("siren", True), ("fourier", False)])
+def test_the_divergence_message_lists_the_networks_own_causes(network, w0_named):
+    """A network says what makes it diverge (``divergence_causes``): SIREN names its w0."""
+    from types import SimpleNamespace
+
+    from nir.callbacks import Diverged, DivergenceGuard
+    from nir.fields import FourierMLP, Siren
+
+    net = Siren(2, 1, hidden_dim=8, num_layers=1) if network == "siren" else FourierMLP(2, 1, 8, 1, num_features=4)
+    health = SimpleNamespace(
+        nonfinite_steps=torch.tensor(1), first_bad_step=torch.tensor(3), first_bad_loss=torch.tensor(float("inf"))
+    )
+    module = SimpleNamespace(health=health, field=SimpleNamespace(network=net))
+    with pytest.raises(Diverged) as e:
+        DivergenceGuard()._check(SimpleNamespace(precision="32-true"), module)
+    assert ("w0 too large for the signal (model.w0, model.w0_first)" in str(e.value)) == w0_named

@@ -92,3 +92,23 @@ def test_bad_image_paths(tmp_path, make, match):
 def test_unknown_sample():
     with pytest.raises(NirError, match="not a bundled photo"):
         read_image(sample="no_such_photo")
+
+
+def test_readers_are_one_table_keyed_by_suffix():
+    from nir.signal import READERS, reader_option
+
+    assert reader_option("photo.PNG") == reader_option("scan.tif") == "image"
+    assert reader_option("field.npy") == reader_option("fields.npz") == "array"
+    assert set(READERS.values()) <= set(__import__("nir.config", fromlist=["groups"]).groups()["data"])
+    with pytest.raises(NirError, match=r"no reader for '\.gif'; nir reads \.png, .*\.npy, \.npz"):
+        reader_option("movie.gif")
+
+
+def test_image_is_a_capability_of_the_signal_and_the_field(tmp_path):
+    import imageio.v3 as iio
+
+    from nir.signal import read_array, read_image
+
+    iio.imwrite(tmp_path / "a.png", np.zeros((4, 5, 3), np.uint8), extension=".png")
+    np.save(tmp_path / "a.npy", np.zeros((4, 5), np.float32))
+    assert read_image(str(tmp_path / "a.png")).is_image and not read_array(str(tmp_path / "a.npy")).is_image

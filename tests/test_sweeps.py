@@ -159,11 +159,9 @@ def test_slurm_preset_composes(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_processes_metrics_equal_full_grid(tmp_path):
-    import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import nir
-    from nir.metrics import GridMetrics, SignalStats
     from nir.synthetic import peaks1d
 
     run_dir = tmp_path / "ddp"
@@ -187,11 +185,7 @@ def test_ddp_two_processes_metrics_equal_full_grid(tmp_path):
     acc.Reload()
     logged = {tag: acc.Scalars(tag)[-1].value for tag in ("val/psnr", "val/worst_decade_median")}
     field = nir.load_field(run_dir)
-    signal = peaks1d(n=3000)
-    gm = GridMetrics(SignalStats.measure(signal))
-    with torch.no_grad():
-        gm.update(field.sample().reshape(-1, 1), signal.flat())
-    full = {k: float(v) for k, v in gm.compute().items()}
+    full = nir.score(field, peaks1d(n=3000))
     assert logged["val/psnr"] == pytest.approx(full["psnr"], abs=1e-3)
     assert logged["val/worst_decade_median"] == pytest.approx(full["worst_decade_median"], rel=1e-3)
     m = json.loads((run_dir / "metrics.json").read_text())

@@ -50,7 +50,7 @@ class EncodedMLP(nn.Module):
         super().__init__()
         check_network_sizes(in_dim, out_dim, hidden_dim, num_layers)
         require(isinstance(encoding, str), f"model.encoding must name an encoding class, got {encoding!r}")
-        from nir.field import import_class  # the same trusted-module rule as loading a field
+        from nir.components import import_class  # the same trusted-module rule as loading a field
 
         cls = import_class(encoding)
         if "bounds" in inspect.signature(cls).parameters:

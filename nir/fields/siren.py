@@ -132,6 +132,9 @@ class Siren(nn.Module):
         first_bias_scale: ``finer``'s first-layer bias range k.
     """
 
+    #: what the divergence message lists for this network (a capability, not a class-name check)
+    divergence_causes = ("w0 too large for the signal (model.w0, model.w0_first)",)
+
     def __init__(
         self,
         in_dim: int,
