@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from nir.batches import IndexSampler, TrainingData
+from nir.batches import TrainingData
 from nir.errors import NirError
 from nir.losses import MSE, LogMSE, RelL2
+from nir.samplers import IndexSampler
 from nir.signal import Signal
 from nir.synthetic import peaks1d
 from nir.transforms import Identity, Log, Softplus
@@ -112,7 +113,7 @@ def _long_tailed(n: int = 4000, seed: int = 0) -> Signal:
 
 
 def test_decade_batches_have_the_requested_shares():
-    from nir.batches import Decades, DecadeSampler
+    from nir.samplers import Decades, DecadeSampler
 
     s = _long_tailed()
     data = TrainingData(s, Log(), LogMSE(), batch_size=700, sampling=Decades(alpha=0.0)).to(CPU)
@@ -127,7 +128,7 @@ def test_decade_batches_have_the_requested_shares():
 
 
 def test_a_decade_with_a_single_sample_is_drawn_in_every_batch():
-    from nir.batches import Decades
+    from nir.samplers import Decades
 
     s = _long_tailed()
     data = TrainingData(s, Log(), LogMSE(), batch_size=700, sampling=Decades()).to(CPU)
@@ -137,7 +138,7 @@ def test_a_decade_with_a_single_sample_is_drawn_in_every_batch():
 
 
 def test_draws_within_a_decade_are_uniform():
-    from nir.batches import DecadeSampler
+    from nir.samplers import DecadeSampler
 
     mag = torch.cat([torch.full((50,), 0.5), torch.full((1000,), 5.0)])  # decades 1e-1.. and 1e0..
     sampler = DecadeSampler(mag, [1e-2, 1e-1, 1.0, 10.0], batch_size=1000, alpha=0.0, seed=2)
@@ -152,7 +153,7 @@ def test_draws_within_a_decade_are_uniform():
 
 
 def test_tempered_shares_follow_count_to_the_alpha():
-    from nir.batches import decade_slots
+    from nir.samplers import decade_slots
 
     counts = torch.tensor([0, 10, 100, 1000, 10000])
     assert decade_slots(counts, 400, 0.0).tolist() == [0, 100, 100, 100, 100]
@@ -163,7 +164,7 @@ def test_tempered_shares_follow_count_to_the_alpha():
 
 
 def test_decade_sampler_state_round_trips():
-    from nir.batches import Decades
+    from nir.samplers import Decades
 
     s = _long_tailed()
     a = TrainingData(s, Log(), LogMSE(), batch_size=300, sampling=Decades()).to(CPU)
@@ -177,7 +178,7 @@ def test_decade_sampler_state_round_trips():
 
 
 def test_decade_sampling_refuses_images():
-    from nir.batches import Decades
+    from nir.samplers import Decades
 
     img = Signal(torch.rand(8, 8, 3), ((-1.0, 1.0),) * 2)
     with pytest.raises(NirError, match="sampling=decades needs a long-tailed signal"):
@@ -187,7 +188,8 @@ def test_decade_sampling_refuses_images():
 def test_streamed_and_held_signals_get_the_same_decade_shares(tmp_path):
     """A memory-mapped signal streamed through a small block cache is balanced over the cached
     samples: with every decade in every block, each batch has the held sampler's shares."""
-    from nir.batches import BlockCache, Decades
+    from nir.batches import BlockCache
+    from nir.samplers import Decades
     from nir.signal import read_array
 
     rng = np.random.default_rng(5)
@@ -233,7 +235,7 @@ def test_decade_sampling_resumes_to_the_same_weights(tmp_path):
 
 
 def test_each_ddp_rank_draws_its_own_balanced_batches():
-    from nir.batches import Decades
+    from nir.samplers import Decades
 
     s = _long_tailed()
     ranks = [TrainingData(s, Log(), LogMSE(), batch_size=400, sampling=Decades()).to(CPU, rank=r) for r in (0, 1)]
@@ -263,3 +265,26 @@ def test_a_resumed_sampler_draws_what_an_uninterrupted_one_draws_across_epochs()
     resumed.load_state_dict(first.state_dict())
     for k in range(5, 12):
         assert torch.equal(resumed.next(), drawn[k])
+
+
+def test_a_sampler_written_outside_nir_is_built_from_its_config_path(tmp_path):
+    """The sampler protocol (nir.samplers): a class of the user's, named by sampling._target_,
+    draws the batches with no change to nir, and its state goes into the checkpoint."""
+    from nir.config import build
+    from nir.run import train_field
+    from nir.signal import read_array
+
+    np.save(tmp_path / "x.npy", np.linspace(1.0, 2.0, 64, dtype=np.float32))
+    ov = ["data=array", f"data.path={tmp_path / 'x.npy'}", "loss=mse", "model.hidden_dim=8", "batch_size=8",
+          "trainer.max_steps=6", "trainer.val_check_interval=6", "log.images=false",
+          "trainer.enable_progress_bar=false", "sampling._target_=tests.usersampler.EvenOnly", "+sampling.stride=2"]  # fmt: skip
+    cfg = make_cfg(ov)
+    sampling = build(cfg.sampling, "sampling")
+    assert type(sampling).__module__ == "tests.usersampler"
+    data = TrainingData(read_array(str(tmp_path / "x.npy")), Identity(), MSE(), 8, sampling=sampling).to(CPU)
+    drawn = torch.cat([data.next_batch()[0] for _ in range(8)])
+    assert sorted(set(drawn.tolist())) == list(range(0, 64, 2))  # every even position, no odd one
+    field, m = train_field(cfg, tmp_path / "run")
+    assert m["sampling"] == "even_only(stride=2)" and m["status"] == "ok"
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["nir_sampler"] == {"epoch": -1, "pos": (8 * 6) % 32}  # 6 batches of 8 over 32 positions

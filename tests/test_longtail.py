@@ -464,7 +464,7 @@ def test_loss_on_the_command_line_beats_auto(tmp_path, capfd):
 def test_exact_powers_of_ten_open_their_decade_in_the_metric_and_the_sampler():
     """docs/long-tail.md: bin 0 is [0, floor), bin i is [edges[i-1], edges[i]); 0.01 lands in 1e-2..1e-1.
     Expected bins are written out by hand from that rule, not computed by the code under test."""
-    from nir.batches import DecadeSampler
+    from nir.samplers import DecadeSampler
 
     floor, top = 2e-3, 50.0
     edges = decade_edges(floor, top)

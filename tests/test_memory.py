@@ -147,7 +147,7 @@ def test_resident_memory_stays_bounded_when_the_array_exceeds_the_cache(tmp_path
 
 
 def test_large_signals_draw_with_replacement_uniformly_and_resumably(monkeypatch):
-    from nir.batches import IndexSampler
+    from nir.samplers import IndexSampler
 
     monkeypatch.setattr(IndexSampler, "PERMUTE_MAX", 1000)
     s = IndexSampler(5000, 250, torch.device("cpu"), seed=4)

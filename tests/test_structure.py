@@ -52,6 +52,8 @@ LIGHT = [
     "nir.transforms",
     "nir.checkpoint",
     "nir.faults",
+    "nir.samplers",
+    "nir.components",
     "nir.storage",
     "nir.steps",
     "nir.holdout",
