@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -194,3 +195,21 @@ class FieldModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.loop.check_resume(int(checkpoint.get("nir_steps_per_call", 1)))
         self.data.load_state_dict(checkpoint.get("nir_sampler"))
+
+
+def evaluate_stored(pl_module: FieldModule, store: dict[str, str]) -> dict[str, Any]:
+    """The final metrics of the field as it will be stored: its parameters rounded to
+    ``store["dtype"]`` in place (what ``field.safetensors`` will hold), evaluated in fp32, plus
+    the file's ``bytes``, ``compression_ratio`` (the signal's float32 bytes over them) and
+    ``bits_per_sample`` (per value: grid sample and channel)."""
+    field, dtype, scale = pl_module.field, store.get("dtype", "float32"), store.get("int8_scale", "row")
+    if dtype != "float32":
+        field.round_to_storage(dtype, scale)
+    metrics = pl_module.evaluate()
+    signal = pl_module.data.signal
+    values = math.prod(signal.shape) * signal.channels
+    nbytes = field.stored_bytes(dtype, scale)
+    metrics.update(
+        store_dtype=dtype, bytes=nbytes, compression_ratio=4.0 * values / nbytes, bits_per_sample=8.0 * nbytes / values
+    )
+    return metrics

@@ -471,7 +471,7 @@ def fit_with_guards(
     if final_metrics.metrics:
         return final_metrics.metrics, int(trainer.global_step)
     # ddp_spawn: the callback ran in the worker processes; the weights came back here
-    from nir.callbacks import evaluate_stored
+    from nir.module import evaluate_stored
 
     final = {
         **evaluate_stored(parts.module, store_of(cfg)),

@@ -94,7 +94,7 @@ def test_tensorboard_has_images_scalars_and_hparams(fitted):
 
 
 def test_error_map_carries_its_scale():
-    from nir.callbacks import error_figure
+    from nir.figures import error_figure
 
     fig = error_figure(np.full((30, 40), 0.05), white=0.2)
     image_ax, bar_ax = fig.axes  # the map and its colour bar
