@@ -371,3 +371,30 @@ def test_a_failed_sweep_job_keeps_its_interrupted_status(tmp_path):
     _record_failed_job(tmp_path, OmegaConf.create({"seed": 1}), hc, Interrupted(15, 5, 10, tmp_path / "x", tmp_path))
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "interrupted"
     assert (tmp_path / ".hydra" / "overrides.yaml").is_file()  # listed by nir-summarize
+
+
+def test_nir_summarize_on_a_full_disk_is_one_line_and_exit_74(tmp_path, monkeypatch, capsys):
+    from nir.sweep import main
+
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    (tmp_path / "0" / "metrics.json").write_text('{"status": "ok", "psnr": 30.0}')
+    (tmp_path / "summary.md").write_text("the earlier summary")
+    _fail_writes_to(monkeypatch, tmp_path / "summary.md")
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)])
+    assert e.value.code == 74
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"could not write '{tmp_path / 'summary.md'}'" in err[0]
+    assert (tmp_path / "summary.md").read_text() == "the earlier summary"
+
+
+def test_inside_a_slurm_job_sigusr1_is_left_to_lightnings_auto_requeue(monkeypatch):
+    from nir.faults import signals_to_catch
+
+    for k in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(k, raising=False)
+    assert set(signals_to_catch()) == {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "field")  # a batch job (not an interactive "bash" allocation)
+    assert set(signals_to_catch()) == {signal.SIGTERM, signal.SIGINT}
