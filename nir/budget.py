@@ -2,7 +2,7 @@
 training, the chosen network's size knob is set to the largest value whose stored field file
 (at ``store.dtype``, header included) fits the budget, as neurcomp's ``--compression_ratio``.
 
-The knob is ``model.log2_hashmap_size`` for grid encodings (the table size) and
+The knob is ``model.encoding.log2_hashmap_size`` for grid encodings (the table size) and
 ``model.hidden_dim`` for MLPs (the width); the file size grows with either, so a binary search
 over the knob finds it. Each candidate is built and serialised in memory (a few ms to a second).
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nir.errors import NirError, require
 
-KNOBS = {"log2_hashmap_size": (4, 24), "hidden_dim": (1, 4096)}
+KNOBS = {"encoding.log2_hashmap_size": (4, 24), "hidden_dim": (1, 4096)}  # paths in the model node, first found wins
 
 
 def budget_bytes(cfg: DictConfig, signal: Any) -> int | None:
@@ -39,14 +39,14 @@ def fit_to_budget(cfg: DictConfig, signal: Any, dims: dict[str, Any], stored_byt
     budget = budget_bytes(cfg, signal)
     if budget is None:
         return None
-    knob = next((k for k in KNOBS if k in cfg.model), None)
-    require(knob is not None, "size.bytes / size.ratio need a model with log2_hashmap_size or hidden_dim")
+    knob = next((k for k in KNOBS if OmegaConf.select(cfg.model, k) is not None), None)
+    require(knob is not None, "size.bytes / size.ratio need a model with encoding.log2_hashmap_size or hidden_dim")
     lo, hi = KNOBS[knob]
 
     def size_at(value: int) -> int:
         node = cfg.model.copy()
         with open_dict(node):
-            node[knob] = value
+            OmegaConf.update(node, knob, value)
         return stored_bytes(node)
 
     if size_at(lo) > budget:
@@ -58,5 +58,5 @@ def fit_to_budget(cfg: DictConfig, signal: Any, dims: dict[str, Any], stored_byt
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if size_at(mid) <= budget else (lo, mid - 1)
     with open_dict(cfg):
-        cfg.model[knob] = lo
+        OmegaConf.update(cfg.model, knob, lo)
     return f"size: budget {budget:,} bytes -> model.{knob}={lo} ({size_at(lo):,} bytes, store.dtype={cfg.store.dtype})"

@@ -48,7 +48,11 @@ def import_class(target: str, trusted: Iterable[str] = ()) -> type:
 
 def build_component(spec: dict[str, Any], trusted: Iterable[str] = ()) -> nn.Module:
     """Build ``{"target": "module.Class", "kwargs": {...}}`` (plain values only)."""
-    return import_class(spec["target"], trusted)(**spec.get("kwargs", {}))
+    cls = import_class(spec["target"], trusted)
+    kwargs = dict(spec.get("kwargs", {}))
+    if hasattr(cls, "upgrade_kwargs"):  # a class that reads the specs of its earlier versions
+        kwargs = cls.upgrade_kwargs(kwargs)
+    return cls(**kwargs)
 
 
 def component_spec(obj: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:

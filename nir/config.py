@@ -117,6 +117,12 @@ def check_keys(cfg: DictConfig) -> None:
             if key != "_target_" and (group, key) != ("data", "holdout"):
                 valid = [f"{group}.{a}" for a in sorted(accepted)]
                 require(key in accepted, unknown_key_message(f"{group}.{key}", cfg, valid))
+        sub = node.get("encoding")  # an encoding's own node (tiny-cuda-nn's split): its class's arguments
+        if isinstance(sub, DictConfig) and isinstance(sub.get("otype"), str):
+            inner = _accepted(str(sub.otype))
+            for key in sub if inner is not None else ():
+                valid = [f"{group}.encoding.{a}" for a in sorted(inner | {"otype"}) if a != "in_dim"]
+                require(key in inner | {"otype"}, unknown_key_message(f"{group}.encoding.{key}", cfg, valid))
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -324,6 +324,7 @@ def _rebuild(spec: Any, state: Any, what: str, trusted: Iterable[str]) -> Field:
         raise NirError(f"{what} is corrupt: its spec is not a nir field spec; save the field again")
     if "is_image" not in spec:  # written before the spec carried the capability (issue 27): the reader's label said it
         spec = {**spec, "is_image": spec.get("meta", {}).get("kind") == "image"}
+
     try:
         field = Field.from_spec(spec, trusted)
         field.load_state_dict(state())

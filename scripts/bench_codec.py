@@ -41,7 +41,7 @@ from nir.metrics import SignalStats
 #: nir's configurations per dataset, in order of preference: the recommended long-tail setups
 #: (docs/long-tail.md); where one cannot fit the budget (a grid's levels and MLP set a floor of
 #: several kB), a smaller grid (4 levels, MLP 1x16), then the dataset preset's Fourier MLP
-SMALL_GRID = ["model.n_levels=4", "model.hidden_dim=16"]
+SMALL_GRID = ["model.encoding.n_levels=4", "model.hidden_dim=16"]
 NIR = {
     "lognormal3d": [
         ["model=hashgrid_lt3d", "optim.lr=1e-2"],
@@ -128,7 +128,7 @@ def run_nir(name: str, ratio: float, tmp: Path) -> dict | None:
             continue
         decades = {b["bin"]: b["median"] for b in m.get("magnitude_bins", [])[1:] if b["count"]}
         model = next((o.split("=", 1)[1] for o in setup if o.startswith("model=")), "preset")
-        model += ", 4 levels, MLP 1x16" if "model.n_levels=4" in setup else ""
+        model += ", 4 levels, MLP 1x16" if "model.encoding.n_levels=4" in setup else ""
         return {"bytes": m["bytes"], "psnr": m["psnr"], "worst": m.get("worst_decade_median"), "decades": decades,
                 "fit_s": m.get("fit_time_s"), "model": model, "num_params": m.get("num_params")}  # fmt: skip
     return None

@@ -41,7 +41,7 @@ QUIET = ["trainer.enable_progress_bar=false", "log.images=false", "check_finite_
 IMAGE = {
     "SIREN 3x256 (default)": ["model=siren"],
     "hash grid, tcnn-like (16 x 2, 16..512, 2^16)": ["model=hashgrid"],
-    "hash grid <= SIREN's parameters (2^13)": ["model=hashgrid", "model.log2_hashmap_size=13"],
+    "hash grid <= SIREN's parameters (2^13)": ["model=hashgrid", "model.encoding.log2_hashmap_size=13"],
     "dense grid (8 x 2, 16..256)": ["model=densegrid"],
 }
 

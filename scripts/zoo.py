@@ -38,11 +38,11 @@ import nir
 NETWORKS = {
     "ReLU MLP (no mapping)": (["model=relu", "optim.lr=1e-3"], None, []),
     "positional Fourier features": (
-        ["model=fourier", "model.encoding=positional", "optim.lr=1e-3"],
-        "model.sigma",
+        ["model=fourier", "model.encoding.mapping=positional", "optim.lr=1e-3"],
+        "model.encoding.sigma",
         [8, 16, 32],
     ),
-    "Gaussian Fourier features": (["model=fourier", "optim.lr=1e-3"], "model.sigma", [3, 6, 12]),
+    "Gaussian Fourier features": (["model=fourier", "optim.lr=1e-3"], "model.encoding.sigma", [3, 6, 12]),
     "SIREN": (["model=siren", "optim.lr=1e-4"], "model.w0_first", [10, 30, 90]),
     "FINER": (["model=finer", "optim.lr=1e-4"], "model.w0_first", [10, 30, 90]),
     "Gauss": (["model=gauss", "optim.lr=1e-4"], "model.scale", [5, 10, 20]),

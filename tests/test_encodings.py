@@ -119,7 +119,14 @@ def test_encoded_mlp_composes_through_config_and_groups_its_parameters():
 
     from tests.conftest import make_cfg
 
-    cfg = make_cfg(["model=hashgrid", "model.n_levels=4", "model.log2_hashmap_size=8", "model.finest_resolution=32"])
+    cfg = make_cfg(
+        [
+            "model=hashgrid",
+            "model.encoding.n_levels=4",
+            "model.encoding.log2_hashmap_size=8",
+            "model.encoding.finest_resolution=32",
+        ]
+    )
     net = instantiate(cfg.model, in_dim=2, out_dim=3, bounds=[[-1, 1], [-1, 1]])
     assert isinstance(net, EncodedMLP) and isinstance(net.encoding, GridEncoding)
     assert net.encoding.n_levels == 4 and net(torch.rand(7, 2)).shape == (7, 3)
@@ -155,7 +162,7 @@ def test_four_dimensional_array_trains_samples_and_exports(tmp_path):
     vol = (0.1 + np.exp(-((x - 0.3 * t - 0.3) ** 2 + (y - 0.5) ** 2 + (z - 0.5) ** 2) * 10)).astype(np.float32)
     np.save(tmp_path / "v4.npy", vol)
     field, m = nir.fit(str(tmp_path / "v4.npy"), run_dir=tmp_path / "run", steps=40, model="hashgrid",
-                       model__n_levels=4, model__base_resolution=3, model__finest_resolution=8, model__hidden_dim=16,
+                       model__encoding__n_levels=4, model__encoding__base_resolution=3, model__encoding__finest_resolution=8, model__hidden_dim=16,
                        trainer__val_check_interval=20, trainer__enable_progress_bar=False)  # fmt: skip
     assert m["status"] == "ok" and m["signal"]["shape"] == [3, 5, 6, 7] and field.in_dim == 4
     assert field.sample().shape == (3, 5, 6, 7, 1) and field.sample((2, 3, 3, 3)).shape == (2, 3, 3, 3, 1)
@@ -197,9 +204,8 @@ def test_output_layer_runs_in_fp32_under_autocast(model):
     if model == "fourier":
         net = FourierMLP(1, 1, hidden_dim=16, num_layers=1, num_features=8)
     else:
-        net = EncodedMLP(
-            1, 1, "nir.fields.encodings.GridEncoding", hidden_dim=16, n_levels=4, finest_resolution=64, bounds=[[-1, 1]]
-        )
+        grid = {"otype": "nir.fields.encodings.GridEncoding", "n_levels": 4, "finest_resolution": 64}
+        net = EncodedMLP(1, 1, grid, hidden_dim=16, bounds=[[-1, 1]])
     x = torch.rand(64, 1) * 2 - 1
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(x)

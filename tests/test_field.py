@@ -37,13 +37,13 @@ np.savez(out, **res)
 
 CASES = {
     "image-siren": ["model=siren", "data.sample=camera", "model.hidden_dim=32", "model.num_layers=1"],
-    "image-fourier": ["model=fourier", "model.hidden_dim=32", "model.num_layers=1", "model.num_features=16"],
+    "image-fourier": ["model=fourier", "model.hidden_dim=32", "model.num_layers=1", "model.encoding.num_features=16"],
     "sources3d-fourier": ["data=sources3d", "data.n=10"],
     "lognormal3d-siren": ["data=lognormal3d", "data.n=10", "model=siren", "model.hidden_dim=32", "model.num_layers=1"],
-    "image-hashgrid": ["model=hashgrid", "data.sample=camera", "model.n_levels=4", "model.log2_hashmap_size=10",
-                       "model.finest_resolution=64", "model.hidden_dim=16"],
-    "sources3d-hashgrid": ["data=sources3d", "data.n=10", "model=hashgrid_lt3d", "model.finest_resolution=12"],
-    "image-densegrid": ["model=densegrid", "model.n_levels=3", "model.finest_resolution=32", "model.hidden_dim=16"],
+    "image-hashgrid": ["model=hashgrid", "data.sample=camera", "model.encoding.n_levels=4", "model.encoding.log2_hashmap_size=10",
+                       "model.encoding.finest_resolution=64", "model.hidden_dim=16"],
+    "sources3d-hashgrid": ["data=sources3d", "data.n=10", "model=hashgrid_lt3d", "model.encoding.finest_resolution=12"],
+    "image-densegrid": ["model=densegrid", "model.encoding.n_levels=3", "model.encoding.finest_resolution=32", "model.hidden_dim=16"],
     "image-finer": ["model=finer", "model.hidden_dim=16", "model.num_layers=1"],
     "image-gauss": ["model=gauss", "model.hidden_dim=16", "model.num_layers=1"],
     "image-wire": ["model=wire", "data.sample=camera", "model.hidden_dim=12", "model.num_layers=1"],

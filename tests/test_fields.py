@@ -110,7 +110,7 @@ def test_siren_bad_sizes(kwargs, key):
 
 
 def test_fourier_bad_settings():
-    with pytest.raises(NirError, match="model.sigma"):
+    with pytest.raises(NirError, match="model.encoding.sigma"):
         FourierMLP(2, 1, sigma=-1)
     with pytest.raises(NirError, match="model.encoding"):
         FourierMLP(2, 1, encoding="hash")

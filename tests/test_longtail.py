@@ -335,7 +335,7 @@ def peaks_run(tmp_path_factory):
             "trainer.val_check_interval=150",
             "trainer.enable_progress_bar=false",
             "trainer.precision=32",
-            "model.sigma=10",
+            "model.encoding.sigma=10",
         ]
     )
     return run, train(cfg, run)

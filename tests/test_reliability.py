@@ -78,7 +78,7 @@ CASES = [
         ["data=peaks1d", "data.n=64", "loss=rel_l2", "loss.floor=0"],
         "loss.floor must be a positive number",
     ),
-    ("frequency", ["model=fourier", "model.sigma=0"], "model.sigma must be a positive number"),
+    ("frequency", ["model=fourier", "model.encoding.sigma=0"], "model.encoding.sigma must be a positive number"),
     ("siren w0", ["model.w0_first=-30"], "model.w0_first must be a positive number"),
     ("output dir", ["hydra.run.dir={d}/a_file/run"], "cannot be created"),
     ("output dir in /proc", ["hydra.run.dir=/proc/nir-test/run"], "cannot be created"),

@@ -158,7 +158,7 @@ def test_int8_grid_values_round_trip_bit_exactly(name, rows, int8_scale):
         (
             "lognormal3d",
             ["data.n=12", "model=hashgrid_lt3d", "size.bytes=15000", "store.dtype=int8"],
-            "log2_hashmap_size",
+            "encoding.log2_hashmap_size",
         ),
         ("lognormal3d", ["data.n=16", "size.ratio=2"], "hidden_dim"),
     ],
@@ -173,7 +173,9 @@ def test_a_budget_sizes_the_network_to_fit(data, overrides, knob, tmp_path, caps
     run = tmp_path / "run"
     _, m = nir.fit(data, [*overrides, "log.images=false"], run_dir=run, steps=2, trainer__enable_progress_bar=False)
     (line,) = [l for l in capsys.readouterr().out.splitlines() if l.startswith("size: budget")]
-    chosen = yaml.safe_load((run / "config.yaml").read_text())["model"][knob]  # the resolved size is saved
+    chosen = OmegaConf.select(
+        OmegaConf.create(yaml.safe_load((run / "config.yaml").read_text())["model"]), knob
+    )  # saved
     assert f"model.{knob}={chosen}" in line
     budget = int(line.split("budget ")[1].split(" bytes")[0].replace(",", ""))
     assert (run / "field.safetensors").stat().st_size == m["bytes"] <= budget
@@ -185,7 +187,7 @@ def test_a_budget_sizes_the_network_to_fit(data, overrides, knob, tmp_path, caps
         dims["bounds"] = [list(b) for b in signal.bounds]
     bigger = cfg.model.copy()
     with open_dict(bigger):
-        bigger[knob] = chosen + 1
+        OmegaConf.update(bigger, knob, chosen + 1)
     assert _candidate_bytes(cfg, bigger, dims, signal) > budget
 
 

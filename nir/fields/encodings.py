@@ -37,8 +37,8 @@ class FourierEncoding(nn.Module):
         self, in_dim: int, num_features: int = 256, sigma: float = 10.0, mapping: str = "gaussian", seed: int = 0
     ) -> None:
         super().__init__()
-        positive_int("model.num_features", num_features)
-        positive_float("model.sigma", sigma)
+        positive_int("model.encoding.num_features", num_features)
+        positive_float("model.encoding.sigma", sigma)
         gen = torch.Generator().manual_seed(int(seed))
         if mapping == "gaussian":
             B = torch.randn(num_features, in_dim, generator=gen) * sigma
@@ -52,7 +52,7 @@ class FourierEncoding(nn.Module):
                 B[k * m : (k + 1) * m, k] = freqs
             B = B.float()
         else:
-            raise NirError(f"model.encoding must be 'gaussian', 'positional' or 'none', got {mapping!r}")
+            raise NirError(f"model.encoding.mapping must be 'gaussian', 'positional' or 'none', got {mapping!r}")
         self.in_dim, self.identity = in_dim, mapping == "none"
         self.register_buffer("B", B)
 
@@ -117,7 +117,7 @@ class GridEncoding(nn.Module):
         for key, v in [("n_levels", n_levels), ("n_features_per_level", n_features_per_level),
                        ("log2_hashmap_size", log2_hashmap_size), ("base_resolution", base_resolution)]:  # fmt: skip
             positive_int(f"model.{key}", v)
-        require(base_resolution >= 2, f"model.base_resolution must be >= 2, got {base_resolution}")
+        require(base_resolution >= 2, f"model.encoding.base_resolution must be >= 2, got {base_resolution}")
         require(in_dim <= len(PRIMES), f"grid encodings support up to {len(PRIMES)} axes, got {in_dim}")
         self.in_dim, self.n_levels, self.n_features = in_dim, n_levels, n_features_per_level
         self.resolutions = _resolutions(n_levels, base_resolution, per_level_scale, finest_resolution)
@@ -197,10 +197,10 @@ class GridEncoding(nn.Module):
 def _resolutions(n_levels: int, base: int, scale: float | None, finest: int | None) -> list[int]:
     if scale is None:
         require(finest is not None, "model needs per_level_scale or finest_resolution")
-        require(finest >= base, f"model.finest_resolution ({finest}) must be >= base_resolution ({base})")
+        require(finest >= base, f"model.encoding.finest_resolution ({finest}) must be >= base_resolution ({base})")
         scale = math.exp((math.log(finest) - math.log(base)) / max(1, n_levels - 1))
     else:
         require(finest is None, "model: give per_level_scale or finest_resolution, not both")
-        positive_float("model.per_level_scale", scale)
-        require(scale >= 1, f"model.per_level_scale must be >= 1 (levels get finer), got {scale}")
+        positive_float("model.encoding.per_level_scale", scale)
+        require(scale >= 1, f"model.encoding.per_level_scale must be >= 1 (levels get finer), got {scale}")
     return [int(math.floor(base * scale**level + 1e-6)) for level in range(n_levels)]

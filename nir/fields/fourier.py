@@ -15,7 +15,11 @@ from nir.fields.mlp import EncodedMLP
 
 
 class FourierMLP(EncodedMLP):
-    """Fourier features followed by a ReLU MLP: ``(..., in_dim)`` -> ``(..., out_dim)``.
+    """Fourier features followed by a ReLU MLP: ``(..., in_dim)`` -> ``(..., out_dim)``; the
+    composition :class:`EncodedMLP` with a :class:`~nir.fields.encodings.FourierEncoding`, with
+    the paper's argument names, for Python callers and for field files written before the
+    configs built it as that composition (``model=fourier`` is ``EncodedMLP`` with
+    ``model.encoding.otype=nir.fields.encodings.FourierEncoding``).
 
     Args:
         in_dim, out_dim: coordinate dimension and channels (filled in from the signal).
@@ -41,9 +45,14 @@ class FourierMLP(EncodedMLP):
         encoding: str = "gaussian",
         seed: int = 0,
     ) -> None:
-        super().__init__(in_dim, out_dim, "nir.fields.encodings.FourierEncoding", hidden_dim=hidden_dim,
-                         num_layers=num_layers, num_features=num_features, sigma=sigma, mapping=encoding, seed=seed)  # fmt: skip
+        node = {"otype": "nir.fields.encodings.FourierEncoding", "num_features": num_features, "sigma": sigma,
+                "mapping": encoding, "seed": seed}  # fmt: skip
+        super().__init__(in_dim, out_dim, node, hidden_dim=hidden_dim, num_layers=num_layers)
         self._register_load_state_dict_pre_hook(_legacy_keys)
+
+    @staticmethod
+    def upgrade_kwargs(kwargs: dict) -> dict:
+        return kwargs  # its own arguments: ``encoding`` is the mapping's name here
 
     @property
     def B(self) -> Tensor:

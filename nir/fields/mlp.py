@@ -2,19 +2,24 @@
 
     f(x) = W_L relu(... relu(W_0 enc(x) + b_0) ...) + b_L
 
-The encoding is any module of :mod:`nir.fields.encodings` (or a trusted class of your own),
-named by ``encoding`` (its import path); its keyword arguments sit beside the MLP's, with
-tiny-cuda-nn's names (``model.n_levels``, ``model.log2_hashmap_size``, ...). It is built here,
-not by Hydra, so the field's spec stays plain values. Sizes use nir's names:
-``hidden_dim`` is tiny-cuda-nn's ``n_neurons``, and ``num_layers`` hidden width-to-width layers
-make ``num_layers + 1`` hidden layers (tiny-cuda-nn's ``n_hidden_layers``) and ``num_layers + 2``
-linear layers in all.
+Configured as tiny-cuda-nn's two objects: the model node is the network (the MLP head:
+``hidden_dim``, ``num_layers``) and ``model.encoding`` is the encoding's own node, its class in
+``otype`` (an import path: any module of :mod:`nir.fields.encodings`, or a trusted class of
+your own) and its keyword arguments beside it, with tiny-cuda-nn's names
+(``model.encoding.n_levels``, ``model.encoding.log2_hashmap_size``, ``model.encoding.sigma``).
+The encoding is built here, not by Hydra, so the field's spec stays plain values. Sizes use
+nir's names: ``hidden_dim`` is tiny-cuda-nn's ``n_neurons``, and ``num_layers`` hidden
+width-to-width layers make ``num_layers + 1`` hidden layers (tiny-cuda-nn's
+``n_hidden_layers``) and ``num_layers + 2`` linear layers in all.
+
+Field files written before the encoding had its own node (its class path in ``encoding``, its
+arguments beside the MLP's) load through :meth:`EncodedMLP.upgrade_kwargs`.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,11 +33,11 @@ class EncodedMLP(nn.Module):
 
     Args:
         in_dim, out_dim: coordinate dimension and channels (filled in from the signal).
-        encoding: the encoding class, e.g. ``"nir.fields.encodings.GridEncoding"``.
+        encoding: the encoding's node: ``{"otype": "nir.fields.encodings.GridEncoding", **its
+            arguments}`` (tiny-cuda-nn's ``encoding`` object).
         hidden_dim: MLP width (tiny-cuda-nn ``n_neurons``).
         num_layers: hidden width-to-width layers (tiny-cuda-nn ``n_hidden_layers`` - 1).
         bounds: the signal's box, passed to encodings that take one (grids); nir fills it in.
-        **encoding_kwargs: the encoding's own arguments.
 
     Parameter groups (``optim.groups.<name>``): ``encoding`` (a grid's tables) and ``mlp``.
     """
@@ -41,24 +46,27 @@ class EncodedMLP(nn.Module):
         self,
         in_dim: int,
         out_dim: int,
-        encoding: str,
+        encoding: Mapping[str, Any],
         hidden_dim: int = 64,
         num_layers: int = 1,
         bounds: Sequence[Sequence[float]] | None = None,
-        **encoding_kwargs: Any,
     ) -> None:
         super().__init__()
         check_network_sizes(in_dim, out_dim, hidden_dim, num_layers)
-        require(isinstance(encoding, str), f"model.encoding must name an encoding class, got {encoding!r}")
+        require(
+            isinstance(encoding, Mapping) and isinstance(encoding.get("otype"), str),
+            f"model.encoding must be a node with the encoding's class in otype (model.encoding.otype=...), got {encoding!r}",
+        )
         from nir.components import import_class  # the same trusted-module rule as loading a field
 
-        cls = import_class(encoding)
+        kwargs = {k: v for k, v in encoding.items() if k != "otype"}
+        cls = import_class(encoding["otype"])
         if "bounds" in inspect.signature(cls).parameters:
-            encoding_kwargs["bounds"] = bounds
+            kwargs["bounds"] = bounds
         try:
-            self.encoding = cls(in_dim=in_dim, **encoding_kwargs)
+            self.encoding = cls(in_dim=in_dim, **kwargs)
         except TypeError as e:
-            raise NirError(f"model: {encoding} does not take these arguments ({e})") from None
+            raise NirError(f"model.encoding: {encoding['otype']} does not take these arguments ({e})") from None
         dims = [self.encoding.n_output_dims] + [hidden_dim] * (num_layers + 1)
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
@@ -86,3 +94,16 @@ class EncodedMLP(nn.Module):
             else:
                 h = layer(h)
         return h
+
+    @staticmethod
+    def upgrade_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The kwargs of a spec written before the encoding had its own node (``encoding`` its
+        class path, its arguments beside the MLP's) in today's form; today's form unchanged.
+        :func:`nir.components.build_component` calls it when a field file is loaded."""
+        if not isinstance(kwargs.get("encoding"), str):
+            return kwargs
+        node = {"otype": kwargs["encoding"], **{k: v for k, v in kwargs.items() if k not in MLP_KEYS}}
+        return {**{k: v for k, v in kwargs.items() if k in MLP_KEYS}, "encoding": node}
+
+
+MLP_KEYS = ("in_dim", "out_dim", "encoding", "hidden_dim", "num_layers", "bounds")
