@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from nir.errors import require
 
 #: optimizer steps per training call where ``steps_per_call=auto``, from measurements
-#: (docs/performance-analysis.md): on an H100 Lightning's work per call is ~1.4 ms of host time
+#: (docs/performance.md): on an H100 Lightning's work per call is ~1.4 ms of host time
 #: against 0.27 ms for a whole captured SIREN step at batch 64, so 25 steps make it ~5 %; on a
 #: CPU a step at nir's batch sizes is 30-110 ms and K > 1 saves < 1 %, so the loop stays plain
 AUTO_STEPS_PER_CALL = {"cuda": 25, "cpu": 1}

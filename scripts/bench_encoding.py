@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput of one network's forward + backward (+ Adam step): samples per second.
 
-For docs/performance-gpu.md (issue 12: the hash grid's encoding at batch 2^18 beside SIREN 3x256)
+For docs/performance.md (issue 12: the hash grid's encoding at batch 2^18 beside SIREN 3x256)
 and the CPU tables. Prints one JSON line per network.
 
     .venv/bin/python scripts/bench_encoding.py --batch 16384                 # CPU

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # GPU checks, run on a lent GPU machine (device tool) from the repo root, as one script:
-#   1. scripts/bench.py --device cuda: the performance targets on the GPU (docs/performance-gpu.md)
+#   1. scripts/bench.py --device cuda: the performance targets on the GPU (docs/performance.md)
 #   2. the default image field on the GPU in 32, bf16-mixed and 16-mixed (runs on GPU unchanged)
 #   3. long-tailed peaks1d under 16-mixed with the gradient scaler: finite and accurate
 #   4. Field.sample at 512^3 with a 3x256 SIREN: speed and GPU memory (docs/reuse.md)
 #   5. samples per second of the hash grid and SIREN 3x256, forward + backward + Adam, batch 2^18
-#      (scripts/bench_encoding.py; docs/performance-gpu.md, issue 12) and a hash-grid image run
+#      (scripts/bench_encoding.py; docs/performance.md, issue 12) and a hash-grid image run
 #   6. issue 16 (PARTS=steps): the captured step against eager (scripts/check_graph.py) and time per
 #      optimizer step against a plain loop, fp32 vs bf16-mixed and the hash grid at 2^18
-#      (scripts/bench_host.py --device cuda --large: a section of $OUT/performance-gpu.md)
+#      (scripts/bench_host.py --device cuda --large: a section of $OUT/performance.md)
 # PARTS picks what runs: "all" (default: 1-6) or a list of "bench runs sample encoding steps".
 # Every part has its own time limit and writes as it goes, so a partial run still reports.
-# Results: $OUT/performance-gpu.md, $OUT/gpu_results.jsonl, $OUT/gpu.log.
+# Results: $OUT/performance.md, $OUT/gpu_results.jsonl, $OUT/gpu.log.
 # Needs hydra-core, omegaconf and antlr4 wheels in .whl/ when the machine lacks them (see docs/performance.md).
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -27,10 +27,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$LOG"
 PARTS=${PARTS:-all}
 want() { [ "$PARTS" = all ] || [[ " $PARTS " == *" $1 "* ]]; }
-cp docs/performance-gpu.md "$OUT/performance-gpu.md"
+cp docs/performance.md "$OUT/performance.md"
 if want bench; then
 echo "== bench $(date +%T)" >> "$LOG"
-timeout ${BENCH_S:-330} python3 scripts/bench.py --device cuda --out "$OUT/performance-gpu.md" >> "$LOG" 2>&1 || echo "bench: exit $?" >> "$LOG"
+timeout ${BENCH_S:-330} python3 scripts/bench.py --device cuda --out "$OUT/performance.md" >> "$LOG" 2>&1 || echo "bench: exit $?" >> "$LOG"
 fi
 record() {  # name run_dir
   python3 - "$1" "$2" >> "$RES" <<'PY'
@@ -50,7 +50,7 @@ if want steps; then
   timeout ${GRAPH_S:-200} python3 scripts/check_graph.py ${GRAPH_CASES:-} > "$OUT/check_graph.log" 2>&1 || echo "check_graph: exit $?" >> "$LOG"
   grep '^{' "$OUT/check_graph.log" >> "$RES"
   echo "== steps: bench_host $(date +%T)" >> "$LOG"
-  timeout ${HOST_S:-240} python3 scripts/bench_host.py --device cuda --large --out "$OUT/performance-gpu.md" >> "$LOG" 2>&1 || echo "bench_host: exit $?" >> "$LOG"
+  timeout ${HOST_S:-240} python3 scripts/bench_host.py --device cuda --large --out "$OUT/performance.md" >> "$LOG" 2>&1 || echo "bench_host: exit $?" >> "$LOG"
   run "gpu-preset-default" /tmp/runs/gd trainer.max_steps=2000
   run "gpu-preset-compile" /tmp/runs/gdc trainer.max_steps=2000 compile=true
 fi
@@ -73,4 +73,4 @@ timeout 90 python3 scripts/bench_encoding.py --device cuda --batch 262144 >> "$R
 run "image-hashgrid" /tmp/runs/img_hash model=hashgrid
 fi
 echo "== done $(date +%T)" >> "$LOG"
-cat "$RES"; cat "$OUT/performance-gpu.md" 2>/dev/null
+cat "$RES"; cat "$OUT/performance.md" 2>/dev/null

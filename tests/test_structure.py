@@ -188,3 +188,31 @@ def test_networks_import_nothing_above_them():
         for p in sorted((PACKAGE / "fields").glob("*.py"))
     }
     assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_every_link_between_the_docs_resolves():
+    """README.md and docs/*.md link only to files that exist (one performance page, one long-tail guide)."""
+    import re
+
+    missing = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                missing.append(f"{page.name} -> {target}")
+    assert missing == []
+
+
+def test_a_generated_section_replaces_only_itself(tmp_path):
+    from nir.benchmark import write_section
+
+    page = tmp_path / "p.md"
+    page.write_text(
+        "intro\n<!-- a: begin -->\nold a\n<!-- a: end -->\n<!-- a --x: begin -->\nold ax\n<!-- a --x: end -->\nend\n"
+    )
+    write_section(page, "a", "new a")
+    assert (
+        page.read_text()
+        == "intro\n<!-- a: begin -->\nnew a\n<!-- a: end -->\n<!-- a --x: begin -->\nold ax\n<!-- a --x: end -->\nend\n"
+    )
+    write_section(page, "b", "new b")
+    assert page.read_text().endswith("end\n\n<!-- b: begin -->\nnew b\n<!-- b: end -->\n")
