@@ -3,6 +3,7 @@ config nodes into components (Hydra ``_target_``, the one selection mechanism)."
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +38,37 @@ ALIASES = {
 def groups() -> dict[str, list[str]]:
     """``{group: [options]}`` of the config tree."""
     return {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in CONF_DIR.iterdir() if p.is_dir()}
+
+
+@functools.cache
+def readers() -> dict[str, str]:
+    """The readers, one table keyed by file suffix: suffix -> the ``data=`` option that reads it.
+    Built from the options themselves: each ``conf/data/<option>.yaml`` names its reader in
+    ``_target_``, and a reader lists its suffixes (:func:`nir.signal.reads`). A new format is one
+    reader function and one YAML (docs/architecture.md)."""
+    from hydra.utils import get_method
+
+    table: dict[str, str] = {}
+    for option in groups()["data"]:
+        node = yaml.safe_load((CONF_DIR / "data" / f"{option}.yaml").read_text()) or {}
+        target = (node.get("data") or {}).get("_target_") or node.get("_target_")  # a _global_ preset or a plain one
+        try:
+            suffixes = getattr(get_method(target), "suffixes", ()) if target else ()
+        except Exception:  # a reader that does not import here reads nothing here
+            suffixes = ()
+        for suffix in suffixes:
+            table.setdefault(suffix, option)
+    return table
+
+
+def reader_option(path: str | Path) -> str:
+    """The ``data=`` option that reads ``path`` (by its suffix, :func:`readers`); one line otherwise."""
+    suffix, table = Path(path).suffix.lower(), readers()
+    require(
+        suffix in table,
+        f"data.path {str(path)!r}: no reader for {suffix or 'a file without a suffix'!r}; nir reads {', '.join(table)}",
+    )
+    return table[suffix]
 
 
 def compose_config(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any]]:

@@ -677,7 +677,7 @@ def _signal_overrides(signal: Any, run_dir: Path) -> list[str]:
     import numpy as np
     import torch
 
-    from nir.signal import reader_option
+    from nir.config import reader_option
 
     if isinstance(signal, (str, Path)) and Path(signal).suffix:
         return [f"data={reader_option(signal)}", f"data.path={Path(signal).resolve()}"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,20 +29,17 @@ from nir.errors import NirError, require
 FIT_SAMPLE = 1 << 22  # samples that data statistics are fitted on (see Signal.fit_sample)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ARRAY_EXTENSIONS = (".npy", ".npz")
-#: the readers, by file suffix: suffix -> the ``data=`` option that reads it (its ``_target_`` is the
-#: reader function ``read(path, **options) -> Signal``, its keys the reader's options). A new format
-#: is one reader function, one ``conf/data/<option>.yaml`` and its suffixes here (docs/architecture.md).
-READERS: dict[str, str] = {**dict.fromkeys(IMAGE_EXTENSIONS, "image"), **dict.fromkeys(ARRAY_EXTENSIONS, "array")}
 
 
-def reader_option(path: str | os.PathLike) -> str:
-    """The ``data=`` option that reads ``path`` (by its suffix, :data:`READERS`); one line otherwise."""
-    suffix = Path(path).suffix.lower()
-    require(
-        suffix in READERS,
-        f"data.path {str(path)!r}: no reader for {suffix or 'a file without a suffix'!r}; nir reads {', '.join(READERS)}",
-    )
-    return READERS[suffix]
+def reads(*suffixes: str) -> Callable:
+    """Mark a reader function ``read(path, **options) -> Signal`` with the file suffixes it
+    reads; :func:`nir.config.readers` builds the suffix table from the data options' readers."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.suffixes = tuple(s.lower() for s in suffixes)
+        return fn
+
+    return mark
 
 
 @dataclass
@@ -355,6 +352,7 @@ def _unit_range(img: np.ndarray, p: Path) -> tuple[np.ndarray, int]:
     raise NirError(f"data.path {str(p)!r}: unsupported pixel type {img.dtype}")
 
 
+@reads(*IMAGE_EXTENSIONS)
 def read_image(
     path: str | None = None,
     sample: str = "chelsea",
@@ -451,6 +449,7 @@ def _check_numeric(arr: np.ndarray, name: str) -> None:
     require(arr.size > 0, f"data.path {name!r} is empty (shape {arr.shape})")
 
 
+@reads(*ARRAY_EXTENSIONS)
 def read_array(
     path: str,
     key: str | None = None,
