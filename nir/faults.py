@@ -110,7 +110,12 @@ class RunLock:
         """Take the lock; returns a line to print when a stale lock was taken over."""
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a full disk, a read-only directory: one line, as every write
+            from nir.checkpoint import WriteError
+
+            raise WriteError(self.path, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

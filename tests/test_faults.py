@@ -398,3 +398,15 @@ def test_inside_a_slurm_job_sigusr1_is_left_to_lightnings_auto_requeue(monkeypat
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_JOB_NAME", "field")  # a batch job (not an interactive "bash" allocation)
     assert set(signals_to_catch()) == {signal.SIGTERM, signal.SIGINT}
+
+
+def test_a_lock_file_that_cannot_be_created_is_one_write_error(tmp_path, monkeypatch):
+    from nir import faults
+    from nir.faults import RunLock
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(faults.os, "open", full)
+    with pytest.raises(WriteError, match=r"could not write '.*\.nir-lock': No space left on device"):
+        RunLock(tmp_path).acquire()
