@@ -84,8 +84,7 @@ class BlockCache:
         self._order = self._permutation(0)
         self.filled = False
         self.sampling, self.stats = sampling or Uniform(), stats
-        probe = self.sampling.groups(torch.zeros(1, c, device=device), stats)
-        self.grouped = probe is not None
+        self.grouped = int(self.sampling.n_groups(stats)) > 1  # one group: plain uniform draws over the cache
         if self.grouped:  # per slot: its rows ordered by group, and each group's count
             ng = int(self.sampling.n_groups(stats))
             self.by_group = torch.zeros(self.slots, self.block, dtype=torch.long, device=device)

@@ -45,7 +45,7 @@ class WriteError(NirError):
     exit_status = 74  # sysexits.h EX_IOERR
 
     def __init__(self, path: Path, error: OSError) -> None:
-        self.path, self.errno = Path(path), error.errno
+        self.path = Path(path)
         reason = error.strerror or type(error).__name__
         super().__init__(
             f"could not write {str(path)!r}: {reason} ({free_space(path)} free there); "
@@ -62,11 +62,13 @@ def free_space(path: Path) -> str:
         free = shutil.disk_usage(p).free
     except OSError:
         return "unknown"
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if free < 1024 or unit == "GB":
-            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+    if free < 1024:
+        return f"{free} bytes"
+    for unit in ("KB", "MB", "GB"):
         free /= 1024
-    return "unknown"
+        if free < 1024 or unit == "GB":
+            break
+    return f"{free:.1f} {unit}"
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -5,7 +5,6 @@ number of failed or diverged jobs."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,13 @@ def _record_failed_job(run_dir: Path, cfg: DictConfig, hc: Any, e: Exception) ->
     """In a sweep a failed job writes status ``failed`` (unless it recorded ``diverged`` or
     ``interrupted`` itself), and its ``.hydra`` record if it failed before writing one, so
     ``nir-summarize`` lists it; the sweep goes on."""
-    from nir.run import write_hydra_record, write_json
+    from nir.run import read_json, write_hydra_record, write_json
 
     msg = str(e).replace("\n", " ") if isinstance(e, NirError) else f"{type(e).__name__}: {e}".replace("\n", " ")
     mfile = run_dir / "metrics.json"
     try:
-        status = json.loads(mfile.read_text()).get("status") if mfile.is_file() else None
-    except ValueError:
+        status = read_json(mfile, "metrics file").get("status") if mfile.is_file() else None
+    except NirError:  # a corrupt record is replaced by this one
         status = None
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / ".hydra" / "overrides.yaml").is_file():

@@ -11,11 +11,12 @@ with four methods; :class:`~nir.batches.TrainingData` and its block cache only e
   every step is the whole set, in order: the data path then skips the gather) and
   ``state_dict()`` / ``load_state_dict()`` of plain ints (they go into checkpoints, so a resumed
   run draws what an uninterrupted one draws);
-- ``groups(raw, stats)``: for a signal streamed through the block cache, the group of each row
-  of a block as it is loaded, in ``0 .. n_groups(stats) - 1`` (``None``: no groups, the cache
-  draws uniformly over all its rows), and ``shares(counts, batch)``: how many of a batch's rows
-  each group gets from the groups' counts in the cache; within a group the cache draws
-  uniformly over its cached rows.
+- ``n_groups(stats)``, ``groups(raw, stats)`` and ``shares(counts, batch)``: for a signal streamed
+  through the block cache. With more than one group, the cache asks ``groups`` for the group of
+  each row of a block as it is loaded (in ``0 .. n_groups(stats) - 1``) and ``shares`` for how
+  many of a batch's rows each group gets from the groups' counts in the cache, and draws
+  uniformly within a group; with one group (``groups`` may return ``None``) it draws uniformly
+  over all its rows.
 
 A new sampler is one module here (or in your own package: ``sampling._target_=mylab.MySampling``)
 and one ``conf/sampling/<name>.yaml``; tests/usersampler.py is one written outside nir.
