@@ -320,12 +320,13 @@ class GridMetrics(nn.Module):
 def score(prediction: Any, signal: Signal, holdout: Any = None) -> dict[str, Any]:
     """Score a prediction of ``signal`` on its grid with nir's metrics, as a run reports them:
     ``psnr`` and, for a long-tailed signal, ``psnr_log``, ``worst_decade_median``,
-    ``magnitude_floor`` and ``magnitude_bins``; ``ssim`` for an image. The one scorer of the
-    run's final evaluation, the scripts and the tests.
+    ``magnitude_floor`` and ``magnitude_bins``; ``ssim`` for an image. The scorer of the scripts
+    and the tests; a run's final evaluation (``FieldModule.evaluate``) uses the same
+    :class:`GridMetrics` chunk by chunk on the device, and tests check the two agree.
 
     Args:
         prediction: a field (anything with ``sample(shape)``, e.g. :class:`nir.Field`: sampled on
-            the signal's grid, chunk by chunk) or an array / tensor of the signal's grid values
+            the signal's grid) or an array / tensor of the signal's grid values
             (``(*shape)`` or ``(*shape, channels)``, any float type).
         signal: the reference :class:`~nir.signal.Signal`.
         holdout: a :class:`~nir.holdout.Holdout`, to score training and held-out samples apart.
