@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,onnx,sweeps]"
+	$(PY) -m pip install -q -e ".[dev,onnx,sweeps,sci]"
 	touch $(STAMP)
 
 ## train the default field (SIREN on the bundled chelsea photo); pass overrides as ARGS="..."

@@ -27,7 +27,7 @@ from nir.errors import require
 from nir.holdout import Holdout
 from nir.metrics import SignalStats
 from nir.samplers import Uniform
-from nir.signal import Grid, Signal, chunk_ranges
+from nir.signal import Grid, Signal, chunk_ranges, valid_rows
 
 log = logging.getLogger("nir")
 
@@ -68,7 +68,9 @@ class BlockCache:
         self.signal, self.prepare, self.device, self.seed = signal, prepare, device, int(seed)
         self.holdout = holdout
         c = signal.channels
-        row_bytes = 4 * c + (8 if holdout is not None else 0)  # + each cached row's flat index
+        self.masked = signal.missing > 0  # missing samples (NaN) are dropped as blocks load
+        compact = holdout is not None or self.masked
+        row_bytes = 4 * c + (8 if compact else 0)  # + each cached row's flat index
         self.block = int(min(block_rows, max(1, cache_bytes // (8 * row_bytes))))  # at least 8 slots
         self.n_blocks = -(-signal.numel // self.block)
         self.slots = int(max(1, min(self.n_blocks, cache_bytes // (self.block * row_bytes))))
@@ -77,8 +79,8 @@ class BlockCache:
         self.values = torch.zeros(self.slots, self.block, c, device=device)
         self.start = torch.zeros(self.slots, dtype=torch.long, device=device)
         self.length = torch.ones(self.slots, dtype=torch.long, device=device)
-        # with a holdout a slot keeps only its block's training rows, compacted, and their flat indices
-        self.rows = torch.zeros(self.slots, self.block, dtype=torch.long, device=device) if holdout else None
+        # with a holdout or missing samples a slot keeps only its block's training rows, compacted, and their flat indices
+        self.rows = torch.zeros(self.slots, self.block, dtype=torch.long, device=device) if compact else None
         self.gen = torch.Generator(device=device).manual_seed(self.seed)
         self.epoch, self.pos, self.next_slot = 0, 0, 0
         self._order = self._permutation(0)
@@ -108,8 +110,10 @@ class BlockCache:
         with torch.no_grad():
             raw = self.signal.read(lo, hi).to(self.device, non_blocking=True)
             rows = torch.arange(lo, hi, device=self.device)
-            if self.holdout is not None:
-                keep = ~self.holdout.held(rows)
+            if self.rows is not None:
+                keep = valid_rows(raw) if self.masked else torch.ones_like(rows, dtype=torch.bool)
+                if self.holdout is not None:
+                    keep &= ~self.holdout.held(rows)
                 raw, rows = raw[keep], rows[keep]
                 self.rows[slot, : rows.numel()] = rows
             self.values[slot, : rows.numel()] = self.prepare(raw)
@@ -184,6 +188,9 @@ class TrainingData:
             draw from the training samples only, and :meth:`held_mask` tells the metrics which
             rows are held out. The transform's and loss's few fitted numbers (mean, scale,
             floor) still come from the whole signal's fit sample.
+
+    Missing samples (NaN: :attr:`Signal.missing`) are never drawn: the samplers draw from the
+    valid training samples (``_pool``), the block cache drops them as it loads a block.
     """
 
     def __init__(
@@ -237,7 +244,7 @@ class TrainingData:
     def streaming(self) -> bool:
         """True when the signal is memory-mapped and its training values exceed the cache."""
         copies = 2 if self.transformed_copy else 1
-        return self.signal.source is not None and copies * self.signal.nbytes > self.cache_bytes
+        return self.signal.streamable and copies * self.signal.nbytes > self.cache_bytes
 
     def to(self, device: torch.device, rank: int = 0) -> TrainingData:
         """Put the values and the sampler on ``device`` (once; a no-op when they are there)."""
@@ -265,9 +272,25 @@ class TrainingData:
         self._device = device
         return self
 
+    def _training_indices(self, device: torch.device) -> Tensor | None:
+        """Flat indices of the samples training draws (valid, not held out), ascending; ``None``
+        when that is every sample."""
+        if self.signal.missing == 0:
+            return None if self.holdout is None else self.holdout.train_indices(self.signal.numel, device)
+        parts = []
+        for a, b in chunk_ranges(self.signal.numel, 1 << 22):
+            idx = torch.arange(a, b, device=device)
+            keep = valid_rows(self._y[a:b])
+            if self.holdout is not None:
+                keep &= ~self.holdout.held(idx)
+            parts.append(idx[keep])
+        pool = torch.cat(parts)
+        require(pool.numel() > 0, f"data {self.signal.name!r}: no valid sample is left for training (missing values and data.holdout)")  # fmt: skip
+        return pool
+
     def _held_sampler(self, seed: int) -> Any:
         """The sampling's sampler of positions in the training samples: all of them, or ``_pool``'s."""
-        self._pool = None if self.holdout is None else self.holdout.train_indices(self.signal.numel, self._y.device)
+        self._pool = self._training_indices(self._y.device)
         n = self.signal.numel if self._pool is None else self._pool.numel()
 
         def magnitude() -> Tensor:

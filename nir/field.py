@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from nir.components import TRUSTED_ENV, build_component, component_spec, import_class, trusted_prefixes  # noqa: F401
 from nir.errors import NirError, cli_errors, require
-from nir.signal import Grid
+from nir.signal import DATASET_EXTENSIONS, Grid
 
 
 class Field(nn.Module):
@@ -119,9 +119,13 @@ class Field(nn.Module):
         require(all(v >= 1 for v in shape), f"sample shape {shape} must be positive")
         suffix = Path(out).suffix.lower() if out is not None else None
         require(
-            suffix in (None, ".npy", ".png", ".tif", ".tiff"),
-            f"cannot write {str(out)!r}: use .npy, .png, .tif or .tiff",
+            suffix in (None, ".npy", ".png", ".tif", ".tiff", *DATASET_EXTENSIONS),
+            f"cannot write {str(out)!r}: use .npy, .png, .tif, .tiff, .nc, .h5, .hdf5 or .zarr",
         )
+        if suffix in DATASET_EXTENSIONS:
+            from nir.datasets import xarray
+
+            xarray()  # one line now if xarray is missing, not after sampling
         grid = Grid(shape, bounds).to(self.bounds.device)
         n = math.prod(shape)
         if suffix == ".npy":
@@ -136,9 +140,33 @@ class Field(nn.Module):
         result = result.reshape(*shape, self.channels)
         if suffix == ".npy":
             arr.flush()
+        elif suffix in DATASET_EXTENSIONS:
+            from nir.datasets import as_dataarray, write
+
+            write(as_dataarray(self.spec, result.numpy(), bounds), Path(out))
         elif suffix is not None:
             self._write_image(result, Path(out))
         return result
+
+    def to_xarray(self, **coords: Any) -> Any:
+        """The field on a grid as an ``xarray.DataArray`` with the source's dimension names,
+        coordinates and attributes (a field trained on a NetCDF / HDF5 / Zarr variable; any
+        other field gets dimensions ``dim_0 ..`` and no coordinates).
+
+        Args:
+            coords: per dimension name, the grid to sample: nothing (the training grid), an
+                integer (that many samples over the training box), or uniform coordinate values
+                in the file's units (datetimes for a time axis), e.g.
+                ``field.to_xarray(lat=np.arange(-89.5, 90, 1.0), time=12)``.
+
+        The coordinates are the cell centres (nir's convention), so on the training grid they
+        equal the source file's. Needs xarray (``pip install 'nir[sci]'``).
+        """
+        from nir.datasets import as_dataarray, grid_of, xarray
+
+        xarray()
+        shape, box = grid_of(self.spec, coords)
+        return as_dataarray(self.spec, self.sample(shape, box).numpy(), box)
 
     @property
     def is_image(self) -> bool:
@@ -348,9 +376,12 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(prog="nir-field", description="Sample or export a trained nir field.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("sample", help="evaluate on a grid and write .npy / .png / .tif")
+    s = sub.add_parser("sample", help="evaluate on a grid and write .npy / .png / .tif / .nc / .h5 / .zarr")
     s.add_argument("field", help="run directory, field.safetensors or .ckpt")
-    s.add_argument("out", help="output file (.npy, .png, .tif)")
+    s.add_argument(
+        "out",
+        help="output file: .npy, .png, .tif, or .nc / .h5 / .zarr (an xarray variable with the source's dimensions, coordinates and attributes)",
+    )
     s.add_argument("--shape", type=int, nargs="+", help="grid shape (default: the training grid)")
     s.add_argument("--scale", type=float, default=None, help="multiply the training grid's shape by this")
     s.add_argument("--device", default="cpu")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from nir.signal import Signal
+from nir.signal import Signal, valid_rows
 
 HIST_LO, HIST_HI, HIST_BINS = -8.0, 4.0, 1200
 
@@ -184,7 +184,7 @@ class MaxProjections(Metric):
         keep = (idx >= 0) & (idx < z * y * x)
         if not bool(keep.any()):
             return
-        idx, v = idx[keep], values.reshape(stop - start, -1)[keep, 0].float().abs()
+        idx, v = idx[keep], values.reshape(stop - start, -1)[keep, 0].float().abs().nan_to_num(nan=0.0)
         k, r = idx // (y * x), idx % (y * x)
         j, i = r // x, r % x
         self.along0.scatter_reduce_(0, r, v, "amax")
@@ -218,6 +218,7 @@ class SignalStats:
             ``psnr_log`` are computed only then.
         floor: the metric floor, ``floor_from_data(values, 1e-7)`` (long-tailed only).
         absmin, absmax: exact smallest and largest magnitudes.
+        missing: masked samples (NaN targets): left out of every metric, counted as ``masked_samples``.
     """
 
     range: float
@@ -225,13 +226,14 @@ class SignalStats:
     floor: float = 0.0
     absmin: float = 0.0
     absmax: float = 0.0
+    missing: int = 0
 
     @classmethod
     def measure(cls, signal: Signal, sample: Tensor | None = None) -> SignalStats:
         """Statistics of ``signal``; ``sample`` is its fit sample if the caller drew it already
         (:meth:`Signal.fit_sample`), so a large signal is sampled once per run."""
         if not signal.long_tailed:
-            return cls(range=data_range(signal), long_tailed=False)
+            return cls(range=data_range(signal), long_tailed=False, missing=signal.missing)
         from nir.transforms import floor_from_data
 
         st = signal.summary()
@@ -242,6 +244,7 @@ class SignalStats:
             floor=floor_from_data(sample, 1e-7),
             absmin=float(st["absmin"]),
             absmax=float(st["absmax"]),
+            missing=signal.missing,
         )
 
 
@@ -256,12 +259,15 @@ class GridMetrics(nn.Module):
     and the held-out samples (``update``'s ``held`` mask): ``psnr_train``, ``psnr_heldout`` and,
     for long-tailed signals, ``heldout_psnr_log``, ``heldout_worst_decade_median`` and the
     held-out per-decade table; the unprefixed metrics stay over all samples.
+
+    Masked samples (a NaN target: missing values, ``stats.missing``) are dropped before any
+    metric sees them; ``results()`` counts them as ``masked_samples``.
     """
 
     def __init__(self, stats: SignalStats, holdout: bool = False) -> None:
         super().__init__()
         self.split = nn.ModuleDict({"trained": GridMetrics(stats), "heldout": GridMetrics(stats)}) if holdout else None
-        self.range = stats.range
+        self.range, self.missing = stats.range, stats.missing
         self.psnr = PeakSignalNoiseRatio(data_range=self.range)
         self.long_tailed = stats.long_tailed
         if self.long_tailed:
@@ -274,6 +280,9 @@ class GridMetrics(nn.Module):
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor, held: Tensor | None = None) -> None:
         pred, target = pred.float(), target.float()
+        if self.missing:  # masked samples (NaN targets) are never scored
+            keep = valid_rows(target)
+            pred, target, held = pred[keep], target[keep], (held[keep] if held is not None else None)
         if self.split is not None and held is not None:
             for part, rows in (("trained", ~held), ("heldout", held)):
                 if bool(rows.any()):
@@ -300,6 +309,7 @@ class GridMetrics(nn.Module):
     def results(self) -> dict[str, Any]:
         """:meth:`compute` as plain values, with the per-decade table of a long-tailed signal."""
         out: dict[str, Any] = {k: float(v) for k, v in self.compute().items()}
+        out["masked_samples"] = self.missing
         if self.long_tailed:
             out["magnitude_floor"] = self.floor
             out["magnitude_bins"] = self.bins.table()

@@ -214,6 +214,21 @@ def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
     return choice
 
 
+def announce_signal(signal: Any) -> None:
+    """The start lines about the data: a dataset's axes (names, sizes, boxes, units) and the
+    number of masked samples."""
+    from nir.datasets import describe
+
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    line = describe(signal)
+    if line:
+        print(line, flush=True)
+    if signal.missing:
+        print(f"data: {signal.missing:,} of {signal.numel:,} samples are missing (NaN / _FillValue): masked, never "
+              "trained on or scored (masked_samples in metrics.json); data.nan=error refuses them", flush=True)  # fmt: skip
+
+
 def build_field(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal: Any) -> Any:
     """The untrained field for ``model`` (a model node) on ``signal``: the network, the value
     transform and the plain-value spec a saved field carries."""
@@ -245,6 +260,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     from nir.losses import check_setup
 
     signal = build(cfg.data, "data")
+    announce_signal(signal)
     loss_option = resolve_auto_loss(cfg, signal) if str(cfg.loss.get("_target_", "")) == "nir.losses.Auto" else None
     dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
     if cfg.model.get("bounds", "absent") is None:  # networks that cover a box (grids) get the signal's
@@ -526,7 +542,7 @@ def collect_metrics(
     return {
         "status": "diverged" if diverged else "ok",
         **final,
-        "psnr_convention": f"10 log10(R^2/MSE) over all samples and channels, signal units, R = {parts.data.stats.range:g}; fp32 evaluation",
+        "psnr_convention": f"10 log10(R^2/MSE) over all valid samples and channels, signal units, R = {parts.data.stats.range:g}; fp32 evaluation",
         "steps": steps,
         "num_params": parts.field.num_parameters(),
         "fit_time_s": fit_s,
@@ -564,7 +580,9 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
     print(
         f"nir: {metrics['steps']} steps in {metrics['fit_time_s']:.1f} s, PSNR {metrics['psnr']:.2f} dB"
         + (f", SSIM {metrics['ssim']:.4f}" if metrics.get("ssim") is not None else "")
-        + f" (fp32 evaluation of the final field, data range {data_range:g}, all samples){'' if finite else ' (not finite!)'}\n"
+        + f" (fp32 evaluation of the final field, data range {data_range:g}, "
+        f"{'all samples' if not metrics.get('masked_samples') else 'valid samples: ' + format(metrics['masked_samples'], ',') + ' masked'})"
+        f"{'' if finite else ' (not finite!)'}\n"
         + f"stored field: {metrics['bytes']:,} bytes ({metrics['store_dtype']}), compression ratio"
         f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value\n"
         + (

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from nir.errors import NirError, require
 FIT_SAMPLE = 1 << 22  # samples that data statistics are fitted on (see Signal.fit_sample)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ARRAY_EXTENSIONS = (".npy", ".npz")
+DATASET_EXTENSIONS = (".nc", ".nc4", ".h5", ".hdf5", ".zarr")  # through xarray (nir.datasets)
 
 
 def reads(*suffixes: str) -> Callable:
@@ -57,19 +59,24 @@ class Signal:
             magnitude unless its reader says so.
         is_image: whether the signal is a picture (SSIM, image figures, ``Field.sample_image``):
             :func:`read_image` sets it, with ``meta["value_range"]`` and ``meta["bit_depth"]``.
+        source: the memory-mapped ``.npy`` the values are a view of (streamed, pages released).
+        lazy: a source of flat rows not in memory (a NetCDF/HDF5/Zarr variable read chunk by
+            chunk: :class:`nir.datasets.VariableRows`); ``values`` is then ``None`` and every
+            read goes through :meth:`read` / :meth:`gather`.
     """
 
-    values: Tensor
+    values: Tensor | None
     bounds: tuple[tuple[float, float], ...]
     name: str = "signal"
     meta: dict = field(default_factory=dict)
     long_tailed: bool = False
     is_image: bool = False
     source: MappedFile | None = field(default=None, repr=False, compare=False)
+    lazy: Any = field(default=None, repr=False, compare=False)
     _summary: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        require(self.values.ndim >= 2, f"signal {self.name!r}: values need a grid axis and a channel axis")
+        require(len(self.full_shape) >= 2, f"signal {self.name!r}: values need a grid axis and a channel axis")
         require(
             len(self.bounds) == self.ndim,
             f"signal {self.name!r}: bounds has {len(self.bounds)} axes, the grid has {self.ndim}",
@@ -78,17 +85,27 @@ class Signal:
             require(hi > lo, f"signal {self.name!r}: every bound needs lo < hi, got {self.bounds}")
 
     @property
+    def full_shape(self) -> tuple[int, ...]:
+        """``(*shape, channels)``."""
+        return tuple(self.lazy.shape) if self.values is None else tuple(self.values.shape)
+
+    @property
     def shape(self) -> tuple[int, ...]:
         """Grid shape, without the channel axis."""
-        return tuple(self.values.shape[:-1])
+        return self.full_shape[:-1]
 
     @property
     def ndim(self) -> int:
-        return self.values.ndim - 1
+        return len(self.full_shape) - 1
 
     @property
     def channels(self) -> int:
-        return int(self.values.shape[-1])
+        return int(self.full_shape[-1])
+
+    @property
+    def streamable(self) -> bool:
+        """Whether the values live in a file (memory-mapped or lazy), so training may stream them."""
+        return self.source is not None or self.lazy is not None
 
     @property
     def numel(self) -> int:
@@ -110,17 +127,22 @@ class Signal:
         self.__dict__.update(state)
 
     def flat(self) -> Tensor:
-        """Values as ``(numel, channels)``, a view."""
+        """Values as ``(numel, channels)``, a view (a lazy signal is read whole)."""
+        if self.values is None:
+            return self.read(0, self.numel)
         return self.values.reshape(self.numel, self.channels)
 
     # -- bounded-memory access: every whole-signal pass goes through these ------------------
     @property
     def nbytes(self) -> int:
-        return self.numel * self.channels * self.values.element_size()
+        return self.numel * self.channels * (4 if self.values is None else self.values.element_size())
 
     def read(self, start: int, stop: int) -> Tensor:
         """Flat rows ``[start, stop)`` as ``(stop - start, channels)``. For a memory-mapped file
-        a copy, and the mapping's pages are released, so resident memory stays bounded."""
+        a copy, and the mapping's pages are released, so resident memory stays bounded; for a
+        lazy signal the rows read from the file."""
+        if self.lazy is not None:
+            return torch.from_numpy(self.lazy.rows(start, min(stop, self.numel)))
         rows = self.flat()[start:stop]
         if self.source is None:
             return rows
@@ -131,6 +153,16 @@ class Signal:
 
     def gather(self, idx: Tensor) -> Tensor:
         """Rows at flat indices ``idx`` (any order), as :meth:`read` does for ranges."""
+        if self.lazy is not None:  # read each block of rows that holds an index, once
+            idx = idx.cpu().long()
+            out = torch.empty(idx.numel(), self.channels)
+            block = idx // (1 << 16)
+            for b in torch.unique(block).tolist():
+                at = (block == b).nonzero()[:, 0]
+                lo = b << 16
+                rows = self.read(lo, min(self.numel, lo + (1 << 16)))
+                out[at] = rows[idx[at] - lo]
+            return out
         rows = self.flat()[idx.cpu()]  # advanced indexing copies
         if self.source is not None:
             self.source.release()
@@ -143,48 +175,77 @@ class Signal:
             yield start, stop, self.read(start, stop)
 
     def summary(self) -> dict[str, Tensor]:
-        """Exact per-channel ``min``/``max`` and whole-signal ``absmin``/``absmax`` (cached), in
-        one pass of reductions over views of the values, with no chunk-sized copies (which
-        fragment the heap). NaN propagates into min/max and Inf shows in them, so a finite
-        summary means finite values."""
+        """Exact per-channel ``min``/``max``, whole-signal ``absmin``/``absmax`` and the number of
+        ``missing`` samples (cached), in one pass of reductions over views of the values.
+
+        A sample with NaN in any channel is **missing** (masked: a NaN in a ``.npy``, a
+        ``_FillValue`` or NaN in a NetCDF/HDF5/Zarr variable): it is left out of every statistic
+        here, never drawn for training and never scored (:func:`valid_rows`). Inf shows in
+        min/max, so a finite summary means finite values. Chunks without NaN are reduced as
+        views, with no chunk-sized copies (which fragment the heap)."""
         if self._summary is None:
-            flat = self.flat()
-            lo, hi, alo = [], [], []
+            flat = self.flat() if self.values is not None else None
+            lo, hi, alo, missing = [], [], [], 0
             for start in range(0, self.numel, 1 << 20):
-                view = flat[start : start + (1 << 20)]
-                lo.append(view.amin(0))
-                hi.append(view.amax(0))
-                alo.append(torch.linalg.vector_norm(view, ord=float("-inf")))  # min |v|, abs fused in the reduction
+                view = flat[start : start + (1 << 20)] if flat is not None else self.read(start, start + (1 << 20))
+                valid = valid_rows(view)
+                if not bool(valid.all()):
+                    missing += int((~valid).sum())
+                    view = view[valid]
+                if view.shape[0]:
+                    lo.append(view.amin(0))
+                    hi.append(view.amax(0))
+                    alo.append(torch.linalg.vector_norm(view, ord=float("-inf")))  # min |v|, abs fused in the reduction
                 if self.source is not None:
                     self.source.release(start * self.channels, (start + (1 << 20)) * self.channels)
+            if not lo:  # every sample missing: NaN statistics (readers refuse such a signal)
+                nan = torch.full((self.channels,), float("nan"))
+                lo, hi, alo = [nan], [nan], [nan[0]]
             mn, mx = torch.stack(lo).amin(0), torch.stack(hi).amax(0)
             self._summary = {
                 "min": mn,
                 "max": mx,
                 "absmin": torch.stack(alo).min(),
                 "absmax": torch.maximum(mn.abs(), mx.abs()).max(),
+                "missing": torch.tensor(missing),
             }
         return self._summary
 
-    def count_nonfinite(self) -> int:
+    @property
+    def missing(self) -> int:
+        """Samples with NaN in any channel: masked (see :meth:`summary`)."""
+        return int(self.summary()["missing"])
+
+    def count_infinite(self) -> int:
+        """Valid samples' values that are +-Inf (0 without a pass when the summary is finite)."""
         st = self.summary()
         if bool(torch.isfinite(st["min"]).all() and torch.isfinite(st["max"]).all()):
             return 0
-        return sum(int((~torch.isfinite(v)).sum()) for _, _, v in self.chunks())
+        return sum(int(torch.isinf(v).sum()) for _, _, v in self.chunks())
 
     def fit_sample(self, n: int = FIT_SAMPLE, blocks: int = 256, seed: int = 0) -> Tensor:
         """Values to fit data statistics on (transform and loss floors, metric floor):
         ``(m, channels)``. The whole signal (a view) up to ``n`` samples; beyond, ``blocks``
         contiguous runs at seeded random places, ``n`` samples in all, plus one row of the
-        exact per-channel minima and one of the maxima, so ranges stay exact."""
+        exact per-channel minima and one of the maxima, so ranges stay exact. Missing samples
+        are left out."""
         if self.numel <= n:
-            return self.flat()
+            flat = self.flat() if self.values is not None else self.read(0, self.numel)
+            return flat if self.missing == 0 else flat[valid_rows(flat)]
         run = max(1, n // blocks)
         rng = np.random.default_rng(seed)
         starts = np.sort(rng.choice(self.numel - run + 1, size=blocks, replace=False))
         parts = [self.read(int(s), int(s) + run) for s in starts]
+        if self.missing:
+            parts = [p[valid_rows(p)] for p in parts]
         st = self.summary()
         return torch.cat(parts + [st["min"][None], st["max"][None]])
+
+
+def valid_rows(values: Tensor) -> Tensor:
+    """Which rows of ``(n, channels)`` values are not missing (no NaN in any channel): the one
+    rule every part of nir masks with (statistics, training draws, metrics)."""
+    return ~torch.isnan(values).any(-1)
 
 
 class MappedFile:
@@ -425,7 +486,7 @@ def _load_array(p: Path, key: str | None, mmap: bool) -> tuple[np.ndarray, Mappe
             names = list(z.files)
             require(names, f"data.path {name!r} holds no arrays")
             k = key if key is not None else (names[0] if len(names) == 1 else "values")
-            require(k in names, f"data.key {k!r} not in {name!r}; it holds {', '.join(names)}")
+            require(k in names, f"data.var {k!r} not in {name!r}; it holds {', '.join(names)}")
             return z[k], None
     except NirError:
         raise
@@ -449,29 +510,64 @@ def _check_numeric(arr: np.ndarray, name: str) -> None:
     require(arr.size > 0, f"data.path {name!r} is empty (shape {arr.shape})")
 
 
-@reads(*ARRAY_EXTENSIONS)
+@reads(*ARRAY_EXTENSIONS, *DATASET_EXTENSIONS)
 def read_array(
     path: str,
-    key: str | None = None,
+    var: str | None = None,
+    sel: dict | None = None,
+    isel: dict | None = None,
     bounds: Sequence | None = None,
     channel_axis: int | None = None,
     mmap: bool = True,
+    nan: str = "mask",
 ) -> Signal:
     """Read a 1-D to 4-D field (4-D: a time-varying volume, axes t, z, y, x) from ``.npy``
-    (memory-mapped) or ``.npz``.
+    (memory-mapped), ``.npz``, or a NetCDF (``.nc``), HDF5 (``.h5``, ``.hdf5``) or Zarr
+    (``.zarr``) variable through xarray (:mod:`nir.datasets`: chunks read lazily, dimensions,
+    coordinates, units and missing values).
 
     Args:
-        path: the file.
-        key: array name inside an ``.npz`` (default: its only array, else ``"values"``).
-        bounds: coordinate box; default [-1, 1] per axis.
-        channel_axis: axis holding channels (e.g. -1); ``None`` = a scalar field.
+        path: the file (a ``.zarr`` store is a directory).
+        var: the array inside an ``.npz`` or the variable of a dataset (default: the only one;
+            an ``.npz`` with several: ``"values"``; a dataset with several: one line listing them).
+        sel, isel: datasets only: xarray's ``sel`` / ``isel`` before fitting, e.g.
+            ``{time: 0, level: 500}`` (a scalar drops its dimension).
+        bounds: coordinate box; default: a dataset's uniform coordinates (cell centres on its
+            values, so the field answers in the file's units), else [-1, 1] per axis.
+        channel_axis: ``.npy`` / ``.npz``: the axis holding channels (e.g. -1); ``None`` = a
+            scalar field (datasets are scalar fields).
         mmap: memory-map ``.npy`` files instead of reading them whole.
+        nan: ``mask`` (missing values, NaN or a dataset's ``_FillValue``, are masked: never
+            trained on, never scored, counted in ``masked_samples``) or ``error`` (refused).
 
-    The values are checked (numeric, finite, non-empty, 1..4 grid axes) and kept as float32.
+    The values are checked (numeric, non-empty, 1..4 grid axes, no Inf, not all missing) and
+    kept as float32.
     """
+    require(nan in ("mask", "error"), f"data.nan must be mask or error, got {nan!r}")
+    p = Path(path).expanduser()
+    require(
+        p.suffix.lower() in ARRAY_EXTENSIONS + DATASET_EXTENSIONS,
+        f"data.path {str(p)!r} has unsupported extension {p.suffix!r}; use one of {', '.join(ARRAY_EXTENSIONS + DATASET_EXTENSIONS)}",
+    )
+    if p.suffix.lower() in DATASET_EXTENSIONS:
+        from nir.datasets import read_variable
+
+        require(
+            channel_axis is None,
+            f"data.channel_axis applies to .npy/.npz; a dataset variable {str(p)!r} is a scalar field: pick one with data.var",
+        )
+        return _checked(read_variable(p, var, sel, isel, bounds), nan)
     p = _check_file(path, "array", ARRAY_EXTENSIONS)
+    require(
+        not sel and not isel, f"data.sel / data.isel apply to NetCDF, HDF5 and Zarr variables, not {p.suffix} files"
+    )
+    return _checked(_read_numpy(p, var, bounds, channel_axis, mmap), nan)
+
+
+def _read_numpy(p: Path, var: str | None, bounds: Sequence | None, channel_axis: int | None, mmap: bool) -> Signal:
+    """A ``.npy`` (memory-mapped where it can stay the file's memory) or ``.npz`` array as a signal."""
     name = str(p)
-    arr, mapped = _load_array(p, key, mmap)
+    arr, mapped = _load_array(p, var, mmap)
     _check_numeric(arr, name)
     if channel_axis is not None:
         arr = np.moveaxis(arr, channel_axis, -1)
@@ -495,7 +591,7 @@ def read_array(
     with warnings.catch_warnings():  # a read-only memory map: nir never writes into signal values
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.from_numpy(values if source is not None else np.ascontiguousarray(values))
-    sig = Signal(
+    return Signal(
         values=tensor,
         bounds=default_bounds(grid_ndim, bounds),
         name=p.stem,
@@ -503,6 +599,17 @@ def read_array(
         long_tailed=True,
         source=source,
     )
-    bad = sig.count_nonfinite()
-    require(bad == 0, f"data.path {name!r} contains {bad} NaN or Inf values; fill or mask them before fitting")
+
+
+def _checked(sig: Signal, nan: str) -> Signal:
+    """Refuse Inf, an all-missing signal, and any missing value under ``data.nan=error``."""
+    name = sig.meta.get("path", sig.name)
+    missing = sig.missing
+    require(missing < sig.numel, f"data.path {name!r}: every value is missing (NaN or _FillValue); nothing to fit")
+    require(
+        missing == 0 or nan == "mask",
+        f"data.path {name!r} contains {missing} missing (NaN) samples; data.nan=mask (the default) masks them, or fill them",
+    )
+    bad = sig.count_infinite()
+    require(bad == 0, f"data.path {name!r} contains {bad} Inf values; replace them (or set them to NaN to mask them)")
     return sig

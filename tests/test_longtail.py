@@ -274,29 +274,30 @@ def test_read_npz_key_and_channels(tmp_path):
     a = np.random.default_rng(0).random((3, 8, 9)).astype(np.float32)
     p = tmp_path / "a.npz"
     np.savez(p, other=np.zeros(3), field=a)
-    s = read_array(str(p), key="field", channel_axis=0, bounds=[0, 1])
+    s = read_array(str(p), var="field", channel_axis=0, bounds=[0, 1])
     assert s.shape == (8, 9) and s.channels == 3
     assert s.bounds == ((0.0, 1.0), (0.0, 1.0))
-    with pytest.raises(NirError, match="data.key 'values' not in"):
+    with pytest.raises(NirError, match="data.var 'values' not in"):
         read_array(str(p))
 
 
 @pytest.mark.parametrize(
-    "array,match",
+    "array,match,options",
     [
-        (np.array([1.0, np.nan, 2.0]), "NaN or Inf"),
-        (np.array([1.0, np.inf]), "NaN or Inf"),
-        (np.zeros((0,)), "is empty"),
-        (np.zeros((2, 2, 2, 2, 2)), "5 grid axes"),
-        (np.array(3.0), "0 grid axes"),
-        (np.array(["a", "b"]), "non-numeric dtype"),
+        (np.array([1.0, np.nan, 2.0]), r"contains 1 missing \(NaN\) samples; data.nan=mask", {"nan": "error"}),
+        (np.array([np.nan, np.nan]), "every value is missing", {}),
+        (np.array([1.0, np.inf, np.nan]), "contains 1 Inf values", {}),
+        (np.zeros((0,)), "is empty", {}),
+        (np.zeros((2, 2, 2, 2, 2)), "5 grid axes", {}),
+        (np.array(3.0), "0 grid axes", {}),
+        (np.array(["a", "b"]), "non-numeric dtype", {}),
     ],
 )
-def test_bad_arrays(tmp_path, array, match):
+def test_bad_arrays(tmp_path, array, match, options):
     p = tmp_path / "bad.npy"
     np.save(p, array)
     with pytest.raises(NirError, match=match) as e:
-        read_array(str(p))
+        read_array(str(p), **options)
     assert "bad.npy" in str(e.value)
 
 

@@ -55,7 +55,7 @@ CASES = [
     ("0-D array", ["data=array", "data.path={d}/scalar.npy"], "0 grid axes"),
     ("5-D array", ["data=array", "data.path={d}/five.npy"], "5 grid axes"),
     ("non-numeric", ["data=array", "data.path={d}/text.npy"], "non-numeric dtype"),
-    ("NaN values", ["data=array", "data.path={d}/nan.npy"], "NaN or Inf"),
+    ("NaN values", ["data=array", "data.path={d}/nan.npy", "data.nan=error"], "contains 1 missing (NaN) samples"),
     ("negative with log", ["data=array", "data.path={d}/neg.npy", "loss=log_mse"], "transform log needs values >= 0"),
     ("constant field", ["data=array", "data.path={d}/const.npy"], "is constant"),
     # which check refuses a key: a plain `key=value` that is not in the config is refused by Hydra's

@@ -100,7 +100,7 @@ def test_readers_are_one_table_keyed_by_suffix():
     assert reader_option("photo.PNG") == reader_option("scan.tif") == "image"
     assert reader_option("field.npy") == reader_option("fields.npz") == "array"
     assert readers() == {**dict.fromkeys([".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"], "image"),
-                         **dict.fromkeys([".npy", ".npz"], "array")}  # fmt: skip
+                         **dict.fromkeys([".npy", ".npz", ".nc", ".nc4", ".h5", ".hdf5", ".zarr"], "array")}  # fmt: skip
     with pytest.raises(NirError, match=r"no reader for '\.gif'; nir reads .*\.png.*"):
         reader_option("movie.gif")
 

@@ -22,6 +22,31 @@ from nir.errors import NirError, positive_float, positive_int, require
 PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
 
 
+class UnitBox(nn.Module):
+    """The signal's box ``bounds`` mapped onto [-1, 1] per axis, the domain the SIREN and Fourier
+    initialisations assume, so a field trained in a file's units (degrees, metres, days) sees
+    what it would on [-1, 1]. No box, or [-1, 1] itself: the identity (no arithmetic, so fields
+    on the default box are bit for bit what they were). Holds no state of its own: the map is
+    rebuilt from the spec's ``bounds``."""
+
+    def __init__(self, in_dim: int, bounds: Sequence[Sequence[float]] | None) -> None:
+        super().__init__()
+        b = None if bounds is None else torch.tensor(bounds, dtype=torch.float64)
+        if b is not None:
+            require(
+                tuple(b.shape) == (in_dim, 2), f"model.bounds must be one [lo, hi] per axis ({in_dim}), got {bounds}"
+            )
+            require(bool((b[:, 1] > b[:, 0]).all()), f"model.bounds needs lo < hi on every axis, got {bounds}")
+        self.active = b is not None and bool((b[:, 0] != -1).any() or (b[:, 1] != 1).any())
+        if self.active:
+            span = b[:, 1] - b[:, 0]
+            self.register_buffer("scale", (2.0 / span).float(), persistent=False)
+            self.register_buffer("shift", (-(b[:, 1] + b[:, 0]) / span).float(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.addcmul(self.shift, x.float(), self.scale) if self.active else x
+
+
 class FourierEncoding(nn.Module):
     """Fourier features (Tancik et al., NeurIPS 2020, arXiv:2006.10739):
     ``gamma(v) = [cos(2 pi B v), sin(2 pi B v)]`` with a fixed matrix ``B`` (a buffer).
@@ -34,9 +59,16 @@ class FourierEncoding(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, num_features: int = 256, sigma: float = 10.0, mapping: str = "gaussian", seed: int = 0
+        self,
+        in_dim: int,
+        num_features: int = 256,
+        sigma: float = 10.0,
+        mapping: str = "gaussian",
+        seed: int = 0,
+        bounds: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
+        self.box = UnitBox(in_dim, bounds)  # the signal's box onto [-1, 1]: sigma means the same on any box
         positive_int("model.encoding.num_features", num_features)
         positive_float("model.encoding.sigma", sigma)
         gen = torch.Generator().manual_seed(int(seed))
@@ -62,6 +94,7 @@ class FourierEncoding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``Float[Tensor, "N in_dim"]`` -> ``Float[Tensor, "N 2*num_features"]``, fp32."""
+        x = self.box(x)
         if self.identity:
             return x.float()
         with torch.autocast(x.device.type, enabled=False):

@@ -37,7 +37,7 @@ class EncodedMLP(nn.Module):
             arguments}`` (tiny-cuda-nn's ``encoding`` object).
         hidden_dim: MLP width (tiny-cuda-nn ``n_neurons``).
         num_layers: hidden width-to-width layers (tiny-cuda-nn ``n_hidden_layers`` - 1).
-        bounds: the signal's box, passed to encodings that take one (grids); nir fills it in.
+        bounds: the signal's box, passed to encodings that take one (grids, Fourier features); nir fills it in.
 
     Parameter groups (``optim.groups.<name>``): ``encoding`` (a grid's tables) and ``mlp``.
     """

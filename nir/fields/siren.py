@@ -33,6 +33,7 @@ entirely in fp32 under autocast; hidden matmuls follow autocast.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +83,12 @@ class SineLayer(nn.Module):
         activation: str = "sine",
         scale: float = 10.0,
         first_bias_scale: float | None = None,
+        bounds: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
+        from nir.fields.encodings import UnitBox
+
+        self.box = UnitBox(in_dim, bounds)  # the signal's box onto [-1, 1], where w0 = 30 is tuned
         self.w0, self.fp32, self.kind, self.scale = float(w0), fp32, activation, float(scale)
         self.is_first = is_first
         self.linear = nn.Linear(in_dim, out_dim)
@@ -130,6 +135,8 @@ class Siren(nn.Module):
         activation: ``sine`` (SIREN) | ``finer`` | ``gauss`` | ``wire`` (module table).
         scale: the Gaussian width ``s`` of ``gauss`` and ``wire``.
         first_bias_scale: ``finer``'s first-layer bias range k.
+        bounds: the signal's box (nir fills it in), mapped onto [-1, 1] before the first layer;
+            ``None`` (fields saved before) or [-1, 1]: coordinates as they come.
     """
 
     #: what the divergence message lists for this network (a capability, not a class-name check)
@@ -147,8 +154,12 @@ class Siren(nn.Module):
         activation: str = "sine",
         scale: float = 10.0,
         first_bias_scale: float | None = None,
+        bounds: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
+        from nir.fields.encodings import UnitBox
+
+        self.box = UnitBox(in_dim, bounds)  # the signal's box onto [-1, 1], where w0 = 30 is tuned
         check_network_sizes(in_dim, out_dim, hidden_dim, num_layers)
         positive_float("model.w0", w0)
         positive_float("model.w0_first", w0_first)
@@ -173,7 +184,7 @@ class Siren(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``(..., in_dim)`` coordinates -> ``(..., out_dim)``."""
-        h = self.body(x)
+        h = self.body(self.box(x))
         if self.head_im is None:
             return self.head(h)
         re, im = h.chunk(2, dim=-1)  # the real part of the complex output layer

@@ -1,0 +1,333 @@
+"""Scientists' files: a NetCDF, HDF5 or Zarr variable as a :class:`~nir.signal.Signal`, and back.
+
+Read through xarray (its netCDF4 / h5netcdf engines and zarr; ``pip install 'nir[sci]'``), so CF
+conventions are decoded as xarray decodes them: ``_FillValue`` / ``missing_value`` become NaN
+(nir's mask, :func:`nir.signal.valid_rows`), ``scale_factor`` / ``add_offset`` are applied.
+
+- **Variable**: ``data.var`` (a file with several and none given: one line listing them), then
+  ``data.isel`` / ``data.sel`` with xarray's semantics (a scalar drops its dimension).
+- **Axes**: nir's axis k is the variable's k-th dimension (up to 4: t, z, y, x), printed at the
+  start of a run. A dimension with a uniform numeric coordinate gets the box whose cell centres
+  are its values (``lo = c0 - step/2``, ``hi = c_last + step/2``), so the field is queried in
+  the file's units; a uniform datetime coordinate is counted in days since its first value; a
+  descending coordinate (latitude 90 .. -90) is read reversed so that the axis ascends, and
+  written back in the file's order. A dimension without a coordinate spans nir's default
+  [-1, 1]. A non-uniform coordinate is refused in one line (``data.bounds`` places the samples
+  uniformly instead; ``data.bounds`` always wins over coordinates).
+- **Lazy**: the variable is never loaded whole by the reader. :class:`VariableRows` reads flat
+  row ranges as the hyperslabs they cover, so a chunked variable larger than ``cache_mb``
+  streams through the block cache as a memory-mapped ``.npy`` does; one that fits is read into
+  memory once by the training data.
+- **Back**: :func:`to_xarray` (``Field.to_xarray``) returns a DataArray with the source's
+  dimension names, coordinates (the training grid, or any uniform grid asked for) and attributes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nir.errors import NirError, require
+
+ENGINES = {".nc": None, ".nc4": None, ".h5": "h5netcdf", ".hdf5": "h5netcdf", ".zarr": "zarr"}
+FORMATS = {".nc": "NetCDF", ".nc4": "NetCDF", ".h5": "HDF5", ".hdf5": "HDF5", ".zarr": "Zarr"}
+UNIFORM_RTOL = 1e-3  # a coordinate is uniform when every step is within this fraction of the mean step
+KEEP_ATTRS = (str, int, float, bool)
+
+
+def xarray() -> Any:
+    try:
+        import xarray as xr
+    except ImportError:
+        raise NirError(
+            "reading and writing NetCDF, HDF5 and Zarr needs xarray and its engines: pip install 'nir[sci]'"
+        ) from None
+    return xr
+
+
+def open_dataset(path: Path) -> Any:
+    """The file as a lazily indexed xarray Dataset (no dask: chunks are read when indexed)."""
+    xr = xarray()
+    suffix = path.suffix.lower()
+    require(path.exists(), f"data.path {str(path)!r} does not exist; pass an existing {FORMATS[suffix]} file")
+    kw: dict[str, Any] = {"phony_dims": "sort"} if ENGINES[suffix] == "h5netcdf" else {}
+    try:
+        return xr.open_dataset(path, engine=ENGINES[suffix], chunks=None, **kw)
+    except Exception as e:  # each engine raises its own types for a damaged or foreign file
+        why = str(e).splitlines()[0][:160] if str(e) else ""
+        raise NirError(
+            f"data.path {str(path)!r} cannot be read as {FORMATS[suffix]} ({type(e).__name__}: {why}); "
+            f"the file is damaged or not {FORMATS[suffix]}"
+        ) from None
+
+
+def select(ds: Any, name: str, var: str | None, sel: dict | None, isel: dict | None) -> Any:
+    """The variable ``var`` of ``ds``, indexed by ``isel`` then ``sel``; one line for each refusal."""
+    names = [str(k) for k in ds.data_vars]
+    require(names, f"data.path {name!r} holds no data variables")
+    if var is None:
+        require(len(names) == 1, f"data.path {name!r} holds {len(names)} variables ({', '.join(names)}); choose one with data.var=NAME")  # fmt: skip
+        var = names[0]
+    require(var in names, f"data.var {var!r} is not in {name!r}; it holds {', '.join(names)}")
+    da = ds[var]
+    require(
+        np.issubdtype(da.dtype, np.number) and not np.issubdtype(da.dtype, np.complexfloating),
+        f"data.var {var!r} in {name!r} has dtype {da.dtype}; nir fits real numbers: choose a numeric variable",
+    )
+    for what, index in (("isel", isel), ("sel", sel)):
+        if not index:
+            continue
+        index = {str(k): v for k, v in dict(index).items()}
+        unknown = [k for k in index if k not in da.dims]
+        require(not unknown, f"data.{what} names {', '.join(unknown)}, not a dimension of {var!r} ({', '.join(map(str, da.dims))})")  # fmt: skip
+        try:
+            da = da.isel(index) if what == "isel" else da.sel(index)
+        except Exception as e:
+            raise NirError(f"data.{what}={index} cannot index {var!r} in {name!r} ({type(e).__name__}: {e})") from None
+    require(da.size > 0, f"data.var {var!r} in {name!r} is empty after selection (shape {tuple(da.shape)})")
+    require(
+        1 <= da.ndim <= 4,
+        f"data.var {var!r} in {name!r} has {da.ndim} dimensions ({', '.join(map(str, da.dims))}); nir fits 1 to 4: "
+        f"select a slice with data.sel / data.isel, e.g. data.sel={{{da.dims[0]}: ...}}",
+    )
+    return da
+
+
+def _plain(attrs: dict) -> dict:
+    """Attributes as JSON values (numpy scalars unwrapped, arrays and others as strings)."""
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        out[str(k)] = v if isinstance(v, KEEP_ATTRS) else str(v)
+    return out
+
+
+def axes_of(da: Any, name: str, bounds: Any) -> tuple[tuple[tuple[float, float], ...], list[dict]]:
+    """The box of each dimension and what a saved field needs to write its coordinates back."""
+    from nir.signal import default_bounds
+
+    axes: list[dict] = []
+    box: list[tuple[float, float]] = []
+    given = default_bounds(da.ndim, bounds) if bounds is not None else None
+    for k, dim in enumerate(da.dims):
+        n = int(da.sizes[dim])
+        coord = da.coords.get(dim)
+        ax: dict[str, Any] = {
+            "name": str(dim),
+            "coord": "none",
+            "attrs": _plain(coord.attrs) if coord is not None else {},
+        }
+        x = None
+        if coord is not None and given is None:
+            vals = np.asarray(coord.values)
+            if np.issubdtype(vals.dtype, np.datetime64):
+                origin = vals[0]
+                x = (vals - origin) / np.timedelta64(1, "D")
+                ax.update(coord="time", origin=str(np.datetime_as_string(origin, unit="s")), dtype=str(vals.dtype))
+                ax["attrs"]["units"] = f"days since {ax['origin']}"
+            elif np.issubdtype(vals.dtype, np.number):
+                x = vals.astype(np.float64)
+                ax.update(coord="values", dtype=str(vals.dtype))
+        if x is not None:
+            step = (x[-1] - x[0]) / (n - 1) if n > 1 else 1.0
+            d = np.diff(x)
+            require(
+                step != 0 and bool(np.all(np.abs(d - step) <= UNIFORM_RTOL * abs(step))),
+                f"coordinate {str(dim)!r} of {name!r} is not uniform (steps {d.min():g} .. {d.max():g}); nir fits regular "
+                f"grids: select a uniform part (data.sel / data.isel), resample with xarray's interp, or pass data.bounds",
+            )
+            ax["descending"] = bool(step < 0)
+            a, b = sorted((float(x[0]), float(x[-1])))
+            box.append((float(a - abs(step) / 2), float(b + abs(step) / 2)))
+        else:
+            box.append(tuple(given[k]) if given is not None else (-1.0, 1.0))
+            ax["descending"] = False
+        axes.append(ax)
+    return tuple(box), axes
+
+
+class VariableRows:
+    """Flat row ranges of a variable, read from the file as the hyperslabs they cover (a lazy
+    :class:`~nir.signal.Signal` source). Axes whose coordinate descends are read reversed.
+    Pickles as the arguments that open it (a worker process opens the file again)."""
+
+    def __init__(
+        self, path: Path, var: str | None, sel: dict | None, isel: dict | None, flip: tuple[bool, ...]
+    ) -> None:
+        self.args = (Path(path), var, sel, isel, tuple(flip))
+        self._open()
+
+    def _open(self) -> None:
+        path, var, sel, isel, flip = self.args
+        self.da = select(open_dataset(path), str(path), var, sel, isel)
+        self.grid = tuple(int(n) for n in self.da.shape)
+        self.shape = (*self.grid, 1)
+        self.flip = flip
+
+    def __getstate__(self) -> dict:
+        return {"args": self.args}
+
+    def __setstate__(self, state: dict) -> None:
+        self.args = state["args"]
+        self._open()
+
+    def _get(self, key: tuple) -> np.ndarray:
+        """``values[key]`` in nir's axis order (reversed axes counted from their end), flattened."""
+        key = (*key, *(slice(0, n) for n in self.grid[len(key) :]))
+        real, rev = [], []
+        for axis, k in enumerate(key):
+            n = self.grid[axis]
+            if not self.flip[axis]:
+                real.append(k)
+            elif isinstance(k, slice):
+                real.append(slice(n - k.stop, n - k.start))
+                rev.append(sum(isinstance(q, slice) for q in key[:axis]))
+            else:
+                real.append(n - 1 - k)
+        a = np.asarray(self.da.variable[tuple(real)].values, dtype=np.float32)
+        for r in rev:
+            a = np.flip(a, r)
+        return a.reshape(-1)
+
+    def _read(self, prefix: tuple, start: int, stop: int) -> list[np.ndarray]:
+        k = len(prefix)
+        if k == len(self.grid) - 1:
+            return [self._get((*prefix, slice(start, stop)))]
+        inner = math.prod(self.grid[k + 1 :])
+        (i0, r0), (i1, r1) = divmod(start, inner), divmod(stop, inner)
+        if i0 == i1:
+            return self._read((*prefix, i0), r0, r1)
+        parts = []
+        if r0:
+            parts += self._read((*prefix, i0), r0, inner)
+            i0 += 1
+        if i1 > i0:
+            parts.append(self._get((*prefix, slice(i0, i1))))
+        if r1:
+            parts += self._read((*prefix, i1), 0, r1)
+        return parts
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Flat rows ``[start, stop)`` as float32 ``(stop - start, 1)``."""
+        if stop <= start:
+            return np.empty((0, 1), np.float32)
+        return np.concatenate(self._read((), start, stop))[:, None]
+
+
+def read_variable(path: Path, var: str | None, sel: dict | None, isel: dict | None, bounds: Any) -> Any:
+    """A NetCDF / HDF5 / Zarr variable as a lazy long-tailed :class:`~nir.signal.Signal`."""
+    from nir.signal import Signal
+
+    name = str(path)
+    da = select(open_dataset(path), name, var, sel, isel)
+    box, axes = axes_of(da, name, bounds)
+    rows = VariableRows(path, str(da.name), sel, isel, tuple(a["descending"] for a in axes))
+    attrs = _plain(da.attrs)
+    meta = {
+        "kind": "array",
+        "path": name,
+        "var": str(da.name),
+        "dims": axes,
+        "attrs": attrs,
+        "units": str(attrs.get("units", "")),
+        "long_name": str(attrs.get("long_name", attrs.get("standard_name", da.name))),
+    }
+    return Signal(values=None, bounds=box, name=str(da.name), meta=meta, long_tailed=True, lazy=rows)
+
+
+def describe(signal: Any) -> str | None:
+    """The start line of a dataset signal: its variable, dimensions in nir's axis order and boxes."""
+    dims = signal.meta.get("dims")
+    if not dims:
+        return None
+    parts = []
+    for k, (ax, (lo, hi), n) in enumerate(zip(dims, signal.bounds, signal.shape)):
+        units = ax["attrs"].get("units", "")
+        how = {"none": "no coordinate", "values": "coordinate", "time": "time coordinate"}[ax["coord"]]
+        rev = ", read reversed" if ax.get("descending") else ""
+        parts.append(f"axis {k} = {ax['name']} ({n}, {how} [{lo:g}, {hi:g}]{' ' + units if units else ''}{rev})")
+    return f"data: {signal.meta['var']} from {Path(signal.meta['path']).name}: " + "; ".join(parts)
+
+
+def _dims(spec: dict) -> list[dict]:
+    meta = spec.get("meta", {})
+    d = len(spec["bounds"])
+    return meta.get("dims") or [
+        {"name": f"dim_{k}", "coord": "none", "attrs": {}, "descending": False} for k in range(d)
+    ]
+
+
+def grid_of(spec: dict, coords: dict) -> tuple[list[int], list[tuple[float, float]]]:
+    """The grid ``to_xarray(**coords)`` samples: per dimension the training grid, a number of
+    samples over the training box, or the cell box of given uniform coordinate values."""
+    dims = _dims(spec)
+    names = [ax["name"] for ax in dims]
+    unknown = [k for k in coords if k not in names]
+    require(not unknown, f"to_xarray: {', '.join(unknown)} is not a dimension of this field ({', '.join(names)})")
+    shape, box = [], []
+    for ax, n, (lo, hi) in zip(dims, spec["shape"], spec["bounds"]):
+        want = coords.get(ax["name"])
+        if want is None or (np.isscalar(want) and isinstance(want, (int, np.integer))):
+            shape.append(int(n if want is None else want))
+            box.append((float(lo), float(hi)))
+            continue
+        v = np.asarray(want).reshape(-1)
+        if np.issubdtype(v.dtype, np.datetime64):
+            require(ax["coord"] == "time", f"to_xarray: {ax['name']} is not a time axis")
+            v = (v - np.datetime64(ax["origin"])) / np.timedelta64(1, "D")
+        v = np.sort(v.astype(np.float64))
+        step = (v[-1] - v[0]) / (len(v) - 1) if len(v) > 1 else (hi - lo) / n
+        require(
+            step > 0 and bool(np.all(np.abs(np.diff(v) - step) <= UNIFORM_RTOL * step)),
+            f"to_xarray: the values for {ax['name']} must be distinct and uniform (a regular grid)",
+        )
+        shape.append(len(v))
+        box.append((float(v[0] - step / 2), float(v[-1] + step / 2)))
+    return shape, box
+
+
+def as_dataarray(spec: dict, values: Any, box: Sequence) -> Any:
+    """Sampled values ``(*shape, 1)`` on ``box`` as a DataArray: the source's dimension names,
+    coordinates on the cell centres (in the file's order and units) and attributes."""
+    xr = xarray()
+    meta = spec.get("meta", {})
+    dims = _dims(spec)
+    v = np.asarray(values)[..., 0]
+    out_coords = {}
+    for k, (ax, (lo, hi)) in enumerate(zip(dims, box)):
+        n = v.shape[k]
+        centres = lo + (np.arange(n) + 0.5) * (hi - lo) / n
+        if ax.get("descending"):
+            centres, v = centres[::-1], np.flip(v, k)
+        if ax["coord"] == "time":
+            c = np.datetime64(ax["origin"], "ns") + np.round(centres * 86400e9).astype("timedelta64[ns]")
+            c = c.astype(ax.get("dtype", "datetime64[ns]"))  # the file's resolution
+            attrs = {a: b for a, b in ax["attrs"].items() if a != "units"}  # the dtype carries the unit
+        elif ax["coord"] == "values":
+            c, attrs = centres.astype(ax.get("dtype", "float64")), ax["attrs"]  # the file's coordinate type
+        else:
+            continue
+        out_coords[ax["name"]] = xr.Variable(ax["name"], c, attrs)
+    name = meta.get("var", meta.get("signal", "field"))
+    return xr.DataArray(np.ascontiguousarray(v), dims=[ax["name"] for ax in dims], coords=out_coords, name=name, attrs=meta.get("attrs", {}))  # fmt: skip
+
+
+def write(array: Any, out: Path) -> None:
+    """Write a DataArray to ``.nc`` (NetCDF4), ``.h5`` / ``.hdf5`` (h5netcdf) or ``.zarr``."""
+    suffix = out.suffix.lower()
+    require(suffix in ENGINES, f"--out {str(out)!r}: write .nc, .h5, .hdf5 or .zarr (or .npy, .png, .tif)")
+    ds = array.to_dataset()
+    try:
+        if suffix == ".zarr":
+            ds.to_zarr(out, mode="w")
+        else:
+            ds.to_netcdf(out, engine="h5netcdf" if suffix in (".h5", ".hdf5") else None)
+    except OSError as e:
+        from nir.checkpoint import WriteError
+
+        raise WriteError(f"cannot write {str(out)!r} ({e.strerror or e}); check the disk and the directory") from None
