@@ -25,6 +25,7 @@ conventions are decoded as xarray decodes them: ``_FillValue`` / ``missing_value
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ def open_dataset(path: Path) -> Any:
     require(path.exists(), f"data.path {str(path)!r} does not exist; pass an existing {FORMATS[suffix]} file")
     kw: dict[str, Any] = {"phony_dims": "sort"} if ENGINES[suffix] == "h5netcdf" else {}
     try:
-        return xr.open_dataset(path, engine=ENGINES[suffix], chunks=None, **kw)
+        with warnings.catch_warnings():  # a Zarr store without consolidated metadata is read all the same
+            warnings.filterwarnings("ignore", ".*consolidated metadata.*", RuntimeWarning)
+            return xr.open_dataset(path, engine=ENGINES[suffix], chunks=None, **kw)
     except Exception as e:  # each engine raises its own types for a damaged or foreign file
         why = str(e).splitlines()[0][:160] if str(e) else ""
         raise NirError(
@@ -116,7 +119,8 @@ def axes_of(da: Any, name: str, bounds: Any) -> tuple[tuple[tuple[float, float],
     given = default_bounds(da.ndim, bounds) if bounds is not None else None
     for k, dim in enumerate(da.dims):
         n = int(da.sizes[dim])
-        coord = da.coords.get(dim)
+        # (not coords.get: for a dimension without a coordinate it makes up the positions 0 .. n-1)
+        coord = da.coords[dim] if dim in da.coords else None  # noqa: SIM401
         ax: dict[str, Any] = {
             "name": str(dim),
             "coord": "none",

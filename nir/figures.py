@@ -50,21 +50,29 @@ def field_figure(pl_module: Any, max_side: int = 512, target_mip: list | None = 
     """
     stats = pl_module.data.stats
     floor = stats.floor or 1e-12
+    label = value_label(pl_module.data.signal.meta)
     if pl_module.data.signal.ndim == 1:
-        return _profile_figure(pl_module, floor)
+        return _profile_figure(pl_module, floor, label)
     pred_mip = getattr(pl_module, "last_projections", None)
     mips = list(zip(pred_mip, target_mip)) if pred_mip is not None and target_mip is not None else None
-    return _slices_figure(_central_slices(pl_module, max_side), floor, stats.absmax or None, mips)
+    return _slices_figure(_central_slices(pl_module, max_side), floor, stats.absmax or None, mips, label)
 
 
-def _profile_figure(pl_module: Any, floor: float):
+def value_label(meta: dict) -> str:
+    """``|long name| [units]`` of a signal read from a dataset (``|value|`` otherwise); masked
+    samples (NaN targets) show as gaps in the figures."""
+    name, units = meta.get("long_name"), meta.get("units")
+    return f"|{name or 'value'}|" + (f" [{units}]" if units else "")
+
+
+def _profile_figure(pl_module: Any, floor: float, label: str = "|value|"):
     idx, _ = preview_indices(pl_module.data.signal.shape, 4096)
     pred, target = predict_at(pl_module, idx)
     x = idx.numpy()
     fig, (a0, a1) = _pyplot().subplots(2, 1, figsize=(7, 4.2), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     a0.semilogy(x, np.maximum(np.abs(target[:, 0]), floor), lw=0.8, label="target")
     a0.semilogy(x, np.maximum(np.abs(pred[:, 0]), floor), lw=0.8, ls="--", label="prediction")
-    a0.set_ylabel("|value|")
+    a0.set_ylabel(label)
     a0.legend(loc="upper right")
     rel = np.abs(pred[:, 0] - target[:, 0]) / np.maximum(np.abs(target[:, 0]), floor)
     a1.semilogy(x, np.maximum(rel, 1e-7), lw=0.6, color="C3")
@@ -112,6 +120,7 @@ def _slices_figure(
     floor: float,
     vmax: float | None = None,
     mips: list[tuple[Any, Any]] | None = None,
+    label: str = "|value|",
 ):
     from matplotlib.colors import LogNorm
 
@@ -139,7 +148,8 @@ def _slices_figure(
                 axs[i, j].set_title(f"{rows[i]} (axis {j} {where})" if cols > 1 else rows[i])
                 axs[i, j].axis("off")
                 if j == cols - 1:
-                    fig.colorbar(im, ax=axs[i, j], fraction=0.046, pad=0.02)
+                    bar = fig.colorbar(im, ax=axs[i, j], fraction=0.046, pad=0.02)
+                    bar.set_label("relative error" if cmap == "magma" else label)
         fig.tight_layout()
     return fig
 

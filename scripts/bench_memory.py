@@ -8,6 +8,7 @@ reports the peak resident set above that baseline, against the array's size. Pri
 
     .venv/bin/python scripts/bench_memory.py --n 512 --cache-mb 4096   # the array fits the cache: held (page cache mapped)
     .venv/bin/python scripts/bench_memory.py --n 512 --cache-mb 256    # larger than the cache: streamed
+    .venv/bin/python scripts/bench_memory.py --n 512 --cache-mb 256 --format zarr   # a chunked Zarr, read lazily
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ def write_volume(path: Path, n: int, seed: int = 0) -> None:
     del out
 
 
+def write_zarr(path: Path, n: int, seed: int = 0) -> None:
+    """The same volume as a Zarr store chunked in slabs of 16 planes (written plane by plane)."""
+    import zarr
+
+    rng = np.random.default_rng(seed)
+    group = zarr.open_group(path, mode="w")
+    arr = group.create_array("rho", shape=(n, n, n), chunks=(16, n, n), dtype="f4", dimension_names=["z", "y", "x"])
+    for i in range(n):
+        arr[i] = rng.lognormal(-4.0, 2.0, size=(n, n)).astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=512)
@@ -49,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--loss", default="log_mse")
     ap.add_argument("--dir", type=Path, default=None, help="where the volume is written (default: a temp dir)")
+    ap.add_argument("--format", choices=["npy", "zarr"], default="npy", help="zarr: read lazily through xarray (docs/data.md)")
     args = ap.parse_args(argv)
     import pytorch_lightning  # noqa: F401  (imported before the baseline)
 
@@ -57,9 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="nir_mem_"))
     work.mkdir(parents=True, exist_ok=True)
-    path = work / f"volume{args.n}.npy"
-    write_volume(path, args.n)
-    size_mb = path.stat().st_size / 2**20
+    path = work / f"volume{args.n}.{args.format}"
+    if args.format == "zarr":
+        import xarray  # noqa: F401  (imported before the baseline, as Lightning)
+
+        write_zarr(path, args.n)
+        size_mb = 4 * args.n**3 / 2**20  # float32 values (the store itself is compressed)
+    else:
+        write_volume(path, args.n)
+        size_mb = path.stat().st_size / 2**20
     ov = [
         "data=array",
         f"data.path={path}",
@@ -82,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = status_kb("VmHWM") / 1024
     res = {
         "n": args.n,
+        "format": args.format,
         "array_mb": round(size_mb, 1),
         "cache_mb": args.cache_mb,
         "loss": args.loss,
@@ -93,7 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(time.perf_counter() - t, 1),
     }
     print(json.dumps(res), flush=True)
-    path.unlink()
+    if path.is_dir():
+        import shutil
+
+        shutil.rmtree(path)
+    else:
+        path.unlink()
     return res
 
 

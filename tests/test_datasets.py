@@ -15,6 +15,7 @@ xr = pytest.importorskip("xarray")  # installed by the set-up (the sci extra); s
 
 from nir.batches import TrainingData  # noqa: E402
 from nir.errors import NirError  # noqa: E402
+from nir.figures import value_label  # noqa: E402
 from nir.holdout import Holdout  # noqa: E402
 from nir.losses import MSE  # noqa: E402
 from nir.metrics import score  # noqa: E402
@@ -89,6 +90,7 @@ def test_a_variable_reads_as_its_values_with_missing_values_masked(files, suffix
     assert (t0, t1) == pytest.approx((-0.125, 0.875))  # days since the first time, 6-hourly
     assert (a0, a1) == pytest.approx((-90.0, 90.0)) and (o0, o1) == pytest.approx((-11.25, 348.75))
     assert s.meta["units"] == "kg m-2 s-1" and s.meta["long_name"] == "precipitation flux"
+    assert value_label(s.meta) == "|precipitation flux| [kg m-2 s-1]"  # the figures' value axis
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
@@ -111,6 +113,7 @@ def test_a_masked_file_trains_scores_only_valid_points_and_writes_back_its_coord
         np.testing.assert_array_equal(back[dim].values, da[dim].values)
         assert back[dim].dtype == da[dim].dtype or dim == "time"  # xarray may hold times at its own resolution
     assert back["lat"].attrs["units"] == "degrees_north"
+    assert field.spec["meta"]["long_name"] == "precipitation flux"  # units and names travel with the field
     # the run's metric is the stored field's on the valid points
     valid = ~np.isnan(da.values)
     rel = np.abs(back.values[valid] - da.values[valid]) / da.values[valid]
@@ -145,6 +148,7 @@ def test_a_zarr_larger_than_the_cache_streams_lazily_and_never_draws_masked_samp
     p = save(da, tmp_path / "rho.zarr")
     s = read_array(str(p))
     assert s.values is None and s.lazy is not None  # never loaded whole by the reader
+    assert s.bounds == ((-1.0, 1.0),) * 3  # dimensions without coordinates span nir's default box
     h = Holdout(0.25, s.shape, seed=2)
     for sampling in (None, Decades()):
         data = TrainingData(s, Identity(), MSE(), batch_size=128, cache_mb=0.004, seed=0, sampling=sampling, holdout=h)
