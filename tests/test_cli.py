@@ -89,7 +89,7 @@ def test_only_data_presets_print_what_they_brought():
     from nir.config import compose_config, preset_line
 
     cfg, choices = compose_config(["data=sources3d", "trainer.max_steps=7"])
-    assert preset_line(cfg, choices).startswith("data=sources3d brings model=fourier_lt3d, loss=log_mse")
+    assert preset_line(cfg, choices).startswith("data=sources3d brings model=hashgrid_lt3d, loss=log_mse, sampling=decades")
     assert "trainer.max_steps=7" in preset_line(cfg, choices)
     assert preset_line(*compose_config(["data=image"])) is None  # a reader only: nothing to announce
     # data=array brings loss=auto (decided from the data when the run starts)
@@ -169,8 +169,9 @@ def test_progress_bar_in_a_terminal_counts_steps(tiny_png, tmp_path):
     "overrides,lr,model",
     [
         ([], 1e-3, "siren"),  # train.yaml's default
-        (["data=lognormal3d"], 3e-3, "fourier_lt3d"),  # the data preset's model, at the rate it was tuned with
-        (["data=lognormal3d", "model=hashgrid_lt3d"], 1e-2, "hashgrid_lt3d"),  # the model's own beats the data preset's
+        (["data=lognormal3d"], 1e-2, "hashgrid_lt3d"),  # the data preset's model, at the rate it was tuned with
+        (["data=lognormal3d", "model=fourier_lt3d"], 3e-3, "fourier_lt3d"),  # the model's own beats the data preset's
+        (["data=sources3d", "model=hashgrid_lt3d"], 1e-2, "hashgrid_lt3d"),
         (["data=sources3d", "model=hashgrid_lt3d", "optim.lr=5e-3"], 5e-3, "hashgrid_lt3d"),  # the command line wins
         (["data=peaks1d"], 3e-3, "fourier_lt"),
         (["data=peaks1d", "model=siren"], 1e-3, "siren"),  # a model without settings: the defaults'

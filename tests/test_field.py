@@ -38,7 +38,7 @@ np.savez(out, **res)
 CASES = {
     "image-siren": ["model=siren", "data.sample=camera", "model.hidden_dim=32", "model.num_layers=1"],
     "image-fourier": ["model=fourier", "model.hidden_dim=32", "model.num_layers=1", "model.encoding.num_features=16"],
-    "sources3d-fourier": ["data=sources3d", "data.n=10"],
+    "sources3d-fourier": ["data=sources3d", "data.n=10", "model=fourier_lt3d", "sampling=uniform"],
     "lognormal3d-siren": ["data=lognormal3d", "data.n=10", "model=siren", "model.hidden_dim=32", "model.num_layers=1"],
     "image-hashgrid": ["model=hashgrid", "data.sample=camera", "model.encoding.n_levels=4", "model.encoding.log2_hashmap_size=10",
                        "model.encoding.finest_resolution=64", "model.hidden_dim=16"],
