@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--loss", default="log_mse")
     ap.add_argument("--dir", type=Path, default=None, help="where the volume is written (default: a temp dir)")
-    ap.add_argument("--format", choices=["npy", "zarr"], default="npy", help="zarr: read lazily through xarray (docs/data.md)")
+    ap.add_argument(
+        "--format", choices=["npy", "zarr"], default="npy", help="zarr: read lazily through xarray (docs/data.md)"
+    )
     args = ap.parse_args(argv)
     import pytorch_lightning  # noqa: F401  (imported before the baseline)
 

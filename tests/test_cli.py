@@ -89,7 +89,9 @@ def test_only_data_presets_print_what_they_brought():
     from nir.config import compose_config, preset_line
 
     cfg, choices = compose_config(["data=sources3d", "trainer.max_steps=7"])
-    assert preset_line(cfg, choices).startswith("data=sources3d brings model=hashgrid_lt3d, loss=log_mse, sampling=decades")
+    assert preset_line(cfg, choices).startswith(
+        "data=sources3d brings model=hashgrid_lt3d, loss=log_mse, sampling=decades"
+    )
     assert "trainer.max_steps=7" in preset_line(cfg, choices)
     assert preset_line(*compose_config(["data=image"])) is None  # a reader only: nothing to announce
     # data=array brings loss=auto (decided from the data when the run starts)
