@@ -127,7 +127,13 @@ def check_compose(overrides: list[str]) -> None:
         if unknown:
             key = unknown.group(1) or unknown.group(2)
             choices = [o for o in keep if o.split("=", 1)[0] in groups()]  # the groups picked, for their keys
-            raise NirError(unknown_key_message(key, compose_config(choices)[0])) from None
+            picked = compose_config(choices)[0]
+            if key.startswith("model.") and picked.model.get("_target_") == "nir.fields.Auto":
+                raise NirError(
+                    f"{key} needs a chosen network: model=auto (data=array's default) picks one when the run "
+                    "starts; choose it with model=NAME (e.g. model=hashgrid_lt3d) to set its keys"
+                ) from None
+            raise NirError(unknown_key_message(key, picked)) from None
         lines = [l.strip() for l in str(e).splitlines() if l.strip()]
         msg = " ".join(l for l in lines[:3] if not l.startswith("full_key") and not l.startswith("object_type"))
         raise NirError(f"config: {msg}") from None

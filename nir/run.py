@@ -214,6 +214,47 @@ def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
     return choice
 
 
+def resolve_auto_model(
+    cfg: DictConfig, choices: dict[str, Any], task: Sequence[str] | None
+) -> tuple[DictConfig, Any]:
+    """``model=auto``: choose the network from the signal's shape (:mod:`nir.fields.auto`), print
+    the decision in one line, and compose the config again as if ``model=<choice>`` had been
+    typed, so the precedence rule holds. ``task``: the run's overrides; without them (a config
+    composed by hand) the chosen model's node and optimiser settings replace ``cfg``'s. Returns
+    the config and the signal (read once, reused by :func:`build_parts`)."""
+    if str(cfg.model.get("_target_", "")) != "nir.fields.Auto":
+        return cfg, None
+    from omegaconf import open_dict
+
+    from nir.fields.auto import choose
+
+    signal = build(cfg.data, "data")
+    option, why = choose(signal.ndim, signal.numel, signal.is_image)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"model=auto: {why} -> model={option}; pass model=... to choose", flush=True)
+    if task is not None:
+        keep = [o for o in task if o.split("=", 1)[0].lstrip("+~") != "model"]
+        new = compose_again([*keep, f"model={option}"])
+    else:
+        chosen = compose_again([f"model={option}"])
+        new = cfg.copy()
+        with open_dict(new):
+            new.model, new.optim = chosen.model, chosen.optim
+    choices["model"] = option
+    return new, signal
+
+
+def compose_again(overrides: Sequence[str]) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides``, inside a running Hydra app (its search path) or not."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        from hydra import compose
+
+        return compose(config_name="train", overrides=list(overrides))
+    return compose_config(overrides)[0]
+
+
 def announce_signal(signal: Any) -> None:
     """The start lines about the data: a dataset's axes (names, sizes, boxes, units) and the
     number of masked samples."""
@@ -254,12 +295,13 @@ def _candidate_bytes(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], s
     return build_field(cfg, model, dims, signal).stored_bytes(store["dtype"], store["int8_scale"])
 
 
-def build_parts(cfg: DictConfig) -> Parts:
-    """Signal, network, transform and loss from the config; the training data (which fits the
-    transform and the loss once); the field; the Lightning module."""
+def build_parts(cfg: DictConfig, signal: Any = None) -> Parts:
+    """Signal (``signal``: already read, e.g. by ``model=auto``), network, transform and loss from
+    the config; the training data (which fits the transform and the loss once); the field; the
+    Lightning module."""
     from nir.losses import check_setup
 
-    signal = build(cfg.data, "data")
+    signal = build(cfg.data, "data") if signal is None else signal
     announce_signal(signal)
     loss_option = resolve_auto_loss(cfg, signal) if str(cfg.loss.get("_target_", "")) == "nir.losses.Auto" else None
     dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
@@ -627,7 +669,9 @@ def train_field(
     SIGUSR1 (:class:`nir.faults.Interrupted`)."""
     t_start, t_wall0 = time.perf_counter(), time.time()
     _, hc = hydra_job()
-    choices = choices if choices is not None else dict(hc.runtime.choices) if hc else {}
+    choices = dict(choices) if choices is not None else dict(hc.runtime.choices) if hc else {}
+    task = list(overrides) if overrides is not None else list(hc.overrides.task) if hc is not None else None
+    cfg, signal = resolve_auto_model(cfg, choices, task)
     line = preset_line(cfg, choices)
     if line and os.environ.get("LOCAL_RANK", "0") == "0":
         print(line, flush=True)
@@ -639,10 +683,9 @@ def train_field(
         from nir.faults import SignalCatcher, run_lock, signals_to_catch
 
         with run_lock(run_dir, enabled=_first_process()), SignalCatcher(signals_to_catch()) as catcher:
-            if overrides is not None or hc is not None:
-                task = list(overrides) if overrides is not None else list(hc.overrides.task)
+            if task is not None:
                 write_hydra_record(run_dir, cfg, task, hc)
-            parts = build_parts(cfg)
+            parts = build_parts(cfg, signal)
             interrupt = InterruptCheckpoint(catcher, run_dir)
             trainer, final_metrics = build_trainer(cfg, parts, run_dir, [interrupt, *callbacks], choices)
             if trainer.is_global_zero:

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         size_mb = path.stat().st_size / 2**20
     ov = [
         "data=array",
+        "model=siren",
         f"data.path={path}",
         f"loss={args.loss}",
         f"cache_mb={args.cache_mb}",

@@ -91,7 +91,10 @@ def test_statistics_of_a_run_are_sampled_once(tiny_png, tmp_path, monkeypatch):
 
     np.save(tmp_path / "a.npy", np.random.default_rng(0).lognormal(size=(20, 30)).astype(np.float32))
     ov = [o for o in tiny_overrides(tiny_png, steps=10) if not o.startswith("data.")]
-    train(make_cfg(ov + ["data=array", f"data.path={tmp_path / 'a.npy'}", "loss=log_mse"]), tmp_path / "run")
+    train(
+        make_cfg(ov + ["data=array", "model=siren", f"data.path={tmp_path / 'a.npy'}", "loss=log_mse"]),
+        tmp_path / "run",
+    )
     assert len(calls) == 1
 
 
@@ -275,7 +278,7 @@ def test_a_sampler_written_outside_nir_is_built_from_its_config_path(tmp_path):
     from nir.signal import read_array
 
     np.save(tmp_path / "x.npy", np.linspace(1.0, 2.0, 64, dtype=np.float32))
-    ov = ["data=array", f"data.path={tmp_path / 'x.npy'}", "loss=mse", "model.hidden_dim=8", "batch_size=8",
+    ov = ["data=array", "model=siren", f"data.path={tmp_path / 'x.npy'}", "loss=mse", "model.hidden_dim=8", "batch_size=8",
           "trainer.max_steps=6", "trainer.val_check_interval=6", "log.images=false",
           "trainer.enable_progress_bar=false", "sampling._target_=tests.usersampler.EvenOnly", "+sampling.stride=2"]  # fmt: skip
     cfg = make_cfg(ov)

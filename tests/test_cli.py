@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from tests.conftest import tiny_overrides
+from nir.config import CONF_DIR
+from nir.errors import NirError
+from tests.conftest import make_cfg, tiny_overrides
 
 NIR_TRAIN = [sys.executable, "-m", "nir.train"]
 
@@ -188,3 +190,57 @@ def test_one_precedence_rule_command_line_then_model_then_data_preset(overrides,
         assert (
             cfg.optim.groups.encoding.eps == 1e-15 and cfg.trainer.max_steps == 2000
         )  # the grid's, and the preset's schedule
+
+
+def test_model_auto_picks_by_dimension_and_size():
+    from nir.fields.auto import COMPACT_SAMPLES, choose
+
+    assert choose(1, 16384)[0] == "fourier_lt"
+    assert choose(2, 512 * 512)[0] == "siren"
+    assert choose(3, 48**3)[0] == choose(4, COMPACT_SAMPLES)[0] == "hashgrid_lt3d"
+    assert choose(3, COMPACT_SAMPLES + 1)[0] == "hashgrid"
+
+
+@pytest.mark.parametrize(
+    "shape,extra,model,lr",
+    [
+        ((6, 7, 8), [], "hashgrid_lt3d", 1e-2),  # the chosen model's own optimiser settings
+        ((6, 7, 8), ["optim.lr=5e-3"], "hashgrid_lt3d", 5e-3),  # the command line still wins
+        ((300,), [], "fourier_lt", 3e-3),
+        ((6, 7, 8), ["model=siren"], "siren", 1e-3),  # a model named on the command line: no choice made
+    ],
+)
+def test_model_auto_is_the_option_a_user_would_have_typed(tmp_path, capsys, shape, extra, model, lr):
+    import numpy as np
+    import yaml
+
+    import nir
+
+    arr = np.exp(np.random.default_rng(0).normal(size=shape)).astype(np.float32)
+    short = [
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.enable_progress_bar=false",
+        "log.images=false",
+    ]
+    _, m = nir.fit(arr, [*short, *extra], run_dir=tmp_path / "run")
+    record = yaml.safe_load((tmp_path / "run" / ".hydra" / "config.yaml").read_text())
+    expected = yaml.safe_load((CONF_DIR / "model" / f"{model}.yaml").read_text())
+    target = (expected.get("model") or expected).get("_target_") or "nir.fields.EncodedMLP"  # fourier_lt: from fourier
+    assert record["model"]["_target_"] == target and record["optim"]["lr"] == pytest.approx(lr)
+    said = "model=auto:" in capsys.readouterr().out
+    assert said == ("model=siren" not in extra)
+    # a config composed by hand (no overrides known) gets the same network and rate
+    if not extra:
+        from nir.run import resolve_auto_model
+
+        cfg = make_cfg(["data=array", f"data.path={tmp_path / 'run' / 'signal.npy'}"])
+        resolved, _ = resolve_auto_model(cfg, {}, None)
+        assert resolved.model._target_ == target and resolved.optim.lr == pytest.approx(lr)
+
+
+def test_a_model_key_under_model_auto_says_to_choose_a_network(tmp_path):
+    from nir.cli import check_compose
+
+    with pytest.raises(NirError, match="model.hidden_dim needs a chosen network: model=auto"):
+        check_compose(["data=array", f"data.path={tmp_path / 'x.npy'}", "model.hidden_dim=8"])

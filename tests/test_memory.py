@@ -84,6 +84,7 @@ def test_streaming_training_fits_like_in_memory(tmp_path):
     base = [
         f"data.path={p}",
         "data=array",
+        "model=siren",
         "loss=log_mse",
         "model.hidden_dim=32",
         "model.num_layers=1",
@@ -191,6 +192,7 @@ def test_streamed_signal_trains_under_ddp_spawn(tmp_path, sampling):
         [
             *DDP_SPAWN_2,
             "data=array",
+            "model=siren",
             f"data.path={p}",
             "loss=log_mse",
             "cache_mb=0.05",

@@ -108,7 +108,7 @@ def test_k_steps_per_call_divergence_stops_at_the_step(tmp_path, tiny_png):
     huge = tmp_path / "huge.npy"
     np.save(huge, np.full((32, 40, 3), 3e38, dtype=np.float32) * np.linspace(0.1, 1, 3, dtype=np.float32))
     ov = [o for o in tiny_overrides(tiny_png, steps=24) if not o.startswith("data.path")]
-    ov += ["data=array", f"data.path={huge}", "data.channel_axis=-1", "loss=mse", "steps_per_call=4",
+    ov += ["data=array", "model=siren", f"data.path={huge}", "data.channel_axis=-1", "loss=mse", "steps_per_call=4",
            "trainer.log_every_n_steps=4", "trainer.val_check_interval=12", "check_finite_every=4"]  # fmt: skip
     with pytest.raises(NirError, match=r"diverged at step 0: loss inf"):
         train(make_cfg(ov), tmp_path / "run")

@@ -9,9 +9,10 @@ Encodings (:mod:`nir.fields.encodings`: Fourier features, hash and dense grids) 
 through :class:`EncodedMLP`; SIREN is its own network.
 """
 
+from nir.fields.auto import Auto
 from nir.fields.encodings import FourierEncoding, GridEncoding
 from nir.fields.fourier import FourierMLP
 from nir.fields.mlp import EncodedMLP
 from nir.fields.siren import Siren
 
-__all__ = ["EncodedMLP", "FourierEncoding", "FourierMLP", "GridEncoding", "Siren"]
+__all__ = ["Auto", "EncodedMLP", "FourierEncoding", "FourierMLP", "GridEncoding", "Siren"]
