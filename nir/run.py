@@ -214,9 +214,7 @@ def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
     return choice
 
 
-def resolve_auto_model(
-    cfg: DictConfig, choices: dict[str, Any], task: Sequence[str] | None
-) -> tuple[DictConfig, Any]:
+def resolve_auto_model(cfg: DictConfig, choices: dict[str, Any], task: Sequence[str] | None) -> tuple[DictConfig, Any]:
     """``model=auto``: choose the network from the signal's shape (:mod:`nir.fields.auto`), print
     the decision in one line, and compose the config again as if ``model=<choice>`` had been
     typed, so the precedence rule holds. ``task``: the run's overrides; without them (a config
