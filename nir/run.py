@@ -728,7 +728,16 @@ def start_line(cfg: DictConfig, parts: Parts, trainer: Any) -> str:
         f"({shape}), {trainer.max_steps} steps of {int(cfg.batch_size):,} samples, sampling {parts.data.sampling}; "
         f"device {trainer.strategy.root_device}{devices}, precision {parts.precision}"
         + (f", {parts.module.loop.k} steps per call" if parts.module.loop.k > 1 else "")
+        + grid_backend(parts.field.network, trainer.strategy.root_device)
     )
+
+
+def grid_backend(network: Any, device: Any) -> str:
+    """``, grid encoding: triton`` (or ``torch``) for a network with a grid encoding; else empty."""
+    from nir.fields.encodings import GridEncoding
+
+    grids = [m for m in network.modules() if isinstance(m, GridEncoding)]
+    return f", grid encoding: {grids[0].backend_for(device)}" if grids else ""
 
 
 def _signal_overrides(signal: Any, run_dir: Path) -> list[str]:

@@ -5,7 +5,7 @@ For docs/performance.md (issue 12: the hash grid's encoding at batch 2^18 beside
 and the CPU tables. Prints one JSON line per network.
 
     .venv/bin/python scripts/bench_encoding.py --batch 16384                 # CPU
-    python scripts/bench_encoding.py --device cuda --batch 262144             # GPU (scripts/gpu_check.sh)
+    python scripts/bench_encoding.py --device cuda --batch 262144             # GPU: torch and Triton backends (scripts/gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -24,20 +24,30 @@ from nir.fields import EncodedMLP, GridEncoding, Siren
 
 GRID = {"n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 16, "base_resolution": 16,
         "finest_resolution": 512}  # fmt: skip
+#: the grid setups issue 26 measures: tiny-cuda-nn's 2-D image config (tables 2^15 and the default
+#: 2^16) and the 3-D hash grid at 128^3, each with the MLP 2x64 (model=hashgrid)
+GRIDS = {
+    "2-D hash grid 16x2, 2^15 + MLP 2x64": (2, {**GRID, "log2_hashmap_size": 15}),
+    "2-D hash grid 16x2, 2^16 + MLP 2x64 (model=hashgrid)": (2, GRID),
+    "3-D hash grid 16x2, 2^16, to 128 + MLP 2x64": (3, {**GRID, "finest_resolution": 128}),
+}
 
 
-def networks(d: int) -> dict[str, torch.nn.Module]:
-    return {
-        "hash grid encoding only (16 x 2, 2^16)": GridEncoding(d, **GRID),
-        "hash grid + MLP 2x64 (model=hashgrid)": EncodedMLP(d, 3, "nir.fields.encodings.GridEncoding", **GRID),
-        "SIREN 3x256 (model=siren)": Siren(d, 3),
-    }
+def networks(backends: list[str]) -> dict[str, tuple[int, torch.nn.Module]]:
+    nets: dict[str, tuple[int, torch.nn.Module]] = {}
+    for label, (d, grid) in GRIDS.items():
+        for backend in backends:
+            enc = {"otype": "nir.fields.encodings.GridEncoding", **grid, "backend": backend}
+            nets[f"{label} [{backend}]"] = (d, EncodedMLP(d, 3, enc, hidden_dim=64, num_layers=1))
+    nets["hash grid encoding only (16 x 2, 2^16) [torch]"] = (2, GridEncoding(2, **GRID, backend="torch"))
+    nets["SIREN 3x256 (model=siren)"] = (2, Siren(2, 3))
+    return nets
 
 
-def measure(net: torch.nn.Module, batch: int, device: str, dtype: torch.dtype | None, steps: int) -> float:
+def measure(net: torch.nn.Module, d: int, batch: int, device: str, dtype: torch.dtype | None, steps: int) -> float:
     net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.rand(batch, 2, device=device) * 2 - 1
+    x = torch.rand(batch, d, device=device) * 2 - 1
 
     def step() -> None:
         with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -64,11 +74,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=1 << 18)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--backends", nargs="+", default=None, help="grid backends (default: torch, and triton on cuda)")
     args = ap.parse_args()
+    backends = args.backends or (["torch", "triton"] if args.device == "cuda" else ["torch"])
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    for label, net in networks(2).items():
+    for label, (d, net) in networks(backends).items():
         for dtype in (None, torch.bfloat16):
-            sps = measure(net, args.batch, args.device, dtype, args.steps)
+            sps = measure(net, d, args.batch, args.device, dtype, args.steps)
             row = {"network": label, "device": name, "batch": args.batch, "precision": "bf16-mixed" if dtype else "32",
                    "samples_per_s": round(sps)}  # fmt: skip
             print(json.dumps(row), flush=True)

@@ -4,8 +4,9 @@
 #   2. the default image field on the GPU in 32, bf16-mixed and 16-mixed (runs on GPU unchanged)
 #   3. long-tailed peaks1d under 16-mixed with the gradient scaler: finite and accurate
 #   4. Field.sample at 512^3 with a 3x256 SIREN: speed and GPU memory (docs/reuse.md)
-#   5. samples per second of the hash grid and SIREN 3x256, forward + backward + Adam, batch 2^18
-#      (scripts/bench_encoding.py; docs/performance.md, issue 12) and a hash-grid image run
+#   5. samples per second of the hash grid (torch and Triton backends, issue 26) and SIREN 3x256,
+#      forward + backward + Adam, batch 2^18 (scripts/bench_encoding.py; docs/performance.md), the
+#      hash-grid image run on each backend, and the kernel tests compiled for the GPU
 #   6. issue 16 (PARTS=steps): the captured step against eager (scripts/check_graph.py) and time per
 #      optimizer step against a plain loop, fp32 vs bf16-mixed and the hash grid at 2^18
 #      (scripts/bench_host.py --device cuda --large: a section of $OUT/performance.md)
@@ -69,8 +70,12 @@ timeout 60 python3 scripts/bench_sample.py --model siren --n 512 --chunk 1048576
 fi
 if want encoding; then
 echo "== encoding throughput $(date +%T)" >> "$LOG"
-timeout 90 python3 scripts/bench_encoding.py --device cuda --batch 262144 >> "$RES" 2>> "$LOG"
-run "image-hashgrid" /tmp/runs/img_hash model=hashgrid
+timeout ${ENC_S:-150} python3 scripts/bench_encoding.py --device cuda --batch 262144 >> "$RES" 2>> "$LOG"
+# issue 26: the same image run on each grid backend, PSNR at equal steps (batch 2^18)
+for backend in torch triton; do
+  run "image-hashgrid-$backend" /tmp/runs/img_hash_$backend model=hashgrid model.encoding.backend=$backend batch_size=262144
+done
+python3 -m pytest -q -p no:cacheprovider tests/test_grid_triton.py >> "$LOG" 2>&1 && echo '{"check": "test_grid_triton on cuda", "status": "passed"}' >> "$RES"
 fi
 echo "== done $(date +%T)" >> "$LOG"
 cat "$RES"; cat "$OUT/performance.md" 2>/dev/null

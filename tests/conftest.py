@@ -17,6 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # keep the 2-core CI machine responsive: under pytest-xdist (make test runs one worker per core)
 # each worker computes with one thread, so workers do not oversubscribe the cores; alone, two
 os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
+# the grid encoding's Triton kernels run in Triton's interpreter where no CUDA device is (set before
+# nir.fields.grid_triton is imported: @triton.jit reads it when the kernels are defined)
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 
 def smooth_image(h: int = 32, w: int = 40, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -160,7 +160,7 @@ def test_int8_grid_values_round_trip_bit_exactly(name, rows, int8_scale):
             ["data.n=12", "model=hashgrid_lt3d", "size.bytes=15000", "store.dtype=int8"],
             "encoding.log2_hashmap_size",
         ),
-        ("lognormal3d", ["data.n=16", "size.ratio=2"], "hidden_dim"),
+        ("lognormal3d", ["data.n=16", "model=fourier_lt3d", "sampling=uniform", "size.ratio=2"], "hidden_dim"),
     ],
 )
 def test_a_budget_sizes_the_network_to_fit(data, overrides, knob, tmp_path, capsys):

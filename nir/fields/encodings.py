@@ -18,6 +18,8 @@ from torch import Tensor, nn
 
 from nir.errors import NirError, positive_float, positive_int, require
 
+BACKENDS = ("auto", "torch", "triton")  # the grid encoding's implementations (nir.fields.grid_triton)
+
 # tiny-cuda-nn's spatial-hash primes, one per axis (the first is 1: coherent along x)
 PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
 
@@ -132,6 +134,9 @@ class GridEncoding(nn.Module):
         finest_resolution: the last level's resolution, instead of ``per_level_scale``.
         hashed: hash levels larger than the table (True) or keep every level dense (False).
         bounds: the box, one ``[lo, hi]`` per axis (nir fills in the signal's).
+        backend: ``auto`` (Triton kernels on CUDA where they can run, the torch path elsewhere),
+            ``torch`` or ``triton`` (:mod:`nir.fields.grid_triton`; on the CPU only under
+            ``TRITON_INTERPRET=1``). The same numbers either way, to fp32 rounding.
     """
 
     def __init__(
@@ -145,8 +150,11 @@ class GridEncoding(nn.Module):
         finest_resolution: int | None = None,
         hashed: bool = True,
         bounds: Sequence[Sequence[float]] | None = None,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
+        require(backend in BACKENDS, f"model.encoding.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend = backend
         for key, v in [("n_levels", n_levels), ("n_features_per_level", n_features_per_level),
                        ("log2_hashmap_size", log2_hashmap_size), ("base_resolution", base_resolution)]:  # fmt: skip
             positive_int(f"model.{key}", v)
@@ -174,6 +182,28 @@ class GridEncoding(nn.Module):
         strides = torch.tensor([[r ** (in_dim - 1 - k) for k in range(in_dim)] for r in self.resolutions])
         self.register_buffer("_strides", strides, persistent=False)
         self.register_buffer("_primes", torch.tensor(PRIMES[:in_dim], dtype=torch.long), persistent=False)
+        # the Triton kernels' view of the levels (nir.fields.grid_triton)
+        self.register_buffer("_res_i", torch.tensor(self.resolutions, dtype=torch.long), persistent=False)
+        self.register_buffer("_dense_i", torch.tensor(self.dense_levels, dtype=torch.int32), persistent=False)
+
+    def backend_for(self, device: torch.device) -> str:
+        """``torch`` or ``triton``: what :meth:`forward` runs on ``device`` (``auto``: Triton on
+        CUDA where the kernels can run, the torch path elsewhere). ``triton`` where the kernels
+        cannot run: one line saying why."""
+        from nir.fields import grid_triton
+
+        why = grid_triton.available(device) if self.in_dim <= grid_triton.MAX_DIM else "more than 4 axes"
+        if why is None and self.n_features not in grid_triton.FEATURES:
+            why = (
+                f"n_features_per_level {self.n_features} (the kernels take {', '.join(map(str, grid_triton.FEATURES))})"
+            )
+        if self.backend == "triton" and why is not None:
+            raise NirError(f"model.encoding.backend=triton cannot run here: {why}; use backend=torch or auto")
+        return (
+            "triton"
+            if self.backend == "triton" or (self.backend == "auto" and device.type == "cuda" and why is None)
+            else "torch"
+        )
 
     @property
     def n_output_dims(self) -> int:
@@ -213,6 +243,11 @@ class GridEncoding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``Float[Tensor, "N in_dim"]`` -> ``Float[Tensor, "N n_levels*n_features_per_level"]``, fp32."""
+        if self.backend != "torch" and self.backend_for(x.device) == "triton":
+            from nir.fields.grid_triton import encode
+
+            with torch.autocast(x.device.type, enabled=False):
+                return encode(self, x.float())
         with torch.autocast(x.device.type, enabled=False):
             u = ((x.float() - self.lo) / self.span).clamp(0.0, 1.0)  # (N, d) in [0, 1]
             pos = u[:, None, :] * (self._res[:, None] - 1)  # (N, L, d)

@@ -1,0 +1,126 @@
+"""The grid encoding's Triton kernels (issue 26) against the torch path, on the CPU through
+Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 where no CUDA device is)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from nir.errors import NirError
+from nir.fields import grid_triton
+from nir.fields.encodings import GridEncoding
+
+assert grid_triton.triton is not None, "triton is installed by make's set-up (the dev extra)"
+
+
+def pair(d: int, hashed: bool, log2: int, features: int = 2, levels: int = 4, finest: int = 17):
+    kw = dict(n_levels=levels, n_features_per_level=features, log2_hashmap_size=log2, base_resolution=3,
+              finest_resolution=finest, hashed=hashed, bounds=[[-1.0, 2.0]] * d)  # fmt: skip
+    ref, ker = GridEncoding(d, backend="torch", **kw), GridEncoding(d, backend="triton", **kw)
+    with torch.no_grad():
+        ref.embeddings.normal_(generator=torch.Generator().manual_seed(d))
+        ker.embeddings.copy_(ref.embeddings)
+    return ref, ker
+
+
+def points(d: int, n: int = 90, finest: int = 17) -> torch.Tensor:
+    """Random points, points exactly on the finest level's vertices (cell edges), the box's
+    faces and corners, and points outside the box (clamped)."""
+    g = torch.Generator().manual_seed(10 + d)
+    rand = torch.rand(n, d, generator=g) * 3.0 - 1.0
+    edges = -1.0 + 3.0 * torch.randint(0, finest, (20, d), generator=g).float() / (finest - 1)
+    faces = torch.tensor(list(itertools.product([-1.0, 2.0], repeat=d)))
+    outside = (
+        torch.rand(8, d, generator=g) + torch.tensor([2.5, -3.5])[torch.arange(8) % 2][:, None]
+    )  # beyond a face on every axis
+    return torch.cat([rand, edges, faces, outside])
+
+
+@pytest.mark.parametrize(
+    "d,hashed,log2,features",
+    [(1, True, 3, 2), (2, True, 5, 2), (2, True, 12, 4), (3, True, 6, 2), (3, False, 6, 1), (4, True, 7, 2), (4, True, 17, 8)],
+    ids=["1d-hashed", "2d-collide", "2d-fits", "3d-collide", "3d-dense", "4d-collide", "4d-fits-f8"],
+)  # fmt: skip
+def test_kernels_match_the_torch_path_forward_and_both_gradients(d, hashed, log2, features):
+    ref, ker = pair(d, hashed, log2, features)
+    assert any(not dense for dense in ref.dense_levels) == (hashed and log2 < 12)  # collisions where meant
+    x = points(d)
+    xr, xk = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    a, b = ref(xr), ker(xk)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(1))
+    a.backward(g)
+    b.backward(g)
+    assert torch.allclose(ref.embeddings.grad, ker.embeddings.grad, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(xr.grad, xk.grad, rtol=1e-4, atol=1e-4), (xr.grad - xk.grad).abs().max()
+    assert float(xk.grad[-8:].abs().max()) == 0.0  # outside the box the clamp holds: no gradient
+    assert float(xk.grad.abs().sum()) > 0  # and inside there is one
+
+
+def test_a_short_training_run_ends_at_the_torch_backends_weights(tmp_path):
+    import numpy as np
+
+    import nir
+
+    vol = np.exp(np.random.default_rng(0).normal(size=(10, 9, 8))).astype(np.float32)
+    common = ["model=hashgrid_lt3d", "model.encoding.n_levels=3", "model.encoding.finest_resolution=10",
+              "model.encoding.log2_hashmap_size=6", "model.hidden_dim=8", "trainer.max_steps=6",
+              "trainer.val_check_interval=6", "batch_size=128", "trainer.precision=32", "log.images=false",
+              "trainer.enable_progress_bar=false"]  # fmt: skip
+    fields = {}
+    for backend in ("torch", "triton"):
+        fields[backend], _ = nir.fit(vol, [*common, f"model.encoding.backend={backend}"], run_dir=tmp_path / backend)
+    a, b = (fields[k].network.state_dict() for k in ("torch", "triton"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
+    assert float(a["encoding.embeddings"].abs().max()) > 1e-3  # the tables trained (init is U(-1e-4, 1e-4))
+
+
+def test_field_gradient_goes_through_the_kernels_and_a_second_derivative_is_one_line():
+    ref, ker = pair(3, True, 6)
+    x = points(3)[:40].requires_grad_(True)
+    (gx,) = torch.autograd.grad(ker(x).sum(), x)
+    (gr,) = torch.autograd.grad(ref(x).sum(), x)
+    assert torch.allclose(gx, gr, rtol=1e-4, atol=1e-4)
+    with pytest.raises(NirError, match="no second derivative.*backend=torch"):
+        (g2,) = torch.autograd.grad(ker(x).sum(), x, create_graph=True)
+        g2.sum().backward()
+
+
+def test_where_the_kernels_cannot_run_is_one_line(monkeypatch):
+    with pytest.raises(NirError, match="model.encoding.backend must be one of auto, torch, triton"):
+        GridEncoding(2, backend="cuda")
+    enc = GridEncoding(2, n_features_per_level=3, log2_hashmap_size=8, finest_resolution=32, backend="triton")
+    with pytest.raises(NirError, match="backend=triton cannot run here: n_features_per_level 3"):
+        enc(torch.zeros(4, 2))
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert "CUDA" in grid_triton.available(torch.device("cpu"))
+    enc = GridEncoding(2, log2_hashmap_size=8, finest_resolution=32, backend="triton")
+    with pytest.raises(NirError, match="backend=triton cannot run here: the Triton kernels run on CUDA"):
+        enc(torch.zeros(4, 2))
+    # auto: the torch path on the CPU, said by the start line's backend
+    assert GridEncoding(2, log2_hashmap_size=8, finest_resolution=32).backend_for(torch.device("cpu")) == "torch"
+
+
+def test_bench_encoding_times_both_backends(monkeypatch, capsys):
+    """scripts/bench_encoding.py (the GPU check's throughput table) runs end to end, here on the
+    CPU with a tiny batch; its numbers are measured on a device, not asserted."""
+    import importlib.util
+    import json
+    import sys
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_encoding", ROOT / "scripts" / "bench_encoding.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "GRIDS", {"3-D tiny": (3, {**bench.GRID, "n_levels": 3, "log2_hashmap_size": 8})})
+    monkeypatch.setattr(
+        sys, "argv", ["bench_encoding.py", "--batch", "32", "--steps", "1", "--backends", "torch", "triton"]
+    )
+    bench.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert {r["network"] for r in rows} >= {"3-D tiny [torch]", "3-D tiny [triton]"}
+    assert all(r["samples_per_s"] > 0 for r in rows) and len(rows) == 2 * 4
