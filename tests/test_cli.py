@@ -96,11 +96,11 @@ def test_only_data_presets_print_what_they_brought():
     )
     assert "trainer.max_steps=7" in preset_line(cfg, choices)
     assert preset_line(*compose_config(["data=image"])) is None  # a reader only: nothing to announce
-    # data=array brings loss=auto (decided from the data when the run starts)
-    assert preset_line(*compose_config(["data=array", "data.path=x.npy"])).startswith("data=array brings loss=auto")
-    assert preset_line(*compose_config(["data=array", "data.path=x.npy", "loss=l1"])).startswith(
-        "data=array brings loss=l1"
-    )
+    # data=array brings model=auto and loss=auto (decided from the data when the run starts)
+    line = preset_line(*compose_config(["data=array", "data.path=x.npy"]))
+    assert line.startswith("data=array brings model=auto, loss=auto")
+    line = preset_line(*compose_config(["data=array", "data.path=x.npy", "loss=l1", "model=siren"]))
+    assert line.startswith("data=array brings model=siren, loss=l1")
 
 
 def test_help_is_nirs_own(tmp_path):
@@ -173,7 +173,7 @@ def test_progress_bar_in_a_terminal_counts_steps(tiny_png, tmp_path):
     "overrides,lr,model",
     [
         ([], 1e-3, "siren"),  # train.yaml's default
-        (["data=lognormal3d"], 1e-2, "hashgrid_lt3d"),  # the data preset's model, at the rate it was tuned with
+        (["data=lognormal3d"], 1e-2, "hashgrid_lt3d_large"),  # the data preset's model, at the rate it was tuned with
         (["data=lognormal3d", "model=fourier_lt3d"], 3e-3, "fourier_lt3d"),  # the model's own beats the data preset's
         (["data=sources3d", "model=hashgrid_lt3d"], 1e-2, "hashgrid_lt3d"),
         (["data=sources3d", "model=hashgrid_lt3d", "optim.lr=5e-3"], 5e-3, "hashgrid_lt3d"),  # the command line wins
