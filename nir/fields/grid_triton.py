@@ -102,16 +102,28 @@ if triton is not None:
         return b0, f0, i0, b1, f1, i1, b2, f2, i2, b3, f3, i3
 
     @triton.jit
+    def _program(res_ptr, off_ptr, size_ptr, dense_ptr, n, BLOCK: tl.constexpr):
+        """This program's level, its block of points, and the level's resolution, table offset,
+        table size and whether it is dense."""
+        level = tl.program_id(1)
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        res_i = tl.load(res_ptr + level)
+        dense = tl.load(dense_ptr + level) != 0
+        return (
+            level,
+            offs,
+            offs < n,
+            res_i,
+            res_i.to(tl.float32),
+            tl.load(off_ptr + level),
+            tl.load(size_ptr + level),
+            dense,
+        )
+
+    @triton.jit
     def _grid_fwd(x_ptr, table_ptr, out_ptr, lo_ptr, span_ptr, res_ptr, off_ptr, size_ptr, dense_ptr, n,
                   D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
-        pid, level = tl.program_id(0), tl.program_id(1)
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        res_i = tl.load(res_ptr + level)
-        res = res_i.to(tl.float32)
-        offset = tl.load(off_ptr + level)
-        size = tl.load(size_ptr + level)
-        dense = tl.load(dense_ptr + level) != 0
+        level, offs, mask, res_i, res, offset, size, dense = _program(res_ptr, off_ptr, size_ptr, dense_ptr, n, BLOCK)
         b0, f0, i0, b1, f1, i1, b2, f2, i2, b3, f3, i3 = _cells(x_ptr, n, offs, mask, lo_ptr, span_ptr, res, D)
         feat = tl.arange(0, F)
         acc = tl.zeros((BLOCK, F), dtype=tl.float32)
@@ -136,14 +148,7 @@ if triton is not None:
     def _grid_bwd(x_ptr, table_ptr, gout_ptr, gtable_ptr, gx_ptr, lo_ptr, span_ptr, res_ptr, off_ptr, size_ptr,
                   dense_ptr, n, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
                   NEED_X: tl.constexpr):  # fmt: skip
-        pid, level = tl.program_id(0), tl.program_id(1)
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        res_i = tl.load(res_ptr + level)
-        res = res_i.to(tl.float32)
-        offset = tl.load(off_ptr + level)
-        size = tl.load(size_ptr + level)
-        dense = tl.load(dense_ptr + level) != 0
+        level, offs, mask, res_i, res, offset, size, dense = _program(res_ptr, off_ptr, size_ptr, dense_ptr, n, BLOCK)
         b0, f0, i0, b1, f1, i1, b2, f2, i2, b3, f3, i3 = _cells(x_ptr, n, offs, mask, lo_ptr, span_ptr, res, D)
         feat = tl.arange(0, F)
         g = tl.load(gout_ptr + offs[:, None] * (L * F) + level * F + feat[None, :], mask=mask[:, None], other=0.0)
