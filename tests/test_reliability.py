@@ -184,7 +184,6 @@ def test_divergence_stops_keeps_last_good_checkpoint(files, tmp_path):
         "check_finite_every=5",
         "resume=last",
         "data=array",
-        "model=siren",
         f"data.path={huge}",
         "data.channel_axis=-1",
     ]

@@ -109,7 +109,7 @@ import nir
 filters = list(warnings.filters)
 mapped_before = big_block_is_mapped()
 field, metrics = nir.fit(np.random.default_rng(0).random((24, 20)).astype(np.float32), run_dir=sys.argv[1], steps=3,
-                         model__hidden_dim=8, log__images=False, trainer__enable_progress_bar=False)
+                         model="siren", model__hidden_dim=8, log__images=False, trainer__enable_progress_bar=False)
 print(json.dumps({"filters_unchanged": list(warnings.filters) == filters,
                   "mapped_before": mapped_before, "mapped_after": big_block_is_mapped()}))
 """
