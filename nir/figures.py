@@ -141,9 +141,10 @@ def _slices_figure(
                     (_shrink_max(np.asarray(pm)), norm, "viridis"),
                 ]
             for i, (img, nrm, cmap) in enumerate(panels):
-                im = axs[i, j].imshow(
-                    np.maximum(img, floor), norm=nrm, cmap=cmap, origin="lower", interpolation="nearest"
-                )
+                shown = (
+                    img if cmap == "magma" else np.maximum(img, floor)
+                )  # relative error: clipped above, never floored
+                im = axs[i, j].imshow(shown, norm=nrm, cmap=cmap, origin="lower", interpolation="nearest")
                 where = "projection" if "MIP" in rows[i] else "centre"
                 axs[i, j].set_title(f"{rows[i]} (axis {j} {where})" if cols > 1 else rows[i])
                 axs[i, j].axis("off")

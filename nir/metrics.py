@@ -160,7 +160,8 @@ class MaxProjections(Metric):
     """Maximum-intensity projections of ``|values|`` (first channel) of a 3-D field along each
     axis, accumulated chunk by chunk over flat row ranges of the whole grid (of a 4-D field: its
     central time step), so narrow peaks a strided preview would miss still show. ``compute()``
-    -> ``[along axis 0 (Y, X), along axis 1 (Z, X), along axis 2 (Z, Y)]``."""
+    -> ``[along axis 0 (Y, X), along axis 1 (Z, X), along axis 2 (Z, Y)]``; a line whose every
+    sample is masked (NaN) projects to NaN, shown as a gap."""
 
     full_state_update = False
 
@@ -173,9 +174,10 @@ class MaxProjections(Metric):
         for n in lead:  # row-major index of the central lead sample (4-D: the central time step)
             centre = centre * n + n // 2
         self.base = centre * z * y * x
-        self.add_state("along0", torch.zeros(y * x), dist_reduce_fx="max")
-        self.add_state("along1", torch.zeros(z * x), dist_reduce_fx="max")
-        self.add_state("along2", torch.zeros(z * y), dist_reduce_fx="max")
+        # -1: no valid sample yet (|values| >= 0), so a line of masked samples projects to NaN, a gap
+        self.add_state("along0", torch.full((y * x,), -1.0), dist_reduce_fx="max")
+        self.add_state("along1", torch.full((z * x,), -1.0), dist_reduce_fx="max")
+        self.add_state("along2", torch.full((z * y,), -1.0), dist_reduce_fx="max")
 
     @torch.no_grad()
     def update(self, start: int, stop: int, values: Tensor) -> None:
@@ -184,7 +186,7 @@ class MaxProjections(Metric):
         keep = (idx >= 0) & (idx < z * y * x)
         if not bool(keep.any()):
             return
-        idx, v = idx[keep], values.reshape(stop - start, -1)[keep, 0].float().abs().nan_to_num(nan=0.0)
+        idx, v = idx[keep], values.reshape(stop - start, -1)[keep, 0].float().abs().nan_to_num(nan=-1.0)
         k, r = idx // (y * x), idx % (y * x)
         j, i = r // x, r % x
         self.along0.scatter_reduce_(0, r, v, "amax")
@@ -193,7 +195,8 @@ class MaxProjections(Metric):
 
     def compute(self) -> list[Tensor]:
         z, y, x = self.shape[-3:]
-        return [self.along0.reshape(y, x), self.along1.reshape(z, x), self.along2.reshape(z, y)]
+        out = [self.along0.reshape(y, x), self.along1.reshape(z, x), self.along2.reshape(z, y)]
+        return [torch.where(p < 0, torch.full_like(p, float("nan")), p) for p in out]
 
 
 def image_ssim(pred: Tensor, target: Tensor, data_range: float) -> float | None:

@@ -507,3 +507,25 @@ def test_score_takes_a_field_or_its_grid_values():
     assert json_safe(by_field) == json_safe(by_values)
     assert by_field["worst_decade_median"] == pytest.approx(1 / 1.01 - 1 + 0.02, abs=0.011)  # |p - y| / y = 0.0099
     assert [b["count"] for b in by_field["magnitude_bins"]] and "ssim" not in by_field
+
+
+def test_masked_lines_project_to_gaps_and_the_error_panel_is_not_floored():
+    """A line of masked (NaN) samples projects to NaN (a gap in the figure, not the floor's
+    colour); the relative-error panel shows errors below the metric floor as they are (flooring
+    it like the value panels painted a field with a high floor in one colour)."""
+    from nir.figures import _slices_figure
+    from nir.metrics import MaxProjections
+
+    vol = np.arange(1, 1 + 4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    vol[:, 2, 3] = np.nan  # a whole line along axis 0
+    vol[1, 1, 1] = np.nan  # one sample of another line
+    mip = MaxProjections(vol.shape)
+    mip.update(0, vol.size, torch.from_numpy(vol.reshape(-1, 1)))
+    along0 = mip.compute()[0].numpy()
+    assert np.isnan(along0[2, 3]) and np.isnan(along0).sum() == 1
+    assert along0[1, 1] == np.nanmax(vol[:, 1, 1])
+    t = np.full((6, 6), 5.0)
+    p = t * (1 + np.linspace(1e-4, 1e-3, 36).reshape(6, 6))  # errors 1e-4 .. 1e-3, under a floor of 1e-2
+    fig = _slices_figure([(p, t)], floor=1e-2)
+    shown = fig.axes[2].get_images()[0].get_array()
+    np.testing.assert_allclose(np.asarray(shown), np.abs(p - t) / t, rtol=1e-6)
