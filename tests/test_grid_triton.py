@@ -13,12 +13,14 @@ from nir.fields import grid_triton
 from nir.fields.encodings import GridEncoding
 
 assert grid_triton.triton is not None, "triton is installed by make's set-up (the dev extra)"
+# compiled kernels on a CUDA device (scripts/gpu_check.sh), the interpreter on the CPU elsewhere
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def pair(d: int, hashed: bool, log2: int, features: int = 2, levels: int = 4, finest: int = 17):
     kw = dict(n_levels=levels, n_features_per_level=features, log2_hashmap_size=log2, base_resolution=3,
               finest_resolution=finest, hashed=hashed, bounds=[[-1.0, 2.0]] * d)  # fmt: skip
-    ref, ker = GridEncoding(d, backend="torch", **kw), GridEncoding(d, backend="triton", **kw)
+    ref, ker = GridEncoding(d, backend="torch", **kw).to(DEVICE), GridEncoding(d, backend="triton", **kw).to(DEVICE)
     with torch.no_grad():
         ref.embeddings.normal_(generator=torch.Generator().manual_seed(d))
         ker.embeddings.copy_(ref.embeddings)
@@ -35,7 +37,7 @@ def points(d: int, n: int = 90, finest: int = 17) -> torch.Tensor:
     outside = (
         torch.rand(8, d, generator=g) + torch.tensor([2.5, -3.5])[torch.arange(8) % 2][:, None]
     )  # beyond a face on every axis
-    return torch.cat([rand, edges, faces, outside])
+    return torch.cat([rand, edges, faces, outside]).to(DEVICE)
 
 
 @pytest.mark.parametrize(
@@ -50,7 +52,7 @@ def test_kernels_match_the_torch_path_forward_and_both_gradients(d, hashed, log2
     xr, xk = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     a, b = ref(xr), ker(xk)
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
-    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(1))
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     a.backward(g)
     b.backward(g)
     assert torch.allclose(ref.embeddings.grad, ker.embeddings.grad, rtol=1e-5, atol=1e-5)
@@ -68,7 +70,7 @@ def test_a_short_training_run_ends_at_the_torch_backends_weights(tmp_path):
     common = ["model=hashgrid_lt3d", "model.encoding.n_levels=3", "model.encoding.finest_resolution=10",
               "model.encoding.log2_hashmap_size=6", "model.hidden_dim=8", "trainer.max_steps=6",
               "trainer.val_check_interval=6", "batch_size=128", "trainer.precision=32", "log.images=false",
-              "trainer.enable_progress_bar=false"]  # fmt: skip
+              "trainer.enable_progress_bar=false", *(["trainer=gpu"] if DEVICE.type == "cuda" else [])]  # fmt: skip
     fields = {}
     for backend in ("torch", "triton"):
         fields[backend], _ = nir.fit(vol, [*common, f"model.encoding.backend={backend}"], run_dir=tmp_path / backend)
@@ -94,8 +96,8 @@ def test_where_the_kernels_cannot_run_is_one_line(monkeypatch):
         GridEncoding(2, backend="cuda")
     enc = GridEncoding(2, n_features_per_level=3, log2_hashmap_size=8, finest_resolution=32, backend="triton")
     with pytest.raises(NirError, match="backend=triton cannot run here: n_features_per_level 3"):
-        enc(torch.zeros(4, 2))
-    monkeypatch.delenv("TRITON_INTERPRET")
+        enc.to(DEVICE)(torch.zeros(4, 2, device=DEVICE))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert "CUDA" in grid_triton.available(torch.device("cpu"))
     enc = GridEncoding(2, log2_hashmap_size=8, finest_resolution=32, backend="triton")
     with pytest.raises(NirError, match="backend=triton cannot run here: the Triton kernels run on CUDA"):
