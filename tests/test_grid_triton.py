@@ -126,3 +126,16 @@ def test_bench_encoding_times_both_backends(monkeypatch, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert {r["network"] for r in rows} >= {"3-D tiny [torch]", "3-D tiny [triton]"}
     assert all(r["samples_per_s"] > 0 for r in rows) and len(rows) == 2 * 4
+
+
+def test_under_autocast_the_features_leave_in_the_mlps_dtype():
+    """fp32 tables and arithmetic, bf16 features out (half the bytes written): equal to the torch
+    path's fp32 features to one bf16 rounding, and the table's gradient still fp32."""
+    ref, ker = pair(3, True, 6)
+    x = points(3)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        a, b = ref(x), ker(x)
+    assert a.dtype == torch.float32 and b.dtype == torch.bfloat16
+    torch.testing.assert_close(b.float(), a, rtol=2**-7, atol=1e-6)
+    b.float().square().sum().backward()
+    assert ker.embeddings.grad.dtype == torch.float32 and float(ker.embeddings.grad.abs().sum()) > 0

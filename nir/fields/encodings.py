@@ -246,8 +246,10 @@ class GridEncoding(nn.Module):
         if self.backend != "torch" and self.backend_for(x.device) == "triton":
             from nir.fields.grid_triton import encode
 
-            with torch.autocast(x.device.type, enabled=False):
-                return encode(self, x.float())
+            kind = x.device.type
+            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+            with torch.autocast(kind, enabled=False):  # fp32 tables and arithmetic, features out in the MLP's dtype
+                return encode(self, x.float(), dtype)
         with torch.autocast(x.device.type, enabled=False):
             u = ((x.float() - self.lo) / self.span).clamp(0.0, 1.0)  # (N, d) in [0, 1]
             pos = u[:, None, :] * (self._res[:, None] - 1)  # (N, L, d)

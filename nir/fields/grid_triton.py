@@ -142,7 +142,8 @@ if triton is not None:
             row = offset + _row(c0, c1, c2, c3, res_i, dense, size, D)
             vals = tl.load(table_ptr + row[:, None] * F + feat[None, :], mask=mask[:, None], other=0.0)
             acc += vals * w[:, None]
-        tl.store(out_ptr + offs[:, None] * (L * F) + level * F + feat[None, :], acc, mask=mask[:, None])
+        out = acc.to(out_ptr.dtype.element_ty)  # fp32, or the autocast dtype: features leave in the MLP's precision
+        tl.store(out_ptr + offs[:, None] * (L * F) + level * F + feat[None, :], out, mask=mask[:, None])
 
     @triton.jit
     def _grid_bwd(x_ptr, table_ptr, gout_ptr, gtable_ptr, gx_ptr, lo_ptr, span_ptr, res_ptr, off_ptr, size_ptr,
@@ -193,10 +194,10 @@ class GridFunction(torch.autograd.Function):
     ``(N, L * F)`` fp32; backward gives the table's and the input's gradients."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, table: Tensor, enc: Any) -> Tensor:
+    def forward(ctx: Any, x: Tensor, table: Tensor, enc: Any, dtype: torch.dtype = torch.float32) -> Tensor:
         n, d = x.shape
         levels, f = enc.n_levels, enc.n_features
-        out = torch.empty(n, levels * f, device=x.device, dtype=torch.float32)
+        out = torch.empty(n, levels * f, device=x.device, dtype=dtype)
         args = (enc.lo, enc.span, enc._res_i, enc._offsets, enc._sizes, enc._dense_i, n)
         if n:
             _grid_fwd[(triton.cdiv(n, BLOCK), levels)](x, table, out, *args, D=d, F=f, L=levels, BLOCK=BLOCK)
@@ -205,7 +206,7 @@ class GridFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, gout: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(ctx: Any, gout: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         if torch.is_grad_enabled():
             raise NirError(
                 "the Triton grid encoding has no second derivative (a loss on Field.gradient); "
@@ -222,9 +223,10 @@ class GridFunction(torch.autograd.Function):
         if n:
             _grid_bwd[(triton.cdiv(n, BLOCK), levels)](x, table, gout.contiguous().float(), gtable, gx, *args, D=d, F=f,
                                                        L=levels, BLOCK=BLOCK, NEED_X=need_x)  # fmt: skip
-        return (gx if need_x else None), gtable, None
+        return (gx if need_x else None), gtable, None, None
 
 
-def encode(enc: Any, x: Tensor) -> Tensor:
-    """``enc``'s encoding of fp32 points ``x`` (N, d) through the kernels."""
-    return GridFunction.apply(x.contiguous(), enc.embeddings, enc)
+def encode(enc: Any, x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``enc``'s encoding of fp32 points ``x`` (N, d) through the kernels, the features written
+    as ``dtype`` (fp32, or bf16 / fp16 under autocast; computed in fp32 either way)."""
+    return GridFunction.apply(x.contiguous(), enc.embeddings, enc, dtype)
