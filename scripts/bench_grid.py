@@ -116,8 +116,8 @@ def step_rows(tmp: Path, quick: bool) -> list[str]:
 def longtail_rows(tmp: Path, quick: bool) -> list[str]:
     steps = 60 if quick else 2000
     setups = {
-        "fourier_lt3d, uniform": ["model=fourier_lt3d"],
-        "hashgrid_lt3d, uniform": ["model=hashgrid_lt3d", "optim.lr=1e-2"],
+        "fourier_lt3d, uniform": ["model=fourier_lt3d", "sampling=uniform"],
+        "hashgrid_lt3d, uniform": ["model=hashgrid_lt3d", "optim.lr=1e-2", "sampling=uniform"],
         "hashgrid_lt3d, decades": ["model=hashgrid_lt3d", "optim.lr=1e-2", "sampling=decades"],
     }
     out = []
