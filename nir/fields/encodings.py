@@ -243,7 +243,10 @@ class GridEncoding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``Float[Tensor, "N in_dim"]`` -> ``Float[Tensor, "N n_levels*n_features_per_level"]``, fp32."""
-        if self.backend != "torch" and self.backend_for(x.device) == "triton":
+        # (auto on a CPU: the torch path without asking, so triton is never imported there)
+        if (self.backend == "triton" or (self.backend == "auto" and x.is_cuda)) and self.backend_for(
+            x.device
+        ) == "triton":
             from nir.fields.grid_triton import encode
 
             kind = x.device.type
