@@ -82,6 +82,7 @@ class BlockCache:
         # with a holdout or missing samples a slot keeps only its block's training rows, compacted, and their flat indices
         self.rows = torch.zeros(self.slots, self.block, dtype=torch.long, device=device) if compact else None
         self.gen = torch.Generator(device=device).manual_seed(self.seed)
+        self._kept = [0] * self.slots  # rows each slot holds, on the host (known when a block loads)
         self.epoch, self.pos, self.next_slot = 0, 0, 0
         self._order = self._permutation(0)
         self.filled = False
@@ -116,6 +117,7 @@ class BlockCache:
                     keep &= ~self.holdout.held(rows)
                 raw, rows = raw[keep], rows[keep]
                 self.rows[slot, : rows.numel()] = rows
+            self._kept[slot] = int(rows.numel())
             self.values[slot, : rows.numel()] = self.prepare(raw)
             if self.grouped:
                 self._group_block(slot, raw)
@@ -131,6 +133,11 @@ class BlockCache:
             for _ in range(self.per_step):
                 self._load(self.next_slot)
                 self.next_slot = (self.next_slot + 1) % self.slots
+        for _ in range(self.n_blocks):  # a cache of wholly masked or held blocks (a land mask): read on
+            if sum(self._kept):
+                break
+            self._load(self.next_slot)
+            self.next_slot = (self.next_slot + 1) % self.slots
         if self.grouped:
             return self._balanced()
         # uniform over the cached samples (a slot holding a short last block gets its share only)

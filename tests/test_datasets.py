@@ -255,3 +255,18 @@ def test_a_network_sees_the_box_mapped_onto_minus_one_one():
         assert set(on_box.state_dict()) == set(plain.state_dict())  # the map is rebuilt from the spec, not stored
         torch.manual_seed(0)
         assert torch.equal(make([[-1.0, 1.0]] * 2)(unit), plain(unit))  # [-1, 1]: no arithmetic at all
+
+
+def test_a_cache_full_of_masked_blocks_reads_on_instead_of_failing(tmp_path):
+    """A contiguous mask larger than the cache (land, a detector's dead region): the block cache
+    loads blocks until it holds valid samples, and still draws only those."""
+    v = np.exp(np.random.default_rng(5).normal(size=(64, 32))).astype(np.float32)
+    v[:56] = np.nan  # seven eighths of the rows, contiguous
+    np.save(tmp_path / "land.npy", v)
+    s = read_array(str(tmp_path / "land.npy"))
+    for sampling in (None, Decades()):
+        data = TrainingData(s, Identity(), MSE(), batch_size=64, cache_mb=0.001, sampling=sampling)
+        data.to(torch.device("cpu"))
+        assert data.streaming and data._cache.slots * data._cache.block < 56 * 32  # the cache fits inside the mask
+        idx = torch.cat([data.next_batch()[0] for _ in range(30)])
+        assert idx.min() >= 56 * 32 and not np.isnan(v.reshape(-1)[idx.numpy()]).any()
