@@ -161,14 +161,15 @@ class VariableRows:
     Pickles as the arguments that open it (a worker process opens the file again)."""
 
     def __init__(
-        self, path: Path, var: str | None, sel: dict | None, isel: dict | None, flip: tuple[bool, ...]
+        self, path: Path, var: str | None, sel: dict | None, isel: dict | None, flip: tuple[bool, ...], da: Any = None
     ) -> None:
         self.args = (Path(path), var, sel, isel, tuple(flip))
-        self._open()
+        self._open(da)
 
-    def _open(self) -> None:
+    def _open(self, da: Any = None) -> None:
+        """Keep ``da`` (the variable the reader already selected) or open the file and select it."""
         path, var, sel, isel, flip = self.args
-        self.da = select(open_dataset(path), str(path), var, sel, isel)
+        self.da = da if da is not None else select(open_dataset(path), str(path), var, sel, isel)
         self.grid = tuple(int(n) for n in self.da.shape)
         self.shape = (*self.grid, 1)
         self.flip = flip
@@ -230,7 +231,7 @@ def read_variable(path: Path, var: str | None, sel: dict | None, isel: dict | No
     name = str(path)
     da = select(open_dataset(path), name, var, sel, isel)
     box, axes = axes_of(da, name, bounds)
-    rows = VariableRows(path, str(da.name), sel, isel, tuple(a["descending"] for a in axes))
+    rows = VariableRows(path, str(da.name), sel, isel, tuple(a["descending"] for a in axes), da)
     attrs = _plain(da.attrs)
     meta = {
         "kind": "array",

@@ -21,7 +21,7 @@ processes and chunks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -269,7 +269,9 @@ class GridMetrics(nn.Module):
 
     def __init__(self, stats: SignalStats, holdout: bool = False) -> None:
         super().__init__()
-        self.split = nn.ModuleDict({"trained": GridMetrics(stats), "heldout": GridMetrics(stats)}) if holdout else None
+        # the parts get rows already stripped of masked samples: nothing to drop again
+        part = replace(stats, missing=0)
+        self.split = nn.ModuleDict({"trained": GridMetrics(part), "heldout": GridMetrics(part)}) if holdout else None
         self.range, self.missing = stats.range, stats.missing
         self.psnr = PeakSignalNoiseRatio(data_range=self.range)
         self.long_tailed = stats.long_tailed

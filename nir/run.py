@@ -227,7 +227,7 @@ def resolve_auto_model(cfg: DictConfig, choices: dict[str, Any], task: Sequence[
     from nir.fields.auto import choose
 
     signal = build(cfg.data, "data")
-    option, why = choose(signal.ndim, signal.numel, signal.is_image)
+    option, why = choose(signal.ndim, signal.numel)
     if os.environ.get("LOCAL_RANK", "0") == "0":
         print(f"model=auto: {why} -> model={option}; pass model=... to choose", flush=True)
     if task is not None:

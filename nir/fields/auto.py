@@ -22,7 +22,7 @@ class Auto(nn.Module):
         raise RuntimeError("model=auto must be resolved with nir.run.resolve_auto_model before building")
 
 
-def choose(ndim: int, numel: int, is_image: bool = False) -> tuple[str, str]:
+def choose(ndim: int, numel: int) -> tuple[str, str]:
     """``(model option, reason)`` for a signal of ``ndim`` grid axes and ``numel`` samples.
 
     - 1-D: ``fourier_lt``, the peaks1d preset's network (docs/long-tail.md);

@@ -51,7 +51,7 @@ def available(device: torch.device) -> str | None:
 if triton is not None:
 
     @triton.jit
-    def _cell(x_ptr, n, offs, mask, lo_ptr, span_ptr, res, k: tl.constexpr, D: tl.constexpr):
+    def _cell(x_ptr, offs, mask, lo_ptr, span_ptr, res, k: tl.constexpr, D: tl.constexpr):
         """Lower vertex and fraction of the points' cell along axis ``k`` at a level of ``res``."""
         x = tl.load(x_ptr + offs * D + k, mask=mask, other=0.0)
         lo = tl.load(lo_ptr + k)
@@ -90,15 +90,15 @@ if triton is not None:
             return b, 1.0 - f, -1.0
 
     @triton.jit
-    def _cells(x_ptr, n, offs, mask, lo_ptr, span_ptr, res, D: tl.constexpr):
-        b0, f0, i0 = _cell(x_ptr, n, offs, mask, lo_ptr, span_ptr, res, 0, D)
+    def _cells(x_ptr, offs, mask, lo_ptr, span_ptr, res, D: tl.constexpr):
+        b0, f0, i0 = _cell(x_ptr, offs, mask, lo_ptr, span_ptr, res, 0, D)
         b1, f1, i1, b2, f2, i2, b3, f3, i3 = b0, f0, i0, b0, f0, i0, b0, f0, i0
         if D > 1:
-            b1, f1, i1 = _cell(x_ptr, n, offs, mask, lo_ptr, span_ptr, res, 1, D)
+            b1, f1, i1 = _cell(x_ptr, offs, mask, lo_ptr, span_ptr, res, 1, D)
         if D > 2:
-            b2, f2, i2 = _cell(x_ptr, n, offs, mask, lo_ptr, span_ptr, res, 2, D)
+            b2, f2, i2 = _cell(x_ptr, offs, mask, lo_ptr, span_ptr, res, 2, D)
         if D > 3:
-            b3, f3, i3 = _cell(x_ptr, n, offs, mask, lo_ptr, span_ptr, res, 3, D)
+            b3, f3, i3 = _cell(x_ptr, offs, mask, lo_ptr, span_ptr, res, 3, D)
         return b0, f0, i0, b1, f1, i1, b2, f2, i2, b3, f3, i3
 
     @triton.jit
@@ -124,7 +124,7 @@ if triton is not None:
     def _grid_fwd(x_ptr, table_ptr, out_ptr, lo_ptr, span_ptr, res_ptr, off_ptr, size_ptr, dense_ptr, n,
                   D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
         level, offs, mask, res_i, res, offset, size, dense = _program(res_ptr, off_ptr, size_ptr, dense_ptr, n, BLOCK)
-        b0, f0, i0, b1, f1, i1, b2, f2, i2, b3, f3, i3 = _cells(x_ptr, n, offs, mask, lo_ptr, span_ptr, res, D)
+        b0, f0, i0, b1, f1, i1, b2, f2, i2, b3, f3, i3 = _cells(x_ptr, offs, mask, lo_ptr, span_ptr, res, D)
         feat = tl.arange(0, F)
         acc = tl.zeros((BLOCK, F), dtype=tl.float32)
         for corner in tl.static_range(1 << D):
@@ -150,7 +150,7 @@ if triton is not None:
                   dense_ptr, n, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
                   NEED_X: tl.constexpr):  # fmt: skip
         level, offs, mask, res_i, res, offset, size, dense = _program(res_ptr, off_ptr, size_ptr, dense_ptr, n, BLOCK)
-        b0, f0, i0, b1, f1, i1, b2, f2, i2, b3, f3, i3 = _cells(x_ptr, n, offs, mask, lo_ptr, span_ptr, res, D)
+        b0, f0, i0, b1, f1, i1, b2, f2, i2, b3, f3, i3 = _cells(x_ptr, offs, mask, lo_ptr, span_ptr, res, D)
         feat = tl.arange(0, F)
         g = tl.load(gout_ptr + offs[:, None] * (L * F) + level * F + feat[None, :], mask=mask[:, None], other=0.0)
         d0 = tl.zeros((BLOCK,), dtype=tl.float32)
