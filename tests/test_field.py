@@ -21,19 +21,42 @@ NIR_FIELD = str(Path(sys.executable).parent / "nir-field")  # the installed cons
 FRESH = r"""
 import sys, numpy as np, torch
 import nir
-run, coords_file, out = sys.argv[1:4]
-x = torch.from_numpy(np.load(coords_file))
-res = {}
-with torch.no_grad():
-    res["ckpt"] = nir.load_field(run + "/checkpoints/last.ckpt")(x).numpy()
-    res["safetensors"] = nir.load_field(run + "/field.safetensors")(x).numpy()
-    res["rundir"] = nir.load_field(run)(x).numpy()
-    res["pt2"] = torch.export.load(run + "/field.pt2").module()(x).numpy()
 import onnxruntime as ort
-sess = ort.InferenceSession(run + "/field.onnx", providers=["CPUExecutionProvider"])
-res["onnx"] = sess.run(None, {"coords": x.numpy()})[0]
-np.savez(out, **res)
+for line in sys.stdin:  # one request per line: run directory, coordinates file, output file
+    run, coords_file, out = line.split()
+    x = torch.from_numpy(np.load(coords_file))
+    res = {}
+    with torch.no_grad():
+        res["ckpt"] = nir.load_field(run + "/checkpoints/last.ckpt")(x).numpy()
+        res["safetensors"] = nir.load_field(run + "/field.safetensors")(x).numpy()
+        res["rundir"] = nir.load_field(run)(x).numpy()
+        res["pt2"] = torch.export.load(run + "/field.pt2").module()(x).numpy()
+    sess = ort.InferenceSession(run + "/field.onnx", providers=["CPUExecutionProvider"])
+    res["onnx"] = sess.run(None, {"coords": x.numpy()})[0]
+    np.savez(out, **res)
+    print("done", flush=True)
 """
+
+
+@pytest.fixture(scope="module")
+def fresh_loader():
+    """A Python process that never held the fields it loads: it reads the files a test names
+    (one request per line) and answers with what each loader gives. One per test module and
+    worker, so the cases pay torch's and onnxruntime's imports once, not once per case."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", FRESH], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+    def ask(run, coords, out):
+        p.stdin.write(f"{run} {coords} {out}\n")
+        p.stdin.flush()
+        line = p.stdout.readline()
+        assert line.strip() == "done", p.stderr.read()[-3000:] if p.poll() is not None else line
+
+    yield ask
+    p.stdin.close()
+    p.wait(timeout=60)
+
 
 CASES = {
     "image-siren": ["model=siren", "data.sample=camera", "model.hidden_dim=32", "model.num_layers=1"],
@@ -73,7 +96,7 @@ def trained(request, tmp_path_factory):
     return run, field, metrics
 
 
-def test_round_trip_in_fresh_process(trained, tmp_path):
+def test_round_trip_in_fresh_process(trained, tmp_path, fresh_loader):
     run, field, _ = trained
     field.export(run / "field.pt2")
     field.export(run / "field.onnx")
@@ -81,13 +104,7 @@ def test_round_trip_in_fresh_process(trained, tmp_path):
     lo, hi = field.bounds[:, 0], field.bounds[:, 1]
     x = lo + torch.rand(257, field.in_dim) * (hi - lo)
     np.save(tmp_path / "x.npy", x.numpy())
-    r = subprocess.run(
-        [sys.executable, "-c", FRESH, str(run), str(tmp_path / "x.npy"), str(tmp_path / "out.npz")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    fresh_loader(run, tmp_path / "x.npy", tmp_path / "out.npz")
     with torch.no_grad():
         ref = field(x).numpy()
     scale = float(np.abs(ref).max())
@@ -253,16 +270,29 @@ def test_bad_paths_and_coordinates(trained, tmp_path):
         field.sample([4] * (field.in_dim + 1))
 
 
-def test_nir_field_cli(trained, tmp_path):
+def test_nir_field_cli(trained, tmp_path, capsys):
+    """``nir-field``'s code on every case, in this process (the console script itself runs in a
+    subprocess once, below)."""
+    from nir.field import main
+
     run, field, _ = trained
+    main(["sample", str(run), str(tmp_path / "o.npy"), "--scale", "2"])
+    assert np.load(tmp_path / "o.npy").shape == (*[2 * s for s in field.spec["shape"]], field.channels)
+    assert capsys.readouterr().out.startswith("wrote ")
+
+
+def test_nir_field_console_script(tmp_path):
+    """The installed ``nir-field`` samples a run and answers a bad path with one line, exit 2."""
+    field, _ = nir.fit(np.linspace(0.1, 1.0, 32, dtype=np.float32), ["model=relu", "model.hidden_dim=8"] + TINY,
+                       run_dir=tmp_path / "run")  # fmt: skip
     r = subprocess.run(
-        [NIR_FIELD, "sample", str(run), str(tmp_path / "o.npy"), "--scale", "2"],
+        [NIR_FIELD, "sample", str(tmp_path / "run"), str(tmp_path / "o.npy"), "--scale", "2"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    assert np.load(tmp_path / "o.npy").shape == (*[2 * s for s in field.spec["shape"]], field.channels)
+    assert np.load(tmp_path / "o.npy").shape == (64, 1)
     r = subprocess.run(
         [NIR_FIELD, "export", str(tmp_path / "nope"), str(tmp_path / "x.pt2")],
         capture_output=True,
