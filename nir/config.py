@@ -175,9 +175,9 @@ def check_config(cfg: DictConfig) -> None:
         graph is True or graph is False or graph == "auto", f"cuda_graph must be auto, true or false, got {graph!r}"
     )
     if "store" in cfg:
-        from nir.storage import check
+        from nir.run import store_of
 
-        check(str(cfg.store.dtype), str(cfg.store.get("int8_scale", "row")))
+        store_of(cfg)  # one line for a stored precision, coder or QAT setting that is not one
     vci = cfg.trainer.get("val_check_interval")
     if vci is not None:
         positive_int("trainer.val_check_interval", vci)

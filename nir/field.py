@@ -247,27 +247,50 @@ class Field(nn.Module):
 
         return tensors, {"nir_format": str(FORMAT), "nir_spec": json.dumps(self.spec), "nir_dtype": dtype}
 
-    def save(self, path: str | Path, dtype: str = "float32", int8_scale: str = "row") -> Path:
-        """Write a portable field file: safetensors weights, the spec as JSON in its header.
+    def save(
+        self,
+        path: str | Path,
+        dtype: str = "float32",
+        int8_scale: str = "row",
+        format: str | None = None,
+        coder: str = "auto",
+    ) -> Path:
+        """Write a portable field file.
 
-        ``dtype``: the parameters' stored precision, ``float32``, ``float16`` or ``int8`` (with
-        one scale per weight row, or per tensor with ``int8_scale="tensor"``); buffers stay
-        float32 (:mod:`nir.storage`). :func:`load_field` dequantises, so the loaded field answers
-        exactly what the file holds."""
-        from safetensors.torch import save
-
+        ``format``: ``nir`` (the compact file, :mod:`nir.container`: a few bytes of header, then
+        the coded parameters) or ``safetensors`` (for interchange: safetensors weights, the spec
+        as JSON in its header); by default from the suffix (``.nir`` compact, otherwise
+        safetensors). ``dtype``: the parameters' stored precision, ``float32``, ``float16`` or
+        ``int2`` .. ``int8`` (with one scale per weight row, or per tensor with
+        ``int8_scale="tensor"``); buffers stay float32 (:mod:`nir.storage`). ``coder``: how the
+        compact file codes the integers (``auto``, ``raw``, ``ans``, ``zstd``). :func:`load_field`
+        reads both formats and dequantises, so the loaded field answers exactly what the file holds."""
         from nir.checkpoint import atomic_write_bytes
 
         path = Path(path)
-        data = save(*self._stored_tensors(dtype, int8_scale))
+        data = self.to_bytes(dtype, int8_scale, _format_of(path, format), coder)
         atomic_write_bytes(path, lambda f: f.write(data))  # tmp, fsync, rename: never half a field
         return path
 
-    def stored_bytes(self, dtype: str = "float32", int8_scale: str = "row") -> int:
-        """The size in bytes of the file :meth:`save` writes with these arguments."""
+    def to_bytes(
+        self, dtype: str = "float32", int8_scale: str = "row", format: str = "nir", coder: str = "auto"
+    ) -> bytes:
+        """The bytes :meth:`save` writes (``format`` ``nir`` or ``safetensors``)."""
+        require(format in FORMATS, f"field file format must be nir or safetensors, got {format!r}")
+        if format == "nir":
+            from nir.container import encode_field
+
+            return encode_field(self, dtype, int8_scale, coder)
         from safetensors.torch import save
 
-        return len(save(*self._stored_tensors(dtype, int8_scale)))
+        return save(*self._stored_tensors(dtype, int8_scale))
+
+    def stored_bytes(
+        self, dtype: str = "float32", int8_scale: str = "row", format: str = "nir", coder: str = "auto"
+    ) -> int:
+        """The size in bytes of the file :meth:`save` writes with these arguments (by default the
+        compact file, the size a run reports as ``bytes``)."""
+        return len(self.to_bytes(dtype, int8_scale, format, coder))
 
     def round_to_storage(self, dtype: str = "float32", int8_scale: str = "row") -> Field:
         """Put the stored values into the field in place (what :meth:`save` then
@@ -284,6 +307,16 @@ class Field(nn.Module):
         return cls(build_component(spec["network"], trusted), build_component(spec["transform"], trusted), spec)
 
 
+FORMATS = ("nir", "safetensors")
+
+
+def _format_of(path: Path, format: str | None) -> str:
+    if format is not None:
+        require(format in FORMATS, f"field file format must be nir or safetensors, got {format!r}")
+        return format
+    return "nir" if path.suffix.lower() == ".nir" else "safetensors"
+
+
 class _Exportable(nn.Module):
     """The field's forward without input checks, as a plain graph for export."""
 
@@ -296,9 +329,10 @@ class _Exportable(nn.Module):
 
 
 def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: Iterable[str] = ()) -> Field:
-    """Load a field from a ``.safetensors`` field file, a run directory, or a Lightning ``.ckpt``.
+    """Load a field from a field file (compact ``.nir`` or ``.safetensors``, told apart by their
+    first bytes), a run directory, or a Lightning ``.ckpt``.
 
-    Nothing is unpickled: field files are safetensors with a JSON spec; checkpoints are read
+    Nothing is unpickled: field files are the compact format or safetensors with a JSON spec; checkpoints are read
     with ``weights_only=True``. A spec may name nir's own classes, and classes from the module
     prefixes in ``trusted`` (e.g. ``["mylab"]`` for ``mylab.nets.MyNet``) or in the
     comma-separated environment variable ``NIR_TRUSTED_MODULES``.
@@ -307,14 +341,16 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
     from safetensors.torch import load_file
 
     p = Path(path).expanduser()
-    require(p.exists(), f"field path {str(p)!r} does not exist; pass a run directory, field.safetensors or a .ckpt")
+    require(p.exists(), f"field path {str(p)!r} does not exist; pass a run directory, field.nir, field.safetensors or a .ckpt")
     if p.is_dir():
-        if (p / "field.safetensors").is_file():
+        if (p / "field.nir").is_file():
+            p = p / "field.nir"
+        elif (p / "field.safetensors").is_file():
             p = p / "field.safetensors"
         elif (p / "checkpoints" / "last.ckpt").is_file():
             p = p / "checkpoints" / "last.ckpt"
         else:
-            raise NirError(f"{str(p)!r} is not a nir run directory (no field.safetensors or checkpoints/last.ckpt)")
+            raise NirError(f"{str(p)!r} is not a nir run directory (no field.nir, field.safetensors or checkpoints/last.ckpt)")
     if p.suffix == ".ckpt":
         from nir.checkpoint import load_checkpoint
 
@@ -327,11 +363,17 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
             else {}
         )
         return _rebuild(ckpt["nir_spec"], lambda: state, f"checkpoint {str(p)!r}", trusted).to(device).eval()
+    from nir.container import MAGIC, decode_field
+
+    with open(p, "rb") as fh:
+        data = fh.read(len(MAGIC))
+    if data == MAGIC:
+        return decode_field(p.read_bytes(), f"field file {str(p)!r}", trusted).to(device).eval()
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:
-        raise NirError(f"{str(p)!r} is not a safetensors field file ({_first_line(e)})") from None
+        raise NirError(f"{str(p)!r} is not a nir field file (neither the compact format nor safetensors: {_first_line(e)})") from None
     require("nir_spec" in meta, f"{str(p)!r} has no nir spec in its header; it was not written by Field.save")
     from nir.checkpoint import check_format
     from nir.storage import decode

@@ -11,8 +11,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from nir import storage
 from nir.batches import TrainingData
 from nir.checkpoint import FORMAT
+from nir.errors import require
 from nir.field import Field
 from nir.metrics import GridMetrics, MaxProjections, image_ssim
 from nir.optim import Adam
@@ -73,6 +75,7 @@ class FieldModule(pl.LightningModule):
         steps_per_call: int = 1,
         cuda_graph: bool | str = "auto",
         clip: float | None = None,
+        store: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False  # each of a call's K optimizer steps counted by Lightning
@@ -87,28 +90,61 @@ class FieldModule(pl.LightningModule):
         # a plain dict: as an attribute the compiled wrapper would duplicate every weight in the state dict
         self._compiled: dict[str, Callable[[Tensor], Tensor]] = {}
         self.compile_network = bool(compile)
+        # the stored precision: under integer storage the last qat_fraction of the steps trains the
+        # rounded parameters (straight-through), and rate_weight adds the coded-size estimate
+        self.store = dict(store or {})
+        bits = storage.bits_of(self.store.get("dtype", "float32"))
+        fraction = float(self.store.get("qat_fraction", 0.0) or 0.0)
+        self.qat_start = round((1.0 - fraction) * max_steps) if bits and fraction > 0 else None
+        self.qat_on = False
+        self.rate_weight = float(self.store.get("rate_weight", 0.0) or 0.0)
+        require(self.rate_weight == 0 or bits, "store.rate_weight needs integer storage: set store.bits (2..8)")
+        self.values = math.prod(data.signal.shape) * data.signal.channels
 
     def batches(self) -> TrainingData:
         """The training data, on this module's device (moved there once)."""
         return self.data.to(self.device, self.global_rank)
 
     def train_network(self) -> Callable[[Tensor], Tensor]:
-        """The network as the training step calls it: compiled once when ``compile`` is on."""
+        """The network as the training step calls it: on its rounded parameters during
+        quantisation-aware training (eager, compiled or not), compiled once when ``compile`` is on."""
+        if self.qat_on:
+            return self.quantized_network
         if not self.compile_network:
             return self.field.network
         if "net" not in self._compiled:
             self._compiled["net"] = torch.compile(self.field.network, dynamic=False)
         return self._compiled["net"]
 
+    def quantized_network(self, coords: Tensor) -> Tensor:
+        """The network's forward on its parameters as the file will store them, with the
+        gradient of the unrounded ones (straight-through): quantisation-aware training."""
+        dtype, scale = self.store["dtype"], self.store.get("int8_scale", "row")
+        params = {n: storage.fake_quantize(n, p, dtype, scale) for n, p in self.field.network.named_parameters()}
+        return torch.func.functional_call(self.field.network, params, (coords,))
+
+    def rate_bits(self) -> Tensor:
+        """A differentiable estimate of the coded bits of the stored integers:
+        ``sum log2(1 + |w| / step)`` over the quantised tensors, ``step`` their (detached) scale."""
+        dtype, scale = self.store["dtype"], self.store.get("int8_scale", "row")
+        terms = [storage.rate_proxy(n, p, dtype, scale) for n, p in self.field.network.named_parameters()]
+        return torch.stack([t for t in terms if t is not None]).sum()
+
     # -- training: K optimizer steps per call, eager or replayed from a CUDA graph (nir.steps) ---
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if self.qat_start is not None and not self.qat_on and self.global_step >= self.qat_start:
+            self.qat_on = True  # from here the forward runs on the rounded parameters
+            self.loop.reset()
         return self.loop.run(self, self.optimizers(), self.lr_schedulers(), self.batches())
 
     def forward_loss(self, data: TrainingData, idx: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         out = self.train_network()(data.grid.coords(idx))
         if self.loss_fn.space == "signal":
             out = self.field.transform.inverse(out)
-        return self.loss_fn(out, target), out
+        loss = self.loss_fn(out, target)
+        if self.rate_weight:  # estimated coded bits per signal value, weighted
+            loss = loss + self.rate_weight * self.rate_bits() / self.values
+        return loss, out
 
     def eager_step(self, opt: Any, data: TrainingData, idx: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         loss, out = self.forward_loss(data, idx, target)
@@ -197,19 +233,28 @@ class FieldModule(pl.LightningModule):
         self.data.load_state_dict(checkpoint.get("nir_sampler"))
 
 
-def evaluate_stored(pl_module: FieldModule, store: dict[str, str]) -> dict[str, Any]:
+def evaluate_stored(pl_module: FieldModule, store: dict[str, Any]) -> dict[str, Any]:
     """The final metrics of the field as it will be stored: its parameters rounded to
-    ``store["dtype"]`` in place (what ``field.safetensors`` will hold), evaluated in fp32, plus
-    the file's ``bytes``, ``compression_ratio`` (the signal's float32 bytes over them) and
-    ``bits_per_sample`` (per value: grid sample and channel)."""
+    ``store["dtype"]`` in place (what ``field.nir`` will hold), evaluated in fp32, plus the
+    compact file's ``bytes`` (``bytes_header`` of them not coded parameters),
+    ``compression_ratio`` (the signal's float32 bytes over them), ``bits_per_sample`` (per
+    value: grid sample and channel) and ``bits_per_parameter`` (per network parameter)."""
+    from nir.container import header_bytes
+
     field, dtype, scale = pl_module.field, store.get("dtype", "float32"), store.get("int8_scale", "row")
     if dtype != "float32":
         field.round_to_storage(dtype, scale)
     metrics = pl_module.evaluate()
     signal = pl_module.data.signal
     values = math.prod(signal.shape) * signal.channels
-    nbytes = field.stored_bytes(dtype, scale)
+    data = field.to_bytes(dtype, scale, "nir", store.get("coder", "auto"))
+    nbytes = len(data)
     metrics.update(
-        store_dtype=dtype, bytes=nbytes, compression_ratio=4.0 * values / nbytes, bits_per_sample=8.0 * nbytes / values
+        store_dtype=dtype,
+        bytes=nbytes,
+        bytes_header=header_bytes(data),
+        compression_ratio=4.0 * values / nbytes,
+        bits_per_sample=8.0 * nbytes / values,
+        bits_per_parameter=8.0 * nbytes / max(field.num_parameters(), 1),
     )
     return metrics

@@ -289,8 +289,8 @@ def build_field(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal
 
 def _candidate_bytes(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal: Any) -> int:
     """The field file's size for a candidate model node (for :func:`nir.budget.fit_to_budget`)."""
-    store = store_of(cfg)
-    return build_field(cfg, model, dims, signal).stored_bytes(store["dtype"], store["int8_scale"])
+    store = store_of(cfg)  # the integers at N bits each: the entropy coder only makes the file smaller
+    return build_field(cfg, model, dims, signal).stored_bytes(store["dtype"], store["int8_scale"], coder="raw")
 
 
 def build_parts(cfg: DictConfig, signal: Any = None) -> Parts:
@@ -328,7 +328,7 @@ def build_parts(cfg: DictConfig, signal: Any = None) -> Parts:
     module = FieldModule(
         field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile),
         steps_per_call=steps_per_call(cfg), cuda_graph=cfg.get("cuda_graph", "auto"),
-        clip=trainer_cfg.get("gradient_clip_val"),
+        clip=trainer_cfg.get("gradient_clip_val"), store=store_of(cfg),
     )  # fmt: skip
     return Parts(signal, data, field, module, precision, loss_option)
 
@@ -406,14 +406,36 @@ def _logger_and_final_metrics(cfg: DictConfig, parts: Parts, run_dir: Path, choi
     extra = ["hp/psnr_log", "hp/worst_decade_median"] if parts.signal.long_tailed else []
     extra += ["hp/ssim"] if parts.signal.is_image else []
     extra += ["hp/psnr_heldout", "hp/psnr_train"] if parts.data.holdout is not None else []
-    extra += ["hp/compression_ratio", "hp/bits_per_sample"]
+    extra += ["hp/compression_ratio", "hp/bits_per_sample", "hp/bits_per_parameter"]
     return logger, FinalMetrics(hparams, ["hp/psnr", "hp/fit_time_s", *extra], store_of(cfg))
 
 
-def store_of(cfg: DictConfig) -> dict[str, str]:
-    """The ``store`` settings (stored precision of field.safetensors) as plain values."""
+def store_of(cfg: DictConfig) -> dict[str, Any]:
+    """The ``store`` settings as plain, checked values: ``dtype`` (``float32``, ``float16`` or
+    ``intN``, from ``store.dtype`` and ``store.bits``), ``int8_scale``, ``coder``,
+    ``qat_fraction`` and ``rate_weight``."""
+    from nir.container import CODERS
+    from nir.storage import check, dtype_of
+
     store = OmegaConf.to_container(cfg.store, resolve=True) if "store" in cfg else {}
-    return {"dtype": str(store.get("dtype", "float32")), "int8_scale": str(store.get("int8_scale", "row"))}
+    given = str(store.get("dtype", "float32"))
+    require(given in ("float32", "float16", "int8"),
+            f"store.dtype must be one of float32, float16, int8 (other integer widths: store.bits=2..8), got {given!r}")  # fmt: skip
+    out = {
+        "dtype": dtype_of(given, store.get("bits")),
+        "int8_scale": str(store.get("int8_scale", "row")),
+        "coder": str(store.get("coder", "auto")),
+        "qat_fraction": store.get("qat_fraction", 0.0),
+        "rate_weight": store.get("rate_weight", 0.0),
+    }
+    check(out["dtype"], out["int8_scale"])
+    require(out["coder"] in ("auto", *CODERS), f"store.coder must be auto, raw, ans or zstd, got {out['coder']!r}")
+    for key in ("qat_fraction", "rate_weight"):
+        v = out[key]
+        require(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v),
+                f"store.{key} must be a number >= 0, got {v!r}")  # fmt: skip
+    require(out["qat_fraction"] <= 1, f"store.qat_fraction must be between 0 and 1, got {out['qat_fraction']!r}")
+    return out
 
 
 def trainer_arguments(cfg: DictConfig, parts: Parts) -> dict[str, Any]:
@@ -611,9 +633,10 @@ def heldout_line(metrics: dict[str, Any]) -> str:
 
 
 def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: float, store: dict[str, str]) -> None:
-    """``field.safetensors`` (at the stored precision) and ``metrics.json`` into the run
-    directory; the summary lines."""
-    field.cpu().save(run_dir / "field.safetensors", store["dtype"], store["int8_scale"])
+    """``field.nir`` (the compact file, what ``bytes`` counts), ``field.safetensors`` (the same
+    values, for interchange) and ``metrics.json`` into the run directory; the summary lines."""
+    field.cpu().save(run_dir / "field.nir", store["dtype"], store["int8_scale"], coder=store.get("coder", "auto"))
+    field.save(run_dir / "field.safetensors", store["dtype"], store["int8_scale"])
     write_json(run_dir / "metrics.json", metrics)
     finite = math.isfinite(metrics["psnr"])
     worst = metrics.get("worst_decade_median")
@@ -623,8 +646,9 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
         + f" (fp32 evaluation of the final field, data range {data_range:g}, "
         f"{'all samples' if not metrics.get('masked_samples') else 'valid samples: ' + format(metrics['masked_samples'], ',') + ' masked'})"
         f"{'' if finite else ' (not finite!)'}\n"
-        + f"stored field: {metrics['bytes']:,} bytes ({metrics['store_dtype']}), compression ratio"
-        f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value\n"
+        + f"stored field: {metrics['bytes']:,} bytes ({metrics['store_dtype']}; field.nir), compression ratio"
+        f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value,"
+        f" {metrics['bits_per_parameter']:.3g} bits per parameter\n"
         + (
             f"worst-decade median relative error {worst:.3g} (= {worst:.2%}; per-decade table in metrics.json)\n"
             if worst is not None

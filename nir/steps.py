@@ -226,6 +226,11 @@ class StepLoop:
         self.lr_tensors: list[Tensor] = []
         self.checked = False
 
+    def reset(self) -> None:
+        """Decide the step again at the next call (the forward changed: quantisation-aware
+        training began), so a CUDA graph is captured anew rather than replaying the old forward."""
+        self.captured, self.step, self.lr_tensors, self.checked = None, None, [], False
+
     def check_resume(self, k: int) -> None:
         """A checkpoint written with ``k`` steps per call resumes only with ``k``: Lightning's
         call counters in it (validation and logging cadence) assume it."""

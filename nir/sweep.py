@@ -29,6 +29,7 @@ LOWER_IS_BETTER = {
     "num_params",
     "bytes",
     "bits_per_sample",
+    "bits_per_parameter",
 }
 COLUMNS = [
     "job",
@@ -43,6 +44,8 @@ COLUMNS = [
     "wall_time_s",
     "num_params",
     "bytes",
+    "bits_per_sample",
+    "bits_per_parameter",
     "compression_ratio",
     "error",
 ]

@@ -15,11 +15,12 @@ from nir.field import Field, load_field
 from nir.fields import FourierMLP, Siren
 
 
-def _field(network: torch.nn.Module, in_dim: int = 2) -> Field:
+def _field(network: torch.nn.Module, in_dim: int = 2, **kwargs) -> Field:
+    """A field around ``network``; its spec rebuilds it when ``kwargs`` are its constructor's."""
     from nir.transforms import Identity
 
     spec = {
-        "network": {"target": f"{type(network).__module__}.{type(network).__qualname__}", "kwargs": {}},
+        "network": {"target": f"{type(network).__module__}.{type(network).__qualname__}", "kwargs": kwargs},
         "transform": {"target": "nir.transforms.Identity", "kwargs": {}},
         "bounds": [[-1.0, 1.0]] * in_dim,
         "shape": [8] * in_dim,
@@ -29,16 +30,17 @@ def _field(network: torch.nn.Module, in_dim: int = 2) -> Field:
     return Field(network, Identity(), spec)
 
 
-@pytest.mark.parametrize("dtype,tol", [("float32", 0.0), ("float16", 1e-2), ("int8", 5e-2)])
-def test_save_and_load_round_trip_at_each_precision(dtype, tol, tmp_path):
+@pytest.mark.parametrize("suffix", [".nir", ".safetensors"])
+@pytest.mark.parametrize("dtype,tol", [("float32", 0.0), ("float16", 1e-2), ("int8", 5e-2), ("int4", 0.5)])
+def test_save_and_load_round_trip_at_each_precision(dtype, tol, suffix, tmp_path):
     torch.manual_seed(0)
     net = Siren(2, 1, hidden_dim=32, num_layers=2)
     field = _field(net)
     field.spec["network"]["kwargs"] = {"in_dim": 2, "out_dim": 1, "hidden_dim": 32, "num_layers": 2}
     x = torch.rand(200, 2) * 2 - 1
     ref = field(x)
-    path = field.save(tmp_path / "f.safetensors", dtype=dtype)
-    assert path.stat().st_size == field.stored_bytes(dtype)  # the byte count is the file's size
+    path = field.save(tmp_path / f"f{suffix}", dtype=dtype)
+    assert path.stat().st_size == field.stored_bytes(dtype, format=suffix[1:])  # the byte count is the file's size
     loaded = load_field(path)
     assert all(p.dtype == torch.float32 for p in loaded.parameters())  # dequantised on load
     field.round_to_storage(dtype)  # in place: what the file holds
@@ -49,13 +51,18 @@ def test_save_and_load_round_trip_at_each_precision(dtype, tol, tmp_path):
 
 def test_lower_precision_files_are_smaller():
     torch.manual_seed(0)
-    field = _field(Siren(2, 1, hidden_dim=64, num_layers=2))
-    sizes = {d: field.stored_bytes(d) for d in storage.DTYPES}
+    field = _field(Siren(2, 1, hidden_dim=64, num_layers=2), in_dim=2, out_dim=1, hidden_dim=64, num_layers=2)
+    sizes = {d: field.stored_bytes(d, format="safetensors") for d in ("float32", "float16", "int8")}
     params = field.num_parameters()
     # two bytes fewer per parameter, plus one 4-byte power-of-two scale per tensor and its header entry
     assert 1.8 * params < sizes["float32"] - sizes["float16"] < 2 * params
-    # about one byte fewer per parameter, less the int8 scales (4 bytes per weight row) and their headers
+    # about one byte fewer per parameter, less the int8 scales (2 bytes per weight row) and their headers
     assert 0.7 * params < sizes["float16"] - sizes["int8"] < params
+    # the compact file, integers at N bits each: one bit per quantised integer fewer per bit
+    quantized = sum(p.numel() for n, p in field.named_parameters() if storage.quantized(n, p))
+    raw = {b: field.stored_bytes(f"int{b}", coder="raw") for b in range(2, 9)}
+    for b in range(2, 8):
+        assert abs((raw[b + 1] - raw[b]) - quantized / 8) <= 1
 
 
 def test_per_row_scales_beat_one_scale_for_rows_of_different_size():
@@ -94,7 +101,7 @@ def test_run_metrics_are_those_of_the_stored_field(dtype, tmp_path):
         trainer__enable_progress_bar=False,
     )
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    stored = tmp_path / "run" / "field.safetensors"
+    stored = tmp_path / "run" / "field.nir"
     assert saved["store_dtype"] == dtype and saved["bytes"] == stored.stat().st_size
     values = 12**3
     assert saved["compression_ratio"] == pytest.approx(4 * values / saved["bytes"])
@@ -178,7 +185,7 @@ def test_a_budget_sizes_the_network_to_fit(data, overrides, knob, tmp_path, caps
     )  # saved
     assert f"model.{knob}={chosen}" in line
     budget = int(line.split("budget ")[1].split(" bytes")[0].replace(",", ""))
-    assert (run / "field.safetensors").stat().st_size == m["bytes"] <= budget
+    assert (run / "field.nir").stat().st_size == m["bytes"] <= budget
     # the largest that fits: one more does not
     cfg = OmegaConf.load(run / "config.yaml")
     signal = build(cfg.data, "data")
