@@ -341,7 +341,10 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
     from safetensors.torch import load_file
 
     p = Path(path).expanduser()
-    require(p.exists(), f"field path {str(p)!r} does not exist; pass a run directory, field.nir, field.safetensors or a .ckpt")
+    require(
+        p.exists(),
+        f"field path {str(p)!r} does not exist; pass a run directory, field.nir, field.safetensors or a .ckpt",
+    )
     if p.is_dir():
         if (p / "field.nir").is_file():
             p = p / "field.nir"
@@ -350,7 +353,9 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
         elif (p / "checkpoints" / "last.ckpt").is_file():
             p = p / "checkpoints" / "last.ckpt"
         else:
-            raise NirError(f"{str(p)!r} is not a nir run directory (no field.nir, field.safetensors or checkpoints/last.ckpt)")
+            raise NirError(
+                f"{str(p)!r} is not a nir run directory (no field.nir, field.safetensors or checkpoints/last.ckpt)"
+            )
     if p.suffix == ".ckpt":
         from nir.checkpoint import load_checkpoint
 
@@ -373,7 +378,9 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:
-        raise NirError(f"{str(p)!r} is not a nir field file (neither the compact format nor safetensors: {_first_line(e)})") from None
+        raise NirError(
+            f"{str(p)!r} is not a nir field file (neither the compact format nor safetensors: {_first_line(e)})"
+        ) from None
     require("nir_spec" in meta, f"{str(p)!r} has no nir spec in its header; it was not written by Field.save")
     from nir.checkpoint import check_format
     from nir.storage import decode

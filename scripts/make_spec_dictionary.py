@@ -21,18 +21,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DATA = ["image", "peaks1d", "lognormal3d", "sources3d"]
+DATA = [["data=image"], ["data=peaks1d"], ["data=lognormal3d"], ["data=sources3d"]]
+ARRAYS = [(1000,), (64, 64), (32, 32, 32), (8, 8, 8, 8)]  # a user's data=array file, 1-D to 4-D
 
 
-def specs() -> list[str]:
+def specs(tmp: Path) -> list[str]:
+    import numpy as np
+
     from nir.config import CONF_DIR, compose_config
     from nir.container import spec_text
     from nir.run import build, build_field
 
+    data_options = list(DATA)
+    for shape in ARRAYS:
+        path = tmp / f"{len(shape)}d" / "field.npy"
+        path.parent.mkdir()
+        np.save(path, np.random.default_rng(0).lognormal(size=shape).astype(np.float32))
+        data_options.append(["data=array", f"data.path={path}"])
     models = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml") if p.stem != "auto")
     out, signals = [], {}
-    for data, model in itertools.product(DATA, models):
-        cfg, _ = compose_config([f"data={data}", f"model={model}"])
+    for options, model in itertools.product(data_options, models):
+        data = " ".join(options)
+        cfg, _ = compose_config([*options, f"model={model}"])
         if data not in signals:
             signals[data] = build(cfg.data, "data")
         signal = signals[data]
@@ -56,7 +66,10 @@ def main() -> None:
     path = ROOT / "nir" / "data" / f"spec-dictionary-{args.version}.json"
     if path.exists():
         raise SystemExit(f"{path} exists: a shipped dictionary is never rewritten; make a new version")
-    text = "\n".join(specs()) + "\n"
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = "\n".join(specs(Path(tmp))) + "\n"
     path.write_text(text)
     print(f"wrote {path}: {len(text):,} bytes")
 

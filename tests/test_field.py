@@ -29,6 +29,7 @@ for line in sys.stdin:  # one request per line: run directory, coordinates file,
     with torch.no_grad():
         res["ckpt"] = nir.load_field(run + "/checkpoints/last.ckpt")(x).numpy()
         res["safetensors"] = nir.load_field(run + "/field.safetensors")(x).numpy()
+        res["nir"] = nir.load_field(run + "/field.nir")(x).numpy()
         res["rundir"] = nir.load_field(run)(x).numpy()
         res["pt2"] = torch.export.load(run + "/field.pt2").module()(x).numpy()
     sess = ort.InferenceSession(run + "/field.onnx", providers=["CPUExecutionProvider"])
@@ -109,7 +110,7 @@ def test_round_trip_in_fresh_process(trained, tmp_path, fresh_loader):
         ref = field(x).numpy()
     scale = float(np.abs(ref).max())
     out = np.load(tmp_path / "out.npz")
-    assert set(out.files) == {"ckpt", "safetensors", "rundir", "pt2", "onnx"}
+    assert set(out.files) == {"ckpt", "safetensors", "nir", "rundir", "pt2", "onnx"}
     for name in out.files:
         np.testing.assert_allclose(out[name], ref, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
 

@@ -20,7 +20,10 @@ def _field(network: torch.nn.Module, in_dim: int = 2, **kwargs) -> Field:
     from nir.transforms import Identity
 
     spec = {
-        "network": {"target": f"{type(network).__module__}.{type(network).__qualname__}", "kwargs": {"in_dim": in_dim, **kwargs} if kwargs else {}},
+        "network": {
+            "target": f"{type(network).__module__}.{type(network).__qualname__}",
+            "kwargs": {"in_dim": in_dim, **kwargs} if kwargs else {},
+        },
         "transform": {"target": "nir.transforms.Identity", "kwargs": {}},
         "bounds": [[-1.0, 1.0]] * in_dim,
         "shape": [8] * in_dim,
