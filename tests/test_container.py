@@ -72,7 +72,7 @@ def _grid_field(bits: int, values: str, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     qmax = 2 ** (bits - 1) - 1
     with torch.no_grad():
-        for name, p in field.named_parameters():
+        for p in field.parameters():
             if values == "random":
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
             elif values == "peaked":  # most values small, a few large: what trained tables look like
