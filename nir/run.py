@@ -9,6 +9,7 @@ them, :mod:`nir.allocator`), and Lightning's noise is silenced only inside the r
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -287,10 +288,16 @@ def build_field(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal
     return Field(network, transform, spec)
 
 
-def _candidate_bytes(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal: Any) -> int:
-    """The field file's size for a candidate model node (for :func:`nir.budget.fit_to_budget`)."""
-    store = store_of(cfg)  # the integers at N bits each: the entropy coder only makes the file smaller
-    return build_field(cfg, model, dims, signal).stored_bytes(store["dtype"], store["int8_scale"], coder="raw")
+def _candidate_bytes(
+    cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal: Any, dtype: str | None = None
+) -> int:
+    """The field file's size for a candidate model node at ``dtype`` (default: the run's store)
+    with its integers at N bits each: the entropy coder only makes the file smaller
+    (for :func:`nir.budget.fit_to_budget`)."""
+    store = store_of(cfg)
+    with contextlib.redirect_stdout(io.StringIO()):  # a candidate's own start lines (e.g. a grid's)
+        field = build_field(cfg, model, dims, signal)
+    return field.stored_bytes(dtype or store["dtype"], store["int8_scale"], coder="raw")
 
 
 def build_parts(cfg: DictConfig, signal: Any = None) -> Parts:
@@ -305,7 +312,7 @@ def build_parts(cfg: DictConfig, signal: Any = None) -> Parts:
     dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
     if cfg.model.get("bounds", "absent") is None:  # networks that cover a box (grids) get the signal's
         dims["bounds"] = [list(b) for b in signal.bounds]
-    sized = fit_to_budget(cfg, signal, dims, lambda node: _candidate_bytes(cfg, node, dims, signal))
+    sized = fit_to_budget(cfg, signal, dims, lambda node, dtype: _candidate_bytes(cfg, node, dims, signal, dtype))
     if sized and os.environ.get("LOCAL_RANK", "0") == "0":
         print(sized, flush=True)
     field = build_field(cfg, cfg.model, dims, signal)
