@@ -201,8 +201,22 @@ def test_a_budget_sizes_the_network_to_fit(data, overrides, knob, tmp_path, caps
     assert _candidate_bytes(cfg, bigger, dims, signal) > budget
 
 
+@pytest.mark.parametrize("budget", [300, 1500, 6000])
+def test_the_ladder_gives_a_3d_field_for_small_budgets(budget, tmp_path, capsys):
+    """Down to ~300 bytes a 3-D preset gets a field that fits (the ladder changes levels,
+    features, head and bits); a larger budget gets a larger table or more levels."""
+    _, m = nir.fit("lognormal3d", ["data.n=24", f"size.bytes={budget}", "log.images=false"],
+                   run_dir=tmp_path / "r", steps=3, trainer__enable_progress_bar=False)  # fmt: skip
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("size: budget")]
+    assert m["bytes"] == (tmp_path / "r" / "field.nir").stat().st_size <= budget
+    assert m["bytes"] > budget / 3  # the budget is used, not just met
+    assert m["store_dtype"].startswith("int") and f"store {m['store_dtype']}" in line
+
+
 def test_impossible_budgets_are_one_line(tmp_path):
-    with pytest.raises(NirError, match="no model.hidden_dim fits 100 bytes"):
+    with pytest.raises(NirError, match="no network fits 100 bytes .the smallest setup, hidden_dim=1 "):
         nir.fit("peaks1d", ["data.n=64", "size.bytes=100"], run_dir=tmp_path / "a", steps=2)
+    with pytest.raises(NirError, match="no network fits 60 bytes .the smallest setup, encoding.n_levels=2, "):
+        nir.fit("lognormal3d", ["data.n=16", "size.bytes=60"], run_dir=tmp_path / "c", steps=2)
     with pytest.raises(NirError, match="set size.bytes or size.ratio, not both"):
         nir.fit("peaks1d", ["data.n=64", "size.bytes=1000", "size.ratio=10"], run_dir=tmp_path / "b", steps=2)
