@@ -24,7 +24,7 @@ def help_text() -> str:
         "       nir-train -m key=a,b [group=x,y ...]                (a sweep: one run per combination)",
         "",
         "Fit a neural field to a signal (default: SIREN on the bundled chelsea photo). Results go to",
-        "outputs/<date>/<time>/: metrics.json, field.safetensors, checkpoints/, tb/ (tensorboard --logdir).",
+        "outputs/<date>/<time>/: metrics.json, field.nir, field.safetensors, checkpoints/, tb/ (tensorboard --logdir).",
         "",
         "Config groups (pick one option each; the default is marked *):",
     ]

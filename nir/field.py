@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="nir-field", description="Sample or export a trained nir field.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sample", help="evaluate on a grid and write .npy / .png / .tif / .nc / .h5 / .zarr")
-    s.add_argument("field", help="run directory, field.safetensors or .ckpt")
+    s.add_argument("field", help="run directory, field.nir, field.safetensors or .ckpt")
     s.add_argument(
         "out",
         help="output file: .npy, .png, .tif, or .nc / .h5 / .zarr (an xarray variable with the source's dimensions, coordinates and attributes)",

@@ -675,7 +675,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Fit the field described by ``cfg``; write the run directory; return the final metrics.
 
     The run directory gets: ``tb/`` (TensorBoard events), ``checkpoints/`` (``last.ckpt``,
-    ``best.ckpt``), ``config.yaml`` (resolved), ``field.safetensors`` and ``metrics.json``.
+    ``best.ckpt``), ``config.yaml`` (resolved), ``field.nir``, ``field.safetensors`` and ``metrics.json``.
     """
     return train_field(cfg, run_dir)[1]
 
