@@ -3,7 +3,7 @@
 A run's ``bytes`` is this file's size. Layout (integers little-endian, ``varint`` = LEB128)::
 
     magic b"NIRf" | version (1 byte) | store (1 byte) | varint n | spec (n bytes)
-    | buffer mask | tensors | integer stream | CRC-32 of everything before it (4 bytes)
+    | [varint r | residual (r bytes)] | buffer mask | tensors | integer stream | CRC-32 (4 bytes)
 
 - **spec**: the field's spec as canonical JSON (sorted keys; a source path cut to its file name),
   compressed by zstd against the version's dictionary (``nir/data/spec-dictionary-V.json``, the
@@ -12,7 +12,7 @@ A run's ``bytes`` is this file's size. Layout (integers little-endian, ``varint`
   references into it, a few tens of bytes instead of ~1 kB of JSON.
 - **store**: bits 0-3 the stored precision (0 float32, 1 float16, N = 2..8 for ``intN``), bit 4
   one scale per tensor (``int8_scale=tensor``), bits 5-6 the integer coder (0 fixed-length, 1 ANS,
-  2 zstd).
+  2 zstd), bit 7 an error-bounded field's residual follows the spec (:mod:`nir.bound`).
 - **buffer mask**: one bit per buffer (state-dict order): 1 = stored (raw, its own dtype), 0 = as
   the spec builds it (the box, a Fourier matrix drawn from its seed, a grid's index tables).
 - **tensors**: per parameter in state-dict order: float32 raw; float16 as a one-byte power-of-two
@@ -210,8 +210,12 @@ def _store_byte(dtype: str, int8_scale: str, coder: int) -> int:
     return code | (16 if int8_scale == "tensor" else 0) | (coder << 5)
 
 
+def _split_store(b: int) -> tuple[int, bool]:
+    return b & 0x7F, bool(b & 0x80)
+
+
 def _parse_store(b: int) -> tuple[str, str, int]:
-    code, scale, coder = b & 15, "tensor" if b & 16 else "row", (b >> 5) & 3
+    code, scale, coder = b & 15, "tensor" if b & 16 else "row", (b >> 5) & 3  # bit 7: _split_store
     require(code in (0, 1, *range(2, 9)) and coder < len(CODERS), "unknown store byte")
     return {0: "float32", 1: "float16"}.get(code, f"int{code}"), scale, coder
 
@@ -259,7 +263,11 @@ def encode_field(field: Any, dtype: str = "float32", int8_scale: str = "row", co
         best = min(options, key=lambda c: (len(options[c]), CODERS.index(c)))
         choice, tail = CODERS.index(best), options[best]
     spec_bytes = pack_spec(spec)
-    head = MAGIC + bytes([VERSION, _store_byte(dtype, int8_scale, choice)]) + _varint(len(spec_bytes)) + spec_bytes
+    residual = getattr(field, "residual", None)
+    store = _store_byte(dtype, int8_scale, choice) | (0x80 if residual is not None else 0)
+    head = MAGIC + bytes([VERSION, store]) + _varint(len(spec_bytes)) + spec_bytes
+    if residual is not None:
+        head += _varint(len(residual)) + residual
     out = head + bytes(body) + tail
     return out + struct.pack("<I", zlib.crc32(out))
 
@@ -288,12 +296,16 @@ def header_bytes(data: bytes) -> int:
     byte, the spec and its length, the buffer mask and the CRC."""
     n, pos = _read_varint(data, 6)
     spec = unpack_spec(data[pos : pos + n], data[4])
+    header = pos + n
+    if _split_store(data[5])[1]:  # the residual is coded data; its length field is header
+        r, after = _read_varint(data, pos + n)
+        header += after - (pos + n)
     from nir.field import Field
 
     field = Field.from_spec(spec)
     params = {name for name, _ in field.named_parameters()}
     buffers = sum(1 for name in field.state_dict() if name not in params)
-    return pos + n + (buffers + 7) // 8 + 4
+    return header + (buffers + 7) // 8 + 4
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -326,9 +338,16 @@ def decode_field(data: bytes, what: str, trusted: Any = ()) -> Any:
     if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
         raise NirError(f"{what} is corrupt or truncated (its checksum does not match); save the field again")
     try:
-        dtype, int8_scale, coder = _parse_store(data[5])
+        store, has_residual = _split_store(data[5])
+        dtype, int8_scale, coder = _parse_store(store)
         n, pos = _read_varint(data, 6)
         spec = unpack_spec(data[pos : pos + n], data[4])
+        residual = None
+        if has_residual:
+            r, at = _read_varint(data, pos + n)
+            require(at + r <= len(data) - 4, "residual longer than the file")
+            residual = bytes(data[at : at + r])
+            n = at + r - pos  # the tensors start after the residual
     except Exception as e:
         raise NirError(f"{what} is corrupt ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
                        "save the field again") from None  # fmt: skip
@@ -397,4 +416,6 @@ def decode_field(data: bytes, what: str, trusted: Any = ()) -> Any:
             tensors[name] = torch.from_numpy(np.ascontiguousarray(q)).reshape(shape)
         return storage.decode(tensors)
 
-    return _rebuild(spec, state, what, trusted)
+    field = _rebuild(spec, state, what, trusted)
+    field.residual = residual
+    return field

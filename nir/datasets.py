@@ -241,6 +241,7 @@ def read_variable(path: Path, var: str | None, sel: dict | None, isel: dict | No
         "attrs": attrs,
         "units": str(attrs.get("units", "")),
         "long_name": str(attrs.get("long_name", attrs.get("standard_name", da.name))),
+        **({"dtype": str(da.dtype)} if str(da.dtype) != "float32" else {}),
     }
     return Signal(values=None, bounds=box, name=str(da.name), meta=meta, long_tailed=True, lazy=rows)
 

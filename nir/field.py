@@ -35,6 +35,9 @@ class Field(nn.Module):
         self.transform = transform
         self.spec = spec
         self.register_buffer("bounds", torch.tensor(spec["bounds"], dtype=torch.float32))
+        #: the coded residual of an error-bounded field (``bound.rel`` / ``bound.abs``; nir.bound):
+        #: :meth:`sample` on the training grid applies it, so every sample meets the bound
+        self.residual: bytes | None = None
 
     @property
     def in_dim(self) -> int:
@@ -104,6 +107,8 @@ class Field(nn.Module):
         """Evaluate on a regular grid (cell centres) -> ``Float[Tensor, "*shape channels"]`` on CPU.
 
         Defaults: the training grid's shape and box (``bounds`` may be any sub- or super-box).
+        An error-bounded field (one with a residual, docs/bounded.md) meets its bound on the
+        training grid (the default shape and box) only; elsewhere it answers with the network.
         Evaluated in chunks of ``chunk`` points, so memory beyond the output array is bounded
         (a few ``chunk x hidden_dim`` activations) whatever the resolution. With ``out`` the
         result is also written: ``.npy`` (any dimension; written through a memory map) or
@@ -137,6 +142,8 @@ class Field(nn.Module):
             result = torch.empty(n, self.channels, dtype=torch.float32)
         for start, stop, coords in grid.chunks(chunk):
             result[start:stop] = self(coords).float().cpu()
+        if self.residual is not None and self.on_training_grid(shape, bounds):
+            result.view(-1).copy_(torch.from_numpy(self.bounded_values(result.numpy()).astype("float32")))
         result = result.reshape(*shape, self.channels)
         if suffix == ".npy":
             arr.flush()
@@ -147,6 +154,30 @@ class Field(nn.Module):
         elif suffix is not None:
             self._write_image(result, Path(out))
         return result
+
+    def on_training_grid(self, shape: Sequence[int], bounds: Sequence[Sequence[float]]) -> bool:
+        return tuple(shape) == tuple(self.spec["shape"]) and [list(map(float, b)) for b in bounds] == [
+            list(map(float, b)) for b in self.spec["bounds"]
+        ]
+
+    def bounded_values(self, pred: Any = None) -> Any:
+        """The error-bounded answer on the training grid as a flat numpy array in the source's
+        dtype (``nir-decompress`` writes it): the network's answer (``pred``, computed when
+        None) corrected by the residual."""
+        from nir import bound
+
+        require(self.residual is not None, "this field has no residual: train it with bound.rel or bound.abs")
+        if pred is None:
+            pred = self._network_grid()
+        n = math.prod(self.spec["shape"]) * self.channels
+        return bound.apply(pred.reshape(-1), bound.decode(self.residual, n))
+
+    def _network_grid(self) -> Any:
+        residual, self.residual = self.residual, None
+        try:
+            return self.sample().numpy()
+        finally:
+            self.residual = residual
 
     def to_xarray(self, **coords: Any) -> Any:
         """The field on a grid as an ``xarray.DataArray`` with the source's dimension names,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+
+import numpy as np
 from typing import Any
 
 import pytorch_lightning as pl
@@ -76,6 +78,7 @@ class FieldModule(pl.LightningModule):
         cuda_graph: bool | str = "auto",
         clip: float | None = None,
         store: dict[str, Any] | None = None,
+        bound: Any = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False  # each of a call's K optimizer steps counted by Lightning
@@ -100,6 +103,7 @@ class FieldModule(pl.LightningModule):
         self.rate_weight = float(self.store.get("rate_weight", 0.0) or 0.0)
         require(self.rate_weight == 0 or bits, "store.rate_weight needs integer storage: set store.bits (2..8)")
         self.values = math.prod(data.signal.shape) * data.signal.channels
+        self.bound = bound  # nir.bound.Bound: a coded residual makes the stored field meet it on the grid
 
     def batches(self) -> TrainingData:
         """The training data, on this module's device (moved there once)."""
@@ -247,8 +251,12 @@ def evaluate_stored(pl_module: FieldModule, store: dict[str, Any]) -> dict[str, 
     metrics = pl_module.evaluate()
     signal = pl_module.data.signal
     values = math.prod(signal.shape) * signal.channels
+    if getattr(pl_module, "bound", None) is not None:
+        metrics.update(bound_residual(field, signal, pl_module.bound))
     data = field.to_bytes(dtype, scale, "nir", store.get("coder", "auto"))
     nbytes = len(data)
+    if field.residual is not None:
+        metrics["bytes_network"] = nbytes - len(field.residual)
     metrics.update(
         store_dtype=dtype,
         bytes=nbytes,
@@ -258,3 +266,40 @@ def evaluate_stored(pl_module: FieldModule, store: dict[str, Any]) -> dict[str, 
         bits_per_parameter=8.0 * nbytes / max(field.num_parameters(), 1),
     )
     return metrics
+
+
+def predictions_and_values(field: Field, signal: Any, chunk: int = 1 << 18):
+    """``(pred, y)`` numpy chunks over the signal's grid in flat order (rows x channels): the
+    field's fp32 answer and the signal's values."""
+    from nir.signal import Grid
+
+    grid = Grid(signal.shape, signal.bounds).to(field.bounds.device)
+    with torch.no_grad():
+        for start, stop, coords in grid.chunks(chunk):
+            yield field(coords).float().cpu().numpy(), signal.read(start, stop).float().numpy()
+
+
+def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
+    """Build the residual that makes ``field`` meet ``bound`` on the signal's grid, attach it
+    (``field.residual``), then measure the bounded answer independently: decode the residual's
+    bytes, apply them to a fresh evaluation, and compare every sample with the signal."""
+    from nir import bound as bounds
+
+    dtype = str(signal.meta.get("dtype", "float32"))
+    dtype = dtype if dtype in bounds.DTYPES else "float32"
+    residual, _ = bounds.build_residual(predictions_and_values(field, signal), bound, dtype)
+    field.residual = bounds.encode(residual)
+    back = bounds.decode(field.residual, signal.numel * signal.channels)
+    worst, start = 0.0, 0
+    for pred, y in predictions_and_values(field, signal):
+        n = pred.size
+        sub = bounds.Residual(back.bound, back.dtype, back.k[start : start + n],
+                              back.exceptions[(back.exceptions >= start) & (back.exceptions < start + n)] - start,
+                              back.values[(back.exceptions >= start) & (back.exceptions < start + n)])  # fmt: skip
+        err = np.abs(bounds.apply(pred, sub).astype(np.float64) - y.reshape(-1).astype(np.float64))
+        scale = np.maximum(np.abs(y.reshape(-1).astype(np.float64)), bound.floor) if bound.kind == "rel" else 1.0
+        worst = max(worst, float((err / scale).max()))
+        start += n
+    key = "max_rel_error" if bound.kind == "rel" else "max_abs_error"
+    return {"bound": bound.describe(), key: worst, "bytes_residual": len(field.residual),
+            "residual_exceptions": int(residual.exceptions.size)}  # fmt: skip

@@ -332,10 +332,15 @@ def build_parts(cfg: DictConfig, signal: Any = None) -> Parts:
         signal, transform, loss, int(cfg.batch_size), float(cfg.cache_mb), int(cfg.seed), sampling, holdout
     )
     check_setup(loss, transform, precision)
+    from nir.bound import bound_of
+
+    bound = bound_of(cfg.get("bound"), float(data.stats.floor) or None)
+    require(bound is None or not signal.missing,
+            f"a bound needs every sample: the signal has {signal.missing:,} missing (NaN) samples; fill them or drop bound.*")  # fmt: skip
     module = FieldModule(
         field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile),
         steps_per_call=steps_per_call(cfg), cuda_graph=cfg.get("cuda_graph", "auto"),
-        clip=trainer_cfg.get("gradient_clip_val"), store=store_of(cfg),
+        clip=trainer_cfg.get("gradient_clip_val"), store=store_of(cfg), bound=bound,
     )  # fmt: skip
     return Parts(signal, data, field, module, precision, loss_option)
 
@@ -626,6 +631,17 @@ def collect_metrics(
     }
 
 
+def bound_line(metrics: dict[str, Any]) -> str:
+    """The console's bound line (``bound.rel`` / ``bound.abs``), or nothing."""
+    b = metrics.get("bound")
+    if not b:
+        return ""
+    worst = metrics.get("max_rel_error", metrics.get("max_abs_error"))
+    what = f"relative {b['value']:g} (floor {b['floor']:.3g})" if b["kind"] == "rel" else f"absolute {b['value']:g}"
+    return (f"bound: {what}; measured max error {worst:.4g} over every sample of the grid; "
+            f"{metrics['bytes_network']:,} bytes network + {metrics['bytes_residual']:,} bytes residual\n")  # fmt: skip
+
+
 def heldout_line(metrics: dict[str, Any]) -> str:
     """The console's held-out line (``data.holdout``), or nothing."""
     if metrics.get("psnr_heldout") is None:
@@ -661,6 +677,7 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
             if worst is not None
             else ""
         )
+        + bound_line(metrics)
         + heldout_line(metrics)
         + f"run directory: {run_dir}\n"
         f"look at it:    tensorboard --logdir {run_dir}",

@@ -595,7 +595,8 @@ def _read_numpy(p: Path, var: str | None, bounds: Sequence | None, channel_axis:
         values=tensor,
         bounds=default_bounds(grid_ndim, bounds),
         name=p.stem,
-        meta={"kind": "array", "path": name},
+        # the file's dtype where it is not float32 (nir-decompress writes it back in it)
+        meta={"kind": "array", "path": name, **({"dtype": str(arr.dtype)} if arr.dtype != np.float32 else {})},
         long_tailed=True,
         source=source,
     )
