@@ -168,15 +168,16 @@ def apply(pred: np.ndarray, residual: Residual) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- coding
-def _code_ints(k: np.ndarray) -> bytes:
-    """The integers: ANS (constriction) under a quantised Laplace fitted to them, or zstd of
-    their zigzag codes at the narrowest width that holds them; the smaller, behind one byte."""
+def _code_ints(k: np.ndarray, only: int | None = None) -> bytes:
+    """The integers: ANS (constriction) under a quantised Laplace fitted to them (1), or zstd of
+    their zigzag codes at the narrowest width that holds them (2); the smaller, behind one byte
+    naming it (``only``: that coder, where it applies)."""
     zz = ((k << 1) ^ (k >> 63)).astype(np.uint64)  # zigzag: small magnitudes -> small codes
     top = int(zz.max()) if zz.size else 0
     width = next(w for w in (1, 2, 4, 8) if top < 256**w)
     options = [b"\x02" + bytes([width]) + _zstd(zz.astype(f"<u{width}").tobytes(), k.size)]
     top = int(np.abs(k).max()) if k.size else 0
-    if k.size and top < (1 << 20):
+    if 0 < top < (1 << 20):  # ANS needs a support of two or more integers
         import constriction
 
         scale = float(np.float32(max(float(np.abs(k).mean()), 0.05)))
@@ -184,6 +185,8 @@ def _code_ints(k: np.ndarray) -> bytes:
         coder = constriction.stream.stack.AnsCoder()
         coder.encode_reverse(k.astype(np.int32), model)
         options.append(b"\x01" + struct.pack("<If", top, scale) + coder.get_compressed().astype("<u4").tobytes())
+    if only is not None:
+        options = [o for o in options if o[0] == only] or options
     return min(options, key=len)
 
 

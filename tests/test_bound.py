@@ -1,0 +1,179 @@
+"""Error-bounded fields (issue 23): the guarantee at every sample, the file round trip, the
+command line, and one line for every bad input."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nir
+from nir import bound as B
+from nir.compress import compress_main, decompress_main
+from nir.errors import NirError
+
+BIN = Path(sys.executable).parent
+
+
+def _hard_values(shape, seed):
+    """Long-tailed values with the cases a bound must survive: values below the floor, exact
+    zeros, a constant region, negative values and a single spike."""
+    rng = np.random.default_rng(seed)
+    y = np.exp(rng.normal(size=shape) * 2.5).astype(np.float32)
+    flat = y.reshape(-1)
+    n = flat.size
+    flat[: n // 10] = 0.0  # exact zeros
+    flat[n // 10 : n // 5] = 1e-6  # far below the floor
+    flat[n // 5 : n // 3] = 3.0  # a constant region
+    flat[n // 3 : n // 3 + 5] *= -1  # a few negative values
+    flat[n // 2] = 5e4  # a single spike
+    return y
+
+
+def _check(y, out, bound):
+    y = y.reshape(-1).astype(np.float64)
+    err = np.abs(out.reshape(-1).astype(np.float64) - y)
+    return bool((err <= bound.allowed(y)).all()), float((err / bound.allowed(y)).max())
+
+
+@pytest.mark.parametrize("shape", [(4000,), (40, 50), (12, 14, 16), (5, 6, 7, 8)])
+@pytest.mark.parametrize(
+    "bound", [B.Bound("rel", 1e-3, 1e-3), B.Bound("rel", 0.1, 0.05), B.Bound("abs", 0.01), B.Bound("abs", 2.0)]
+)
+def test_the_residual_meets_the_bound_at_every_sample(shape, bound):
+    """Whatever the network says (here: the values with 30 % noise and a few wild answers), the
+    coded residual brings every sample within the bound."""
+    y = _hard_values(shape, seed=len(shape))
+    rng = np.random.default_rng(0)
+    pred = (y * (1 + 0.3 * rng.normal(size=y.shape))).astype(np.float32).reshape(-1)
+    pred[::97] = rng.normal(size=pred[::97].size) * 100  # wild answers
+    chunks = [(pred[:1000], y.reshape(-1)[:1000]), (pred[1000:], y.reshape(-1)[1000:])]
+    residual, worst = B.build_residual(chunks, bound)
+    back = B.decode(B.encode(residual), y.size)
+    ok, measured = _check(y, B.apply(pred, back), bound)
+    assert ok, measured
+    assert measured == pytest.approx(worst) and worst <= B.MARGIN + 1e-6  # the cell leaves the margin
+
+
+@pytest.mark.parametrize("coder", [1, 2])
+def test_residual_integers_round_trip_exactly_with_each_coder(coder):
+    rng = np.random.default_rng(coder)
+    cases = [rng.laplace(scale=3, size=5000).round(), np.zeros(100), np.full(50, -7.0),
+             np.array([0, 2**19 - 1, -(2**19 - 1), 1, -1]), rng.integers(-300, 300, 999).astype(float)]  # fmt: skip
+    for k in cases:
+        k = k.astype(np.int64)
+        data = B._code_ints(k, only=coder)
+        assert data[0] == (coder if k.any() else 2)  # all zeros: ANS has no support to code on
+        assert np.array_equal(B._decode_ints(data, k.size), k)
+
+
+def test_a_network_that_meets_the_bound_stores_an_empty_residual():
+    y = _hard_values((500,), 0).reshape(-1)
+    residual, _ = B.build_residual([(y, y)], B.Bound("rel", 0.01, 1e-3))
+    assert residual.empty and len(B.encode(residual)) == 19
+
+
+@pytest.mark.parametrize("shape,bound", [((3000,), ["bound.rel=0.02"]), ((14, 12, 10), ["bound.abs=0.05"])])
+def test_a_bounded_run_meets_its_bound_from_the_file(shape, bound, tmp_path):
+    y = _hard_values(shape, 3)
+    np.save(tmp_path / "y.npy", y)
+    _, m = nir.fit(str(tmp_path / "y.npy"), [*bound, "log.images=false", "trainer.enable_progress_bar=false"],
+                   run_dir=tmp_path / "run", steps=30)  # fmt: skip
+    kind, value = bound[0].split("=")[0].split(".")[1], float(bound[0].split("=")[1])
+    key = "max_rel_error" if kind == "rel" else "max_abs_error"
+    assert m[key] <= value and m["bytes"] == m["bytes_network"] + m["bytes_residual"]
+    assert m["bytes"] == (tmp_path / "run" / "field.nir").stat().st_size
+    field = nir.load_field(tmp_path / "run" / "field.nir")  # the file alone, as a user has it
+    b = B.Bound(kind, value, m["bound"].get("floor", 0.0))
+    ok, measured = _check(y, field.sample().numpy(), b)
+    assert ok and measured * value == pytest.approx(m[key], rel=1e-5)  # the metric is the file's
+    # off the grid: the network alone (not bounded, documented)
+    coarse = field.sample([max(1, s // 2) for s in shape])
+    assert coarse.shape[:-1] == tuple(max(1, s // 2) for s in shape)
+
+
+def test_compress_and_decompress_in_fresh_processes(tmp_path):
+    """The command line end to end: float64 input, its shape and dtype back, the bound held."""
+    y = _hard_values((16, 18, 10), 5).astype(np.float64)
+    np.save(tmp_path / "in.npy", y)
+    r = subprocess.run([BIN / "nir-compress", tmp_path / "in.npy", tmp_path / "out.nir", "--rel", "0.01", "--steps", "40"],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = r.stdout.strip().splitlines()[-1]
+    assert "out.nir" in summary and "max relative error" in summary and "bytes" in summary
+    r = subprocess.run([BIN / "nir-decompress", tmp_path / "out.nir", tmp_path / "back.npy"],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    back = np.load(tmp_path / "back.npy")
+    assert back.shape == y.shape and back.dtype == np.float64
+    from nir.compress import info
+
+    text = info(tmp_path / "out.nir")
+    floor = float(text.split("floor ")[1].split(" ")[0].rstrip(","))
+    ok, _ = _check(y.astype(np.float32), back, B.Bound("rel", 0.01, floor))
+    assert ok
+    assert "bytes:" in text and "residual" in text and "(16, 18, 10)" in text
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--rel", "0"], "bound.rel must be a number > 0"),
+        (["--rel", "-0.1"], "bound.rel must be a number > 0"),
+        (["--abs", "0"], "bound.abs must be a number > 0"),
+        (["--rel", "0.01", "--floor", "0"], "bound.floor must be a number > 0"),
+        (["--rel", "0.01", "nan"], "missing"),
+        ([], "needs --rel, --abs or --ratio"),
+    ],
+)
+def test_bad_inputs_are_one_line(args, message, tmp_path, capsys):
+    y = _hard_values((300,), 0)
+    if "nan" in args:
+        args = [a for a in args if a != "nan"]
+        y[7] = np.nan
+    np.save(tmp_path / "in.npy", y)
+    with pytest.raises(SystemExit) as e:
+        compress_main([str(tmp_path / "in.npy"), str(tmp_path / "out.nir"), *args, "--steps", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out.nir").exists()
+
+
+def test_damaged_bounded_files_are_one_line(tmp_path, capsys):
+    y = _hard_values((2000,), 1)
+    np.save(tmp_path / "y.npy", y)
+    compress_main([str(tmp_path / "y.npy"), str(tmp_path / "f.nir"), "--abs", "0.1", "--steps", "5"])
+    data = (tmp_path / "f.nir").read_bytes()
+    start = data.index(b"NIRf") + 6
+    n, pos = data[start], start + 1  # the spec's length (one byte for these specs)
+    residual_at = pos + n + 2  # after the residual's length varint
+    cases = {
+        "truncated": data[: len(data) - 40],
+        # a residual byte changed and the checksum recomputed: the residual's own parser must say it
+        "residual": _with_crc(data[:-4], residual_at + 30),
+    }
+    for what, damaged in cases.items():
+        p = tmp_path / f"{what}.nir"
+        p.write_bytes(damaged)
+        with pytest.raises(SystemExit) as e:
+            decompress_main([str(p), str(tmp_path / "o.npy")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, (what, err)
+
+
+def _with_crc(body: bytes, flip: int) -> bytes:
+    b = bytearray(body)
+    b[flip] ^= 0xFF
+    return bytes(b) + struct.pack("<I", zlib.crc32(bytes(b)))
+
+
+def test_bound_settings_are_checked(tmp_path):
+    with pytest.raises(NirError, match="set bound.rel or bound.abs, not both"):
+        nir.fit("peaks1d", ["data.n=64", "bound.rel=0.1", "bound.abs=0.1"], run_dir=tmp_path / "a", steps=2)
+    with pytest.raises(NirError, match="bound.floor is set but neither"):
+        nir.fit("peaks1d", ["data.n=64", "bound.floor=0.1"], run_dir=tmp_path / "b", steps=2)
