@@ -6,10 +6,10 @@ stored field's answer on the grid (after its own quantisation) and ``y`` the sig
 mapped by ``g`` and the difference is quantised on a grid of step ``2 * margin * D``:
 
 - absolute bound ``delta``: ``g(y) = y``, ``D = delta``;
-- relative bound ``eps`` with floor ``f``: ``g(y) = sign(y) log(1 + |y| / f)``,
-  ``D = log(1 + eps / 2)``. If ``|g(y') - g(y)| <= D`` then ``|y' - y| <= (eps / 2)(f + |y|)
-  <= eps * max(|y|, f)``: the relative bound above the floor and ``eps * f`` below it, zeros and
-  signs included (docs/bounded.md has the two-line proof).
+- relative bound ``eps`` (< 1) with floor ``f``: ``g(y) = y / f`` for ``|y| <= f`` and
+  ``sign(y) (1 + log(|y| / f))`` above, so ``g' = 1 / max(|y|, f)``; ``D = log(1 + eps)``. If
+  ``|g(y') - g(y)| <= D`` then ``|y' - y| <= eps * max(|y|, f)``: the relative bound above the
+  floor and ``eps * f`` below it, zeros and signs included (docs/bounded.md has the proof).
 
 ``k = round((g(y) - g(pred)) / (2 margin D))`` is coded (ANS under a quantised Laplace, or zstd;
 the smaller), and the decoder answers ``g^-1(g(pred) + 2 margin D k)``. ``margin = 0.99`` leaves
@@ -46,13 +46,20 @@ class Bound:
     @property
     def step(self) -> float:
         """The half-width D of the quantisation cell in g-space."""
-        return self.value if self.kind == "abs" else math.log1p(self.value / 2)
+        return self.value if self.kind == "abs" else math.log1p(self.value)
 
     def g(self, y: np.ndarray) -> np.ndarray:
-        return y if self.kind == "abs" else np.sign(y) * np.log1p(np.abs(y) / self.floor)
+        """Linear below the floor, logarithmic above: ``g' = 1 / max(|y|, floor)``."""
+        if self.kind == "abs":
+            return y
+        a = np.abs(y) / self.floor
+        return np.sign(y) * np.where(a <= 1, a, 1 + np.log(np.maximum(a, 1)))
 
     def g_inv(self, z: np.ndarray) -> np.ndarray:
-        return z if self.kind == "abs" else np.sign(z) * np.expm1(np.abs(z)) * self.floor
+        if self.kind == "abs":
+            return z
+        a = np.abs(z)
+        return np.sign(z) * self.floor * np.where(a <= 1, a, np.exp(np.maximum(a, 1) - 1))
 
     def allowed(self, y: np.ndarray) -> np.ndarray:
         """The largest error each sample may have."""
@@ -80,6 +87,7 @@ def bound_of(node: Any, metric_floor: float | None) -> Bound | None:
     value = rel if rel is not None else ab
     name = "bound.rel" if rel is not None else "bound.abs"
     require(_positive(value), f"{name} must be a number > 0, got {value!r}")
+    require(ab is not None or value < 1, f"bound.rel must be below 1 (a relative error under 100 %), got {value!r}")
     if rel is None:
         return Bound("abs", float(ab))
     if floor is None:
