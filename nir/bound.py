@@ -137,12 +137,14 @@ class Residual:
         return not self.k.any() and not self.exceptions.size
 
 
-def build_residual(chunks, bound: Bound, dtype: str = "float32") -> tuple[Residual, float]:
+def build_residual(chunks, bound: Bound, dtype: str = "float32", n: int | None = None) -> tuple[Residual, float]:
     """The residual over ``chunks`` (an iterable of ``(pred, y)`` float arrays in grid order) and
     the largest error of the bounded reconstruction, measured in the output ``dtype`` (relative
-    to each sample's allowance, so <= 1 is the guarantee)."""
+    to each sample's allowance, so <= 1 is the guarantee). ``n``: the total sample count, when
+    known (the integers are then written into one array, not gathered and joined)."""
     require(dtype in DTYPES, f"bounded output dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     ks, exc_idx, exc_val, worst, start = [], [], [], 0.0, 0
+    whole = np.empty(n, np.int64) if n is not None else None
     for pred, y in chunks:
         y = np.asarray(y, np.float64).reshape(-1)
         require(np.isfinite(y).all(), "a bound needs finite values: the signal has NaN or infinite samples")
@@ -158,9 +160,16 @@ def build_residual(chunks, bound: Bound, dtype: str = "float32") -> tuple[Residu
         ok = ~bad
         if ok.any():
             worst = max(worst, float((err[ok] / bound.allowed(y_out)[ok]).max()))
-        ks.append(k)
+        if whole is not None:
+            whole[start : start + k.size] = k
+        else:
+            ks.append(k)
         start += y.size
-    k = np.concatenate(ks) if ks else np.zeros(0, np.int64)
+    if whole is not None:
+        require(start == n, f"the residual covers {start} samples, expected {n}")
+        k = whole
+    else:
+        k = np.concatenate(ks) if ks else np.zeros(0, np.int64)
     idx = np.concatenate(exc_idx) if exc_idx else np.zeros(0, np.int64)
     val = np.concatenate(exc_val) if exc_val else np.zeros(0)
     return Residual(bound, dtype, k, idx, val), worst

@@ -267,7 +267,7 @@ def evaluate_stored(pl_module: FieldModule, store: dict[str, Any]) -> dict[str, 
     return metrics
 
 
-def predictions_and_values(field: Field, signal: Any, chunk: int = 1 << 18):
+def predictions_and_values(field: Field, signal: Any, chunk: int = 65536):
     """``(pred, y)`` numpy chunks over the signal's grid in flat order (rows x channels): the
     field's fp32 answer and the signal's values."""
     from nir.signal import Grid
@@ -286,9 +286,12 @@ def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
 
     dtype = str(signal.meta.get("dtype", "float32"))
     dtype = dtype if dtype in bounds.DTYPES else "float32"
-    residual, _ = bounds.build_residual(predictions_and_values(field, signal), bound, dtype)
+    n = signal.numel * signal.channels
+    residual, _ = bounds.build_residual(predictions_and_values(field, signal), bound, dtype, n)
+    exceptions = int(residual.exceptions.size)
     field.residual = bounds.encode(residual)
-    back = bounds.decode(field.residual, signal.numel * signal.channels)
+    del residual  # one copy of the integers at a time (compressing a 256^3 array: docs/bounded.md)
+    back = bounds.decode(field.residual, n)
     worst, start = 0.0, 0
     for pred, y in predictions_and_values(field, signal):
         n = pred.size
@@ -301,4 +304,4 @@ def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
         start += n
     key = "max_rel_error" if bound.kind == "rel" else "max_abs_error"
     return {"bound": bound.describe(), key: worst, "bytes_residual": len(field.residual),
-            "residual_exceptions": int(residual.exceptions.size)}  # fmt: skip
+            "residual_exceptions": exceptions}  # fmt: skip
