@@ -213,6 +213,21 @@ def test_the_ladder_gives_a_3d_field_for_small_budgets(budget, tmp_path, capsys)
     assert m["store_dtype"].startswith("int") and f"store {m['store_dtype']}" in line
 
 
+@pytest.mark.parametrize("data", ["lognormal3d", "sources3d"])
+def test_a_128_cubed_field_exists_at_ratio_1000(data, capsys):
+    """Issue 22's acceptance at the size scientists keep: ratio 1000 of a 128^3 float32 field
+    (8,388 bytes) gets a network whose file fits (sized before training; nothing trained here)."""
+    from nir.config import compose_config
+    from nir.run import _candidate_bytes, build_parts
+
+    cfg, _ = compose_config([f"data={data}", "data.n=128", "size.ratio=1000"])
+    parts = build_parts(cfg)
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("size: budget 8,388 bytes")]
+    dims = {"in_dim": 3, "out_dim": 1, "bounds": [list(b) for b in parts.signal.bounds]}
+    assert _candidate_bytes(cfg, cfg.model, dims, parts.signal) <= 8388
+    assert parts.field.stored_bytes(f"int{cfg.store.bits}") <= 8388 and "store int" in line
+
+
 def test_impossible_budgets_are_one_line(tmp_path):
     with pytest.raises(NirError, match="no network fits 100 bytes .the smallest setup, hidden_dim=1 "):
         nir.fit("peaks1d", ["data.n=64", "size.bytes=100"], run_dir=tmp_path / "a", steps=2)
