@@ -9,6 +9,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -285,3 +286,21 @@ def first_reach(points, level):
         if p >= level:
             return t, s
     return None, None
+
+
+def data_overrides(name: str) -> tuple[str, list[str]]:
+    """A benchmark's dataset name as a data preset and its overrides: ``lognormal3d:n=128`` ->
+    ``("lognormal3d", ["data.n=128"])``; a ``.npy`` / ``.npz`` path -> ``data=array``."""
+    if name.endswith((".npy", ".npz")):
+        return "array", [f"data.path={name}"]
+    preset, *opts = name.split(":")
+    return preset, [f"data.{o}" for o in opts]
+
+
+def signal_of(name: str) -> Any:
+    """The signal a benchmark's dataset name reads (:func:`data_overrides`)."""
+    from nir.config import build, compose_config
+
+    preset, opts = data_overrides(name)
+    cfg, _ = compose_config([f"data={preset}", *opts])
+    return build(cfg.data, "data")

@@ -338,84 +338,92 @@ def decode_field(data: bytes, what: str, trusted: Any = ()) -> Any:
     if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
         raise NirError(f"{what} is corrupt or truncated (its checksum does not match); save the field again")
     try:
-        store, has_residual = _split_store(data[5])
-        dtype, int8_scale, coder = _parse_store(store)
-        n, pos = _read_varint(data, 6)
-        spec = unpack_spec(data[pos : pos + n], data[4])
-        residual = None
-        if has_residual:
-            r, at = _read_varint(data, pos + n)
-            require(at + r <= len(data) - 4, "residual longer than the file")
-            residual = bytes(data[at : at + r])
-            n = at + r - pos  # the tensors start after the residual
+        store, spec, residual, at = _head(data)
     except Exception as e:
         raise NirError(f"{what} is corrupt ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
                        "save the field again") from None  # fmt: skip
-
-    def state() -> dict[str, Tensor]:
-        field = Field.from_spec(spec, trusted)
-        fresh = field.state_dict()
-        params = {name for name, _ in field.named_parameters()}
-        buffers = [name for name in fresh if name not in params]
-        end = len(data) - 4
-        at = pos + n
-        nmask = (len(buffers) + 7) // 8
-        mask = np.unpackbits(np.frombuffer(data[at : at + nmask], np.uint8), count=len(buffers), bitorder="little")
-        at += nmask
-
-        def take(count: int, dtype: torch.dtype) -> Tensor:
-            nonlocal at
-            size = count * torch.empty(0, dtype=dtype).element_size()
-            require(at + size <= end, "tensor section shorter than the spec says")
-            t = torch.frombuffer(bytearray(data[at : at + size]), dtype=dtype) if size else torch.zeros(0, dtype=dtype)
-            at += size
-            return t
-
-        tensors: dict[str, Tensor] = {}
-        ints: list[tuple[str, torch.Size]] = []
-        for name, ref in fresh.items():
-            if name not in params:
-                stored = mask[buffers.index(name)]
-                tensors[name] = take(ref.numel(), ref.dtype).reshape(ref.shape).clone() if stored else ref
-            elif dtype.startswith("int") and storage.quantized(name, ref):
-                rows = ref.shape[0]
-                count = (
-                    1
-                    if int8_scale == "tensor"
-                    else (rows if name.endswith("weight") else -(-rows // storage.TABLE_BLOCK))
-                )
-                tensors[name + storage.SCALE_SUFFIX] = take(count, torch.int16).view(torch.bfloat16).reshape(-1, 1)
-                ints.append((name, ref.shape))
-            elif dtype != "float32":
-                exponent = struct.unpack("<b", bytes(take(1, torch.int8).numpy().tobytes()))[0]
-                tensors[name] = take(ref.numel(), torch.int16).view(torch.float16).reshape(ref.shape)
-                tensors[name + storage.F16_SUFFIX] = torch.tensor([2.0**exponent])
-            else:
-                tensors[name] = take(ref.numel(), torch.float32).reshape(ref.shape)
-        sizes = [math.prod(shape) for _, shape in ints]
-        rest = data[at:end]
-        bits = storage.bits_of(dtype)
-        if coder == 1:
-            models, used = _read_models(rest, len(ints), bits)
-            streams = ans_decode(rest[used:], sizes, models, bits)
-        elif coder == 2:
-            import zstandard as zstd
-
-            dctx = zstd.ZstdDecompressor(format=zstd.FORMAT_ZSTD1_MAGICLESS)
-            flat = np.frombuffer(dctx.decompress(rest, max_output_size=sum(sizes)), np.int8).copy()
-            require(flat.size == sum(sizes), "integer section has the wrong length")
-            streams = np.split(flat, np.cumsum(sizes)[:-1])
-        elif ints:
-            require(len(rest) == -(-sum(sizes) * bits // 8), "integer section has the wrong length")
-            flat = unpack_bits(rest, sum(sizes), bits)
-            streams = np.split(flat, np.cumsum(sizes)[:-1])
-        else:
-            require(not rest, "bytes after the last tensor")
-            streams = []
-        for (name, shape), q in zip(ints, streams):
-            tensors[name] = torch.from_numpy(np.ascontiguousarray(q)).reshape(shape)
-        return storage.decode(tensors)
-
-    field = _rebuild(spec, state, what, trusted)
+    field = _rebuild(spec, lambda: _state(data, at, Field.from_spec(spec, trusted), *store), what, trusted)
     field.residual = residual
     return field
+
+
+def _head(data: bytes) -> tuple[tuple[str, str, int], dict[str, Any], bytes | None, int]:
+    """The store settings, the spec, the residual (or None) and where the tensors start."""
+    byte, has_residual = _split_store(data[5])
+    store = _parse_store(byte)
+    n, pos = _read_varint(data, 6)
+    spec = unpack_spec(data[pos : pos + n], data[4])
+    at, residual = pos + n, None
+    if has_residual:
+        r, at = _read_varint(data, at)
+        require(at + r <= len(data) - 4, "residual longer than the file")
+        residual, at = bytes(data[at : at + r]), at + r
+    return store, spec, residual, at
+
+
+class _Reader:
+    """Consecutive raw tensors from ``data[at:end]``."""
+
+    def __init__(self, data: bytes, at: int, end: int) -> None:
+        self.data, self.at, self.end = data, at, end
+
+    def take(self, count: int, dtype: torch.dtype) -> Tensor:
+        size = count * torch.empty(0, dtype=dtype).element_size()
+        require(self.at + size <= self.end, "tensor section shorter than the spec says")
+        raw = bytearray(self.data[self.at : self.at + size])
+        self.at += size
+        return torch.frombuffer(raw, dtype=dtype) if size else torch.zeros(0, dtype=dtype)
+
+
+def _state(data: bytes, at: int, field: Any, dtype: str, int8_scale: str, coder: int) -> dict[str, Tensor]:
+    """The state dict of the file's tensors (``field``: the spec's fresh field, for names,
+    shapes and the buffers that are not stored)."""
+    fresh = field.state_dict()
+    params = {name for name, _ in field.named_parameters()}
+    buffers = [name for name in fresh if name not in params]
+    nmask = (len(buffers) + 7) // 8
+    mask = np.unpackbits(np.frombuffer(data[at : at + nmask], np.uint8), count=len(buffers), bitorder="little")
+    read = _Reader(data, at + nmask, len(data) - 4)
+    tensors: dict[str, Tensor] = {}
+    ints: list[tuple[str, torch.Size]] = []
+    for name, ref in fresh.items():
+        if name not in params:
+            stored = mask[buffers.index(name)]
+            tensors[name] = read.take(ref.numel(), ref.dtype).reshape(ref.shape).clone() if stored else ref
+        elif dtype.startswith("int") and storage.quantized(name, ref):
+            rows = ref.shape[0]
+            count = (
+                1 if int8_scale == "tensor" else rows if name.endswith("weight") else -(-rows // storage.TABLE_BLOCK)
+            )
+            tensors[name + storage.SCALE_SUFFIX] = read.take(count, torch.int16).view(torch.bfloat16).reshape(-1, 1)
+            ints.append((name, ref.shape))
+        elif dtype != "float32":
+            exponent = int(read.take(1, torch.int8)[0])
+            tensors[name] = read.take(ref.numel(), torch.int16).view(torch.float16).reshape(ref.shape)
+            tensors[name + storage.F16_SUFFIX] = torch.tensor([2.0**exponent])
+        else:
+            tensors[name] = read.take(ref.numel(), torch.float32).reshape(ref.shape)
+    sizes = [math.prod(shape) for _, shape in ints]
+    streams = _integers(data[read.at : read.end], sizes, storage.bits_of(dtype), coder)
+    for (name, shape), q in zip(ints, streams):
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(q)).reshape(shape)
+    return storage.decode(tensors)
+
+
+def _integers(rest: bytes, sizes: list[int], bits: int | None, coder: int) -> list[np.ndarray]:
+    """The integer streams of the tensors (``sizes`` integers each) from the file's last section."""
+    if coder == 1:
+        models, used = _read_models(rest, len(sizes), bits)
+        return ans_decode(rest[used:], sizes, models, bits)
+    if coder == 2:
+        import zstandard as zstd
+
+        dctx = zstd.ZstdDecompressor(format=zstd.FORMAT_ZSTD1_MAGICLESS)
+        flat = np.frombuffer(dctx.decompress(rest, max_output_size=sum(sizes)), np.int8).copy()
+        require(flat.size == sum(sizes), "integer section has the wrong length")
+        return np.split(flat, np.cumsum(sizes)[:-1])
+    if sizes:
+        require(len(rest) == -(-sum(sizes) * bits // 8), "integer section has the wrong length")
+        return np.split(unpack_bits(rest, sum(sizes), bits), np.cumsum(sizes)[:-1])
+    require(not rest, "bytes after the last tensor")
+    return []

@@ -359,6 +359,21 @@ class _Exportable(nn.Module):
         return self.field.transform.inverse(self.field.network(coords))
 
 
+def _run_file(p: Path) -> Path:
+    """The field file of a run directory: field.nir, field.safetensors, then the last checkpoint."""
+    if (p / "field.nir").is_file():
+        p = p / "field.nir"
+    elif (p / "field.safetensors").is_file():
+        p = p / "field.safetensors"
+    elif (p / "checkpoints" / "last.ckpt").is_file():
+        p = p / "checkpoints" / "last.ckpt"
+    else:
+        raise NirError(
+            f"{str(p)!r} is not a nir run directory (no field.nir, field.safetensors or checkpoints/last.ckpt)"
+        )
+    return p
+
+
 def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: Iterable[str] = ()) -> Field:
     """Load a field from a field file (compact ``.nir`` or ``.safetensors``, told apart by their
     first bytes), a run directory, or a Lightning ``.ckpt``.
@@ -377,16 +392,7 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
         f"field path {str(p)!r} does not exist; pass a run directory, field.nir, field.safetensors or a .ckpt",
     )
     if p.is_dir():
-        if (p / "field.nir").is_file():
-            p = p / "field.nir"
-        elif (p / "field.safetensors").is_file():
-            p = p / "field.safetensors"
-        elif (p / "checkpoints" / "last.ckpt").is_file():
-            p = p / "checkpoints" / "last.ckpt"
-        else:
-            raise NirError(
-                f"{str(p)!r} is not a nir run directory (no field.nir, field.safetensors or checkpoints/last.ckpt)"
-            )
+        p = _run_file(p)
     if p.suffix == ".ckpt":
         from nir.checkpoint import load_checkpoint
 

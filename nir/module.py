@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from nir import storage
 from nir.batches import TrainingData
 from nir.checkpoint import FORMAT
-from nir.errors import require
 from nir.field import Field
 from nir.metrics import GridMetrics, MaxProjections, image_ssim
 from nir.optim import Adam
@@ -63,6 +62,7 @@ class FieldModule(pl.LightningModule):
             their capture in a CUDA graph (:class:`~nir.steps.StepLoop`).
         clip: gradient-norm clipping (``trainer.gradient_clip_val``; Lightning clips only in
             automatic optimisation).
+        stored: what training does for the stored field (:class:`~nir.storage.StoredTraining`).
     """
 
     def __init__(
@@ -76,8 +76,7 @@ class FieldModule(pl.LightningModule):
         steps_per_call: int = 1,
         cuda_graph: bool | str = "auto",
         clip: float | None = None,
-        store: dict[str, Any] | None = None,
-        bound: Any = None,
+        stored: storage.StoredTraining | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False  # each of a call's K optimizer steps counted by Lightning
@@ -92,17 +91,7 @@ class FieldModule(pl.LightningModule):
         # a plain dict: as an attribute the compiled wrapper would duplicate every weight in the state dict
         self._compiled: dict[str, Callable[[Tensor], Tensor]] = {}
         self.compile_network = bool(compile)
-        # the stored precision: under integer storage the last qat_fraction of the steps trains the
-        # rounded parameters (straight-through), and rate_weight adds the coded-size estimate
-        self.store = dict(store or {})
-        bits = storage.bits_of(self.store.get("dtype", "float32"))
-        fraction = float(self.store.get("qat_fraction", 0.0) or 0.0)
-        self.qat_start = round((1.0 - fraction) * max_steps) if bits and fraction > 0 else None
-        self.qat_on = False
-        self.rate_weight = float(self.store.get("rate_weight", 0.0) or 0.0)
-        require(self.rate_weight == 0 or bits, "store.rate_weight needs integer storage: set store.bits (2..8)")
-        self.values = math.prod(data.signal.shape) * data.signal.channels
-        self.bound = bound  # nir.bound.Bound: a coded residual makes the stored field meet it on the grid
+        self.stored = stored or storage.StoredTraining({}, max_steps, 1)  # QAT, rate term, bound (nir.storage)
 
     def batches(self) -> TrainingData:
         """The training data, on this module's device (moved there once)."""
@@ -111,32 +100,17 @@ class FieldModule(pl.LightningModule):
     def train_network(self) -> Callable[[Tensor], Tensor]:
         """The network as the training step calls it: on its rounded parameters during
         quantisation-aware training (eager, compiled or not), compiled once when ``compile`` is on."""
-        if self.qat_on:
-            return self.quantized_network
+        if self.stored.qat_on:
+            return lambda coords: self.stored.forward(self.field.network, coords)
         if not self.compile_network:
             return self.field.network
         if "net" not in self._compiled:
             self._compiled["net"] = torch.compile(self.field.network, dynamic=False)
         return self._compiled["net"]
 
-    def quantized_network(self, coords: Tensor) -> Tensor:
-        """The network's forward on its parameters as the file will store them, with the
-        gradient of the unrounded ones (straight-through): quantisation-aware training."""
-        dtype, scale = self.store["dtype"], self.store.get("int8_scale", "row")
-        params = {n: storage.fake_quantize(n, p, dtype, scale) for n, p in self.field.network.named_parameters()}
-        return torch.func.functional_call(self.field.network, params, (coords,))
-
-    def rate_bits(self) -> Tensor:
-        """A differentiable estimate of the coded bits of the stored integers:
-        ``sum log2(1 + |w| / step)`` over the quantised tensors, ``step`` their (detached) scale."""
-        dtype, scale = self.store["dtype"], self.store.get("int8_scale", "row")
-        terms = [storage.rate_proxy(n, p, dtype, scale) for n, p in self.field.network.named_parameters()]
-        return torch.stack([t for t in terms if t is not None]).sum()
-
     # -- training: K optimizer steps per call, eager or replayed from a CUDA graph (nir.steps) ---
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        if self.qat_start is not None and not self.qat_on and self.global_step >= self.qat_start:
-            self.qat_on = True  # from here the forward runs on the rounded parameters
+        if self.stored.begins(self.global_step):  # from here the forward runs on the rounded parameters
             self.loop.reset()
         return self.loop.run(self, self.optimizers(), self.lr_schedulers(), self.batches())
 
@@ -145,8 +119,8 @@ class FieldModule(pl.LightningModule):
         if self.loss_fn.space == "signal":
             out = self.field.transform.inverse(out)
         loss = self.loss_fn(out, target)
-        if self.rate_weight:  # estimated coded bits per signal value, weighted
-            loss = loss + self.rate_weight * self.rate_bits() / self.values
+        if self.stored.rate_weight:  # estimated coded bits per signal value, weighted
+            loss = loss + self.stored.rate(self.field.network)
         return loss, out
 
     def eager_step(self, opt: Any, data: TrainingData, idx: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -206,22 +180,9 @@ class FieldModule(pl.LightningModule):
             self.last_projections = [p.detach().cpu() for p in self.val_projections.compute()]
             self.val_projections.reset()
 
-    @torch.no_grad()
     def evaluate(self, chunk: int = 65536) -> dict[str, Any]:
-        """Metrics of the field on the whole grid, in fp32 (outside autocast), as a user loading
-        the field would see them. The same grid pass as ``Field.sample``; under DDP every rank
-        evaluates its share of chunks and the metric states are merged."""
-        data = self.batches()
-        metrics = GridMetrics(data.stats, data.holdout is not None).to(self.device)
-        was_training = self.training
-        self.eval()
-        for start, stop, coords in data.grid.chunks(chunk, *rank_and_world()):
-            metrics.update(self.field(coords), data.values_range(start, stop), data.held_mask(start, stop))
-        results = metrics.results()
-        if data.signal.is_image:
-            results["ssim"] = whole_image_ssim(self.field, data, chunk)
-        self.train(was_training)
-        return results
+        """Metrics of the field on the whole grid (:func:`evaluate_grid`)."""
+        return evaluate_grid(self, chunk)
 
     # -- checkpoints carry a plain-value spec and the sampler state, never config objects -------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -234,6 +195,24 @@ class FieldModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.loop.check_resume(int(checkpoint.get("nir_steps_per_call", 1)))
         self.data.load_state_dict(checkpoint.get("nir_sampler"))
+
+
+@torch.no_grad()
+def evaluate_grid(module: FieldModule, chunk: int = 65536) -> dict[str, Any]:
+    """Metrics of the module's field on the whole grid, in fp32 (outside autocast), as a user
+    loading the field would see them. The same grid pass as ``Field.sample``; under DDP every
+    rank evaluates its share of chunks and the metric states are merged."""
+    data = module.batches()
+    metrics = GridMetrics(data.stats, data.holdout is not None).to(module.device)
+    was_training = module.training
+    module.eval()
+    for start, stop, coords in data.grid.chunks(chunk, *rank_and_world()):
+        metrics.update(module.field(coords), data.values_range(start, stop), data.held_mask(start, stop))
+    results = metrics.results()
+    if data.signal.is_image:
+        results["ssim"] = whole_image_ssim(module.field, data, chunk)
+    module.train(was_training)
+    return results
 
 
 def evaluate_stored(pl_module: FieldModule, store: dict[str, Any]) -> dict[str, Any]:
@@ -250,8 +229,8 @@ def evaluate_stored(pl_module: FieldModule, store: dict[str, Any]) -> dict[str, 
     metrics = pl_module.evaluate()
     signal = pl_module.data.signal
     values = math.prod(signal.shape) * signal.channels
-    if getattr(pl_module, "bound", None) is not None:
-        metrics.update(bound_residual(field, signal, pl_module.bound))
+    if pl_module.stored.bound is not None:
+        metrics.update(bound_residual(field, signal, pl_module.stored.bound))
     data = field.to_bytes(dtype, scale, "nir", store.get("coder", "auto"))
     nbytes = len(data)
     if field.residual is not None:

@@ -333,6 +333,7 @@ def build_parts(cfg: DictConfig, signal: Any = None) -> Parts:
     )
     check_setup(loss, transform, precision)
     from nir.bound import bound_of
+    from nir.storage import StoredTraining
 
     bound = bound_of(cfg.get("bound"), float(data.stats.floor) or None)
     require(bound is None or not signal.missing,
@@ -340,7 +341,8 @@ def build_parts(cfg: DictConfig, signal: Any = None) -> Parts:
     module = FieldModule(
         field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile),
         steps_per_call=steps_per_call(cfg), cuda_graph=cfg.get("cuda_graph", "auto"),
-        clip=trainer_cfg.get("gradient_clip_val"), store=store_of(cfg), bound=bound,
+        clip=trainer_cfg.get("gradient_clip_val"),
+        stored=StoredTraining(store_of(cfg), int(trainer_cfg.max_steps), signal.numel * signal.channels, bound),
     )  # fmt: skip
     return Parts(signal, data, field, module, precision, loss_option)
 

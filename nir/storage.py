@@ -181,3 +181,39 @@ def round_trip(
 ) -> dict[str, Tensor]:
     """``decode(encode(...))``: the values a field stored at ``dtype`` answers with."""
     return decode(encode(state, params, dtype, int8_scale))
+
+
+class StoredTraining:
+    """What training does for integer storage (``store`` from ``nir.run.store_of``):
+    quantisation-aware training in the last ``qat_fraction`` of ``max_steps`` (the forward on
+    :func:`fake_quantize`'d parameters) and the rate term (``rate_weight`` x :func:`rate_proxy`
+    bits per signal value, ``values`` of them), and the error bound the stored field keeps."""
+
+    def __init__(self, store: dict[str, Any], max_steps: int, values: int, bound: Any = None) -> None:
+        self.dtype, self.scale = str(store.get("dtype", "float32")), str(store.get("int8_scale", "row"))
+        bits = bits_of(self.dtype)
+        fraction = float(store.get("qat_fraction", 0.0) or 0.0)
+        self.start = round((1.0 - fraction) * max_steps) if bits and fraction > 0 else None
+        self.qat_on = False
+        self.rate_weight = float(store.get("rate_weight", 0.0) or 0.0)
+        require(self.rate_weight == 0 or bits, "store.rate_weight needs integer storage: set store.bits (2..8)")
+        self.values = values
+        self.bound = bound  # nir.bound.Bound: a coded residual makes the stored field meet it on the grid
+
+    def begins(self, step: int) -> bool:
+        """Whether QAT begins at ``step`` (True once: the caller re-decides how steps run)."""
+        if self.start is None or self.qat_on or step < self.start:
+            return False
+        self.qat_on = True
+        return True
+
+    def forward(self, network: torch.nn.Module, coords: Tensor) -> Tensor:
+        """The network on its parameters as the file will store them, with the gradient of the
+        unrounded ones (straight-through)."""
+        params = {n: fake_quantize(n, p, self.dtype, self.scale) for n, p in network.named_parameters()}
+        return torch.func.functional_call(network, params, (coords,))
+
+    def rate(self, network: torch.nn.Module) -> Tensor:
+        """``rate_weight`` x the estimated coded bits of the stored integers per signal value."""
+        terms = [rate_proxy(n, p, self.dtype, self.scale) for n, p in network.named_parameters()]
+        return self.rate_weight * torch.stack([t for t in terms if t is not None]).sum() / self.values

@@ -35,10 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_codec import signal_of
 
 import nir
-from nir.benchmark import write_section
+from nir.benchmark import signal_of, write_section
 from nir.compress import compress, decompress
 from nir.metrics import SignalStats
 

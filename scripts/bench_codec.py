@@ -36,8 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 
 import nir
-from nir.benchmark import write_section
-from nir.config import build, compose_config
+from nir.benchmark import data_overrides, signal_of, write_section
 from nir.metrics import SignalStats
 
 #: nir's setup per dataset: the preset as it ships (its defaults are nir's best), under the budget
@@ -90,20 +89,6 @@ def zfp(log: np.ndarray):
     import zfpy
 
     return (lambda eb: zfpy.compress_numpy(log, tolerance=eb)), zfpy.decompress_numpy
-
-
-def data_overrides(name: str) -> tuple[str, list[str]]:
-    """``lognormal3d:n=128`` -> the preset and its overrides; a path -> data=array."""
-    if name.endswith((".npy", ".npz")):
-        return "array", [f"data.path={name}"]
-    preset, *opts = name.split(":")
-    return preset, [f"data.{o}" for o in opts]
-
-
-def signal_of(name: str):
-    preset, opts = data_overrides(name)
-    cfg, _ = compose_config([f"data={preset}", *opts])
-    return build(cfg.data, "data")
 
 
 def timed(fn, repeat: int = 3) -> tuple[float, object]:
