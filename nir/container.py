@@ -291,9 +291,10 @@ def _from_bf16_bits(b: int) -> float:
     return float(torch.tensor(b if b < 32768 else b - 65536, dtype=torch.int16).view(torch.bfloat16).float())
 
 
-def header_bytes(data: bytes) -> int:
+def header_bytes(data: bytes, field: Any = None) -> int:
     """Bytes of ``data`` (a compact file) that are not coded parameters: magic, version, store
-    byte, the spec and its length, the buffer mask and the CRC."""
+    byte, the spec and its length, the buffer mask and the CRC. ``field``: the field the file
+    holds, when at hand (else it is built from the spec, to count its buffers)."""
     n, pos = _read_varint(data, 6)
     spec = unpack_spec(data[pos : pos + n], data[4])
     header = pos + n
@@ -302,7 +303,7 @@ def header_bytes(data: bytes) -> int:
         header += after - (pos + n)
     from nir.field import Field
 
-    field = Field.from_spec(spec)
+    field = Field.from_spec(spec) if field is None else field
     params = {name for name, _ in field.named_parameters()}
     buffers = sum(1 for name in field.state_dict() if name not in params)
     return header + (buffers + 7) // 8 + 4

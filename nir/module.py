@@ -238,7 +238,7 @@ def evaluate_stored(pl_module: FieldModule, store: dict[str, Any]) -> dict[str, 
     metrics.update(
         store_dtype=dtype,
         bytes=nbytes,
-        bytes_header=header_bytes(data),
+        bytes_header=header_bytes(data, field),
         compression_ratio=4.0 * values / nbytes,
         bits_per_sample=8.0 * nbytes / values,
         bits_per_parameter=8.0 * nbytes / max(field.num_parameters(), 1),
