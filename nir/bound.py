@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from nir.container import _read_varint, _varint
 from nir.errors import NirError, require
 
 MARGIN = 0.99
@@ -213,17 +214,6 @@ def _zstd(data: bytes, n: int) -> bytes:
     return zstd.ZstdCompressor(level=19 if n <= 1_000_000 else 9).compress(data)
 
 
-def _varints(u: np.ndarray) -> bytes:
-    out = bytearray()
-    for v in u.tolist():
-        while True:
-            out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-            v >>= 7
-            if not v:
-                break
-    return bytes(out)
-
-
 def _decode_ints(data: bytes, n: int) -> np.ndarray:
     kind = data[0]
     if kind == 1:
@@ -251,7 +241,11 @@ def encode(residual: Residual) -> bytes:
     ints = _code_ints(residual.k)
     exc = residual.exceptions
     gaps = np.diff(np.concatenate([[-1], exc])).astype(np.uint64) if exc.size else np.zeros(0, np.uint64)
-    body = struct.pack("<QI", residual.k.size, exc.size) + _varints(gaps) + residual.values.astype("<f8").tobytes()
+    body = (
+        struct.pack("<QI", residual.k.size, exc.size)
+        + b"".join(_varint(int(g)) for g in gaps)
+        + residual.values.astype("<f8").tobytes()
+    )
     return head + b"\x01" + body + ints
 
 
@@ -266,15 +260,8 @@ def decode(data: bytes, n: int) -> Residual:
         require(count == n, f"residual covers {count} samples, the grid has {n}")
         pos, gaps = 31, []
         for _ in range(nexc):
-            v = shift = 0
-            while True:
-                byte = data[pos]
-                pos += 1
-                v |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            gaps.append(v)
+            gap, pos = _read_varint(data, pos)
+            gaps.append(gap)
         exc = np.cumsum(np.array(gaps, np.int64)) - 1 if nexc else np.zeros(0, np.int64)
         values = np.frombuffer(data[pos : pos + 8 * nexc], "<f8").copy()
         pos += 8 * nexc
