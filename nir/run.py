@@ -783,7 +783,7 @@ def start_line(cfg: DictConfig, parts: Parts, trainer: Any) -> str:
 
 
 def grid_backend(network: Any, device: Any) -> str:
-    """``, grid encoding: triton`` (or ``torch``) for a network with a grid encoding; else empty."""
+    """``, grid encoding: triton`` (or ``numba``, ``torch``) for a network with a grid encoding; else empty."""
     from nir.fields.encodings import GridEncoding
 
     grids = [m for m in network.modules() if isinstance(m, GridEncoding)]

@@ -10,6 +10,7 @@ of a Fourier feature and the interpolation weights of a grid both need fp32's ma
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -18,7 +19,11 @@ from torch import Tensor, nn
 
 from nir.errors import NirError, positive_float, positive_int, require
 
-BACKENDS = ("auto", "torch", "triton")  # the grid encoding's implementations (nir.fields.grid_triton)
+# the grid encoding's implementations: the torch path (the reference), Triton kernels on CUDA
+# (nir.fields.grid_triton), Numba kernels on the CPU (nir.fields.grid_numba)
+BACKENDS = ("auto", "torch", "triton", "numba")
+KERNEL_FOR = {"cuda": "triton", "cpu": "numba"}  # what auto tries on each device type
+log = logging.getLogger("nir")
 
 # tiny-cuda-nn's spatial-hash primes, one per axis (the first is 1: coherent along x)
 PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
@@ -124,8 +129,10 @@ class GridEncoding(nn.Module):
     ``exp((ln finest - ln base) / (n_levels - 1))`` (instant-ngp's ``b``). Tables start at
     ``U(-1e-4, 1e-4)`` (instant-ngp). Vertex ``i`` of an axis of resolution ``N`` sits at
     ``lo + i (hi - lo) / (N - 1)``: the grid's corners are the box's. Coordinates outside the box
-    are clamped to it. The hot path is vectorised: the ``2^d`` corners of every level are one
-    gather from the concatenated tables (its backward is a scatter-add), in fp32 under autocast.
+    are clamped to it. The torch path (the reference) is vectorised: the ``2^d`` corners of every
+    level are one gather from the concatenated tables (its backward is a scatter-add), in fp32
+    under autocast; the kernels (Triton on CUDA, Numba on the CPU) walk the corners per point and
+    never store them.
 
     Args (tiny-cuda-nn's names):
         in_dim: coordinate dimension (1-4 axes are tested; any works).
@@ -134,9 +141,11 @@ class GridEncoding(nn.Module):
         finest_resolution: the last level's resolution, instead of ``per_level_scale``.
         hashed: hash levels larger than the table (True) or keep every level dense (False).
         bounds: the box, one ``[lo, hi]`` per axis (nir fills in the signal's).
-        backend: ``auto`` (Triton kernels on CUDA where they can run, the torch path elsewhere),
-            ``torch`` or ``triton`` (:mod:`nir.fields.grid_triton`; on the CPU only under
-            ``TRITON_INTERPRET=1``). The same numbers either way, to fp32 rounding.
+        backend: ``auto`` (Triton kernels on CUDA, Numba kernels on the CPU, each where it can
+            run and has run; the torch path elsewhere), ``torch`` (the reference), ``triton``
+            (:mod:`nir.fields.grid_triton`; on the CPU only under ``TRITON_INTERPRET=1``) or
+            ``numba`` (:mod:`nir.fields.grid_numba`, the CPU). The same numbers on every path, to
+            fp32 rounding.
     """
 
     def __init__(
@@ -187,23 +196,80 @@ class GridEncoding(nn.Module):
         self.register_buffer("_dense_i", torch.tensor(self.dense_levels, dtype=torch.int32), persistent=False)
 
     def backend_for(self, device: torch.device) -> str:
-        """``torch`` or ``triton``: what :meth:`forward` runs on ``device`` (``auto``: Triton on
-        CUDA where the kernels can run, the torch path elsewhere). ``triton`` where the kernels
-        cannot run: one line saying why."""
-        from nir.fields import grid_triton
+        """``torch``, ``triton`` or ``numba``: what :meth:`forward` runs on ``device``.
 
-        why = grid_triton.available(device) if self.in_dim <= grid_triton.MAX_DIM else "more than 4 axes"
-        if why is None and self.n_features not in grid_triton.FEATURES:
-            why = (
-                f"n_features_per_level {self.n_features} (the kernels take {', '.join(map(str, grid_triton.FEATURES))})"
-            )
-        if self.backend == "triton" and why is not None:
-            raise NirError(f"model.encoding.backend=triton cannot run here: {why}; use backend=torch or auto")
-        return (
-            "triton"
-            if self.backend == "triton" or (self.backend == "auto" and device.type == "cuda" and why is None)
-            else "torch"
-        )
+        ``auto``: the device's kernels (Triton on CUDA, Numba on the CPU) where they can run *and*
+        have run: the first time on a device they encode a few points forward and backward and
+        must agree with the torch path; a kernel that fails to compile, to launch or to agree is
+        never picked again by this encoding, and one line says why it fell back. ``triton`` or
+        ``numba`` named where the kernels cannot run: one line saying why."""
+        kernel = KERNEL_FOR.get(device.type) if self.backend == "auto" else self.backend
+        if kernel in (None, "torch"):
+            return "torch"
+        why = self._cannot_run(kernel, device)
+        if why is not None and self.backend == kernel:
+            raise NirError(f"model.encoding.backend={kernel} cannot run here: {why}; use backend=torch or auto")
+        if why is None and self.backend == "auto":
+            why = self._verify(kernel, device)
+        return "torch" if why is not None else kernel
+
+    def _cannot_run(self, kernel: str, device: torch.device) -> str | None:
+        """Why ``kernel``'s kernels cannot encode this grid on ``device`` (``None``: they can)."""
+        if kernel == "triton":
+            from nir.fields import grid_triton as mod
+        else:
+            from nir.fields import grid_numba as mod
+        if self.in_dim > mod.MAX_DIM:
+            return f"more than {mod.MAX_DIM} axes"
+        why = mod.available(device)
+        features = getattr(mod, "FEATURES", None)
+        if why is None and features is not None and self.n_features not in features:
+            why = f"n_features_per_level {self.n_features} (the kernels take {', '.join(map(str, features))})"
+        return why
+
+    def _verify(self, kernel: str, device: torch.device) -> str | None:
+        """Run ``kernel`` once on a few points against the torch path (features, table and input
+        gradients); ``None`` if it agrees, else the reason (also logged, once)."""
+        verified = self.__dict__.setdefault("_verified", {})
+        key = (kernel, device.type)
+        if key not in verified:
+            verified[key] = None
+            try:
+                err = self._compare(kernel, device)
+                if err > 1e-4:
+                    verified[key] = f"its answers differ from the torch path by {err:.1e} (relative)"
+            except Exception as e:  # a compiler or driver failure of any kind: the torch path still works
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                verified[key] = f"{type(e).__name__}: {first}"
+            if verified[key] is not None:
+                log.warning("grid encoding: the %s kernels failed on %s (%s); using the torch path", kernel,
+                            device.type, verified[key])  # fmt: skip
+        return verified[key]
+
+    def _compare(self, kernel: str, device: torch.device) -> float:
+        """Largest relative difference between ``kernel`` and the torch path on 67 points (inside,
+        on and outside the box) with a random table: features, table gradient, input gradient."""
+        gen = torch.Generator().manual_seed(0)
+        u = torch.rand(67, self.in_dim, generator=gen) * 1.2 - 0.1
+        u[:3] = torch.tensor([0.0, 1.0, 0.5])[:, None]  # a corner, the far corner, the centre
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            table = torch.randn(self.embeddings.shape, generator=gen).to(device).requires_grad_()
+            x = (self.lo + u.to(device) * self.span).detach().requires_grad_()
+            g = torch.randn(67, self.n_output_dims, generator=gen).to(device)
+            answers = []
+            for run in (self._kernel, self._reference):
+                out = run(kernel, x, table) if run == self._kernel else run(x, table)
+                answers.append((out.detach().float(), *torch.autograd.grad(out.float(), [table, x], g)))
+        return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(*answers))
+
+    def _kernel(self, kernel: str, x: Tensor, table: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        if kernel == "triton":
+            from nir.fields.grid_triton import encode
+
+            return encode(self, x.float(), dtype, table)
+        from nir.fields.grid_numba import encode
+
+        return encode(self, x, table)
 
     @property
     def n_output_dims(self) -> int:
@@ -242,17 +308,20 @@ class GridEncoding(nn.Module):
         return torch.cat(parts, 1) + self._offsets[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
-        """``Float[Tensor, "N in_dim"]`` -> ``Float[Tensor, "N n_levels*n_features_per_level"]``, fp32."""
-        # (auto on a CPU: the torch path without asking, so triton is never imported there)
-        if (self.backend == "triton" or (self.backend == "auto" and x.is_cuda)) and self.backend_for(
-            x.device
-        ) == "triton":
-            from nir.fields.grid_triton import encode
+        """``Float[Tensor, "N in_dim"]`` -> ``Float[Tensor, "N n_levels*n_features_per_level"]``, fp32
+        (the Triton kernels write the features in the autocast dtype, computed in fp32).
+        Traced or compiled (ONNX export, ``torch.compile``): the torch path, which tracers read."""
+        if self.backend != "torch" and not _tracing():
+            kernel = self.backend_for(x.device)
+            if kernel != "torch":
+                kind = x.device.type
+                dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+                with torch.autocast(kind, enabled=False):  # fp32 tables and arithmetic
+                    return self._kernel(kernel, x, self.embeddings, dtype if kernel == "triton" else torch.float32)
+        return self._reference(x, self.embeddings)
 
-            kind = x.device.type
-            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
-            with torch.autocast(kind, enabled=False):  # fp32 tables and arithmetic, features out in the MLP's dtype
-                return encode(self, x.float(), dtype)
+    def _reference(self, x: Tensor, table: Tensor) -> Tensor:
+        """The torch path: every corner's row and weight as tensors, one gather from ``table``."""
         with torch.autocast(x.device.type, enabled=False):
             u = ((x.float() - self.lo) / self.span).clamp(0.0, 1.0)  # (N, d) in [0, 1]
             pos = u[:, None, :] * (self._res[:, None] - 1)  # (N, L, d)
@@ -263,8 +332,14 @@ class GridEncoding(nn.Module):
             for k in range(self.in_dim):
                 wk = torch.stack([1 - frac[..., k], frac[..., k]], -1)[..., self._corners[:, k]]
                 w = wk if w is None else w * wk
-            feats = self.embeddings.index_select(0, rows.reshape(-1)).view(*rows.shape, self.n_features)
+            feats = table.index_select(0, rows.reshape(-1)).view(*rows.shape, self.n_features)
             return (feats * w[..., None]).sum(2).reshape(x.shape[0], -1)
+
+
+def _tracing() -> bool:
+    """Whether a tracer (torch.compile's dynamo, torch.jit, ONNX export) is reading the forward."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return bool(torch.compiler.is_compiling() or exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 def _resolutions(n_levels: int, base: int, scale: float | None, finest: int | None) -> list[int]:

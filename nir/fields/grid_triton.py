@@ -226,7 +226,8 @@ class GridFunction(torch.autograd.Function):
         return (gx if need_x else None), gtable, None, None
 
 
-def encode(enc: Any, x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+def encode(enc: Any, x: Tensor, dtype: torch.dtype = torch.float32, table: Tensor | None = None) -> Tensor:
     """``enc``'s encoding of fp32 points ``x`` (N, d) through the kernels, the features written
-    as ``dtype`` (fp32, or bf16 / fp16 under autocast; computed in fp32 either way)."""
-    return GridFunction.apply(x.contiguous(), enc.embeddings, enc, dtype)
+    as ``dtype`` (fp32, or bf16 / fp16 under autocast; computed in fp32 either way); ``table``
+    in place of ``enc.embeddings`` (the first-use check of ``backend=auto`` passes its own)."""
+    return GridFunction.apply(x.contiguous(), enc.embeddings if table is None else table, enc, dtype)

@@ -1,5 +1,6 @@
-"""The grid encoding's Triton kernels (issue 26) against the torch path, on the CPU through
-Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 where no CUDA device is)."""
+"""The grid encoding's kernels against the torch path (the reference): Triton's (issue 26), on the
+CPU through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 where no CUDA device
+is), and Numba's fused CPU kernels (issue 34); and auto's first-use check with its fallback."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ import pytest
 import torch
 
 from nir.errors import NirError
-from nir.fields import grid_triton
+from nir.fields import encodings, grid_numba, grid_triton
 from nir.fields.encodings import GridEncoding
 
 assert grid_triton.triton is not None, "triton is installed by make's set-up (the dev extra)"
+assert grid_numba.numba is not None, "numba is a dependency"
 # compiled kernels on a CUDA device (scripts/gpu_check.sh), the interpreter on the CPU elsewhere
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+KERNELS = ["triton", "numba"] if DEVICE.type == "cpu" else ["triton"]  # each kernel where it runs
 
 
-def pair(d: int, hashed: bool, log2: int, features: int = 2, levels: int = 4, finest: int = 17):
+def pair(d: int, hashed: bool, log2: int, features: int = 2, levels: int = 4, finest: int = 17, kernel="triton"):
     kw = dict(n_levels=levels, n_features_per_level=features, log2_hashmap_size=log2, base_resolution=3,
               finest_resolution=finest, hashed=hashed, bounds=[[-1.0, 2.0]] * d)  # fmt: skip
-    ref, ker = GridEncoding(d, backend="torch", **kw).to(DEVICE), GridEncoding(d, backend="triton", **kw).to(DEVICE)
+    ref, ker = GridEncoding(d, backend="torch", **kw).to(DEVICE), GridEncoding(d, backend=kernel, **kw).to(DEVICE)
     with torch.no_grad():
         ref.embeddings.normal_(generator=torch.Generator().manual_seed(d))
         ker.embeddings.copy_(ref.embeddings)
@@ -40,13 +43,14 @@ def points(d: int, n: int = 90, finest: int = 17) -> torch.Tensor:
     return torch.cat([rand, edges, faces, outside]).to(DEVICE)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize(
     "d,hashed,log2,features",
     [(1, True, 3, 2), (2, True, 5, 2), (2, True, 12, 4), (3, True, 6, 2), (3, False, 6, 1), (4, True, 7, 2), (4, True, 17, 8)],
     ids=["1d-hashed", "2d-collide", "2d-fits", "3d-collide", "3d-dense", "4d-collide", "4d-fits-f8"],
 )  # fmt: skip
-def test_kernels_match_the_torch_path_forward_and_both_gradients(d, hashed, log2, features):
-    ref, ker = pair(d, hashed, log2, features)
+def test_kernels_match_the_torch_path_forward_and_both_gradients(d, hashed, log2, features, kernel):
+    ref, ker = pair(d, hashed, log2, features, kernel=kernel)
     assert any(not dense for dense in ref.dense_levels) == (hashed and log2 < 12)  # collisions where meant
     x = points(d)
     xr, xk = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
@@ -72,16 +76,19 @@ def test_a_short_training_run_ends_at_the_torch_backends_weights(tmp_path):
               "trainer.val_check_interval=6", "batch_size=128", "trainer.precision=32", "log.images=false",
               "trainer.enable_progress_bar=false", *(["trainer=gpu"] if DEVICE.type == "cuda" else [])]  # fmt: skip
     fields = {}
-    for backend in ("torch", "triton"):
+    for backend in ("torch", *KERNELS):
         fields[backend], _ = nir.fit(vol, [*common, f"model.encoding.backend={backend}"], run_dir=tmp_path / backend)
-    a, b = (fields[k].network.state_dict() for k in ("torch", "triton"))
-    for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
+    a = fields["torch"].network.state_dict()
+    for kernel in KERNELS:
+        b = fields[kernel].network.state_dict()
+        for key in a:
+            assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), (kernel, key)
     assert float(a["encoding.embeddings"].abs().max()) > 1e-3  # the tables trained (init is U(-1e-4, 1e-4))
 
 
-def test_field_gradient_goes_through_the_kernels_and_a_second_derivative_is_one_line():
-    ref, ker = pair(3, True, 6)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_field_gradient_goes_through_the_kernels_and_a_second_derivative_is_one_line(kernel):
+    ref, ker = pair(3, True, 6, kernel=kernel)
     x = points(3)[:40].requires_grad_(True)
     (gx,) = torch.autograd.grad(ker(x).sum(), x)
     (gr,) = torch.autograd.grad(ref(x).sum(), x)
@@ -92,7 +99,7 @@ def test_field_gradient_goes_through_the_kernels_and_a_second_derivative_is_one_
 
 
 def test_where_the_kernels_cannot_run_is_one_line(monkeypatch):
-    with pytest.raises(NirError, match="model.encoding.backend must be one of auto, torch, triton"):
+    with pytest.raises(NirError, match="model.encoding.backend must be one of auto, torch, triton, numba"):
         GridEncoding(2, backend="cuda")
     enc = GridEncoding(2, n_features_per_level=3, log2_hashmap_size=8, finest_resolution=32, backend="triton")
     with pytest.raises(NirError, match="backend=triton cannot run here: n_features_per_level 3"):
@@ -102,8 +109,43 @@ def test_where_the_kernels_cannot_run_is_one_line(monkeypatch):
     enc = GridEncoding(2, log2_hashmap_size=8, finest_resolution=32, backend="triton")
     with pytest.raises(NirError, match="backend=triton cannot run here: the Triton kernels run on CUDA"):
         enc(torch.zeros(4, 2))
-    # auto: the torch path on the CPU, said by the start line's backend
+    # auto: the Numba kernels on the CPU (said by the start line's backend), the torch path where
+    # numba is missing; backend=numba off the CPU is one line
+    assert GridEncoding(2, log2_hashmap_size=8, finest_resolution=32).backend_for(torch.device("cpu")) == "numba"
+    monkeypatch.setattr(grid_numba, "numba", None)
     assert GridEncoding(2, log2_hashmap_size=8, finest_resolution=32).backend_for(torch.device("cpu")) == "torch"
+    with pytest.raises(NirError, match="backend=numba cannot run here: numba is not installed"):
+        GridEncoding(2, log2_hashmap_size=8, finest_resolution=32, backend="numba")(torch.zeros(4, 2))
+    monkeypatch.undo()
+    assert "run on the CPU, not on cuda" in grid_numba.available(torch.device("cuda"))
+
+
+@pytest.mark.parametrize("kernel", ["triton", "numba"])
+@pytest.mark.parametrize("failure", ["raises", "disagrees"])
+def test_auto_never_uses_a_kernel_that_failed_its_first_run(kernel, failure, monkeypatch, caplog):
+    """auto on a device whose kernel fails to compile or launch (simulated on the CPU: the
+    kernel's autograd function raises, as a driver or compiler error would) or answers wrongly
+    (a weight off): the torch path, one line saying why, the same answers as backend=torch."""
+    monkeypatch.setitem(encodings.KERNEL_FOR, "cpu", kernel)
+    mod = grid_triton if kernel == "triton" else grid_numba
+    real = mod.GridFunction.apply
+
+    def broken(x, table, *rest):
+        if failure == "raises":
+            raise RuntimeError("simulated: PTX assembly failed\nsecond line of the driver's report")
+        return real(x, table, *rest) * 1.01
+
+    monkeypatch.setattr(mod.GridFunction, "apply", broken)
+    ref, enc = pair(2, True, 5, kernel="auto")
+    x = points(2)
+    with caplog.at_level("WARNING", logger="nir"):
+        assert enc.backend_for(x.device) == "torch"
+        out = enc(x)
+    torch.testing.assert_close(out, ref(x), rtol=0, atol=0)
+    lines = [r.getMessage() for r in caplog.records if "grid encoding" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines  # once, one line
+    assert f"the {kernel} kernels failed on cpu" in lines[0] and "using the torch path" in lines[0]
+    assert ("PTX assembly failed" if failure == "raises" else "differ from the torch path") in lines[0]
 
 
 def test_bench_encoding_times_both_backends(monkeypatch, capsys):
