@@ -69,7 +69,7 @@ if numba is not None:
         one, zero = np.float32(1.0), np.float32(0.0)
         rm1, rm2 = np.float32(r - 1), np.float32(r - 2)
         for k in range(d):
-            u = min(max((x[i, k] - lo[k]) / span[k], np.float32(0.0)), np.float32(1.0))
+            u = min(max((x[i, k] - lo[k]) / span[k], zero), one)
             p = u * rm1
             b = min(np.floor(p), rm2)
             f = p - b
@@ -93,7 +93,7 @@ if numba is not None:
                     ws[j + half], ws[j] = wj * f, wj * (one - f)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernels(d: int, F: int) -> tuple[Any, Any, Any]:
     """The three kernels for ``d`` axes and ``F`` features a level (compile-time constants, so the
     corner and feature loops unroll); compiled on first call and cached on disk by Numba (the
