@@ -75,7 +75,7 @@ timeout ${ENC_S:-150} python3 scripts/bench_encoding.py --device cuda --batch 26
 for backend in torch triton; do
   run "image-hashgrid-$backend" /tmp/runs/img_hash_$backend model=hashgrid model.encoding.backend=$backend batch_size=262144
 done
-python3 -m pytest -q -p no:cacheprovider tests/test_grid_triton.py >> "$LOG" 2>&1 && echo '{"check": "test_grid_triton on cuda", "status": "passed"}' >> "$RES"
+python3 -m pytest -q -p no:cacheprovider tests/test_grid_kernels.py >> "$LOG" 2>&1 && echo '{"check": "test_grid_kernels on cuda", "status": "passed"}' >> "$RES"
 fi
 echo "== done $(date +%T)" >> "$LOG"
 cat "$RES"; cat "$OUT/performance.md" 2>/dev/null

@@ -95,9 +95,14 @@ if numba is not None:
 
 @functools.cache
 def kernels(d: int, F: int) -> tuple[Any, Any, Any]:
-    """The three kernels for ``d`` axes and ``F`` features a level (compile-time constants, so the
-    corner and feature loops unroll); compiled on first call and cached on disk by Numba (the
-    closures hold plain integers only, which is what lets Numba's cache find them again)."""
+    """The three kernels (forward, table gradient, input gradient) for ``d`` axes and ``F``
+    features a level (compile-time constants, so the corner and feature loops unroll); compiled
+    on first call and cached on disk by Numba (the closures hold plain integers only, which is
+    what lets Numba's cache find them again)."""
+    return _forward(d, F), _table_grad(d, F), _input_grad(d, F)
+
+
+def _forward(d: int, F: int) -> Any:
     C = 1 << d
 
     @njit(parallel=True, cache=True, boundscheck=False)
@@ -121,6 +126,12 @@ def kernels(d: int, F: int) -> tuple[Any, Any, Any]:
                     for f in range(F):
                         out[i, level * F + f] = acc[f]
 
+    return forward
+
+
+def _table_grad(d: int, F: int) -> Any:
+    C = 1 << d
+
     @njit(parallel=True, cache=True, boundscheck=False)
     def table_grad(x, gout, gtable, lo, span, res, offs, sizes, dense):  # pragma: no cover - compiled
         n, L = x.shape[0], res.shape[0]
@@ -135,6 +146,12 @@ def kernels(d: int, F: int) -> tuple[Any, Any, Any]:
                     row = off + (hs[c] if isd else hs[c] & mask)
                     for f in range(F):
                         gtable[row, f] += ws[c] * gout[i, level * F + f]
+
+    return table_grad
+
+
+def _input_grad(d: int, F: int) -> Any:
+    C = 1 << d
 
     @njit(parallel=True, cache=True, boundscheck=False)
     def input_grad(x, table, gout, gx, lo, span, res, offs, sizes, dense):  # pragma: no cover - compiled
@@ -169,7 +186,7 @@ def kernels(d: int, F: int) -> tuple[Any, Any, Any]:
                     if u < 0 or u > 1:
                         gx[i, k] = np.float32(0.0)
 
-    return forward, table_grad, input_grad
+    return input_grad
 
 
 def _levels(enc: Any) -> tuple[np.ndarray, ...]:
