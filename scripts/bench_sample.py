@@ -5,8 +5,7 @@ The network's weights do not change the cost, so the field is built from its spe
 Grid networks (``--model hashgrid_lt3d`` and the others below) are timed once per grid backend
 given (``--backends torch numba``: the reference path and the fused CPU kernels, alternately in
 this one process, best of ``--repeats``), with the work per point (table gathers, MLP FLOPs) and
-an estimate of this machine's limit for it: the slower of a measured gather rate (one
-``index_select`` of 2^24 rows from an L2-sized table) and the large-matmul FLOP rate.
+the MLP's ceiling on this machine (its FLOPs at the large-matmul rate).
 Peak memory beyond the output array: on CUDA, ``torch.cuda.max_memory_allocated`` (the output
 lives on the host); on the CPU, the process's peak RSS (``ru_maxrss``) minus the RSS before
 sampling minus the output array (with ``--out x.npy`` the written pages of the memory map count
@@ -90,25 +89,18 @@ def main() -> None:
 
 
 def machine_limit(network: dict, device: str) -> dict:
-    """Work per point of a grid network and this machine's limit for it (M points/s): table
-    gathers at a measured rate, MLP FLOPs at the large-matmul rate, the slower of the two."""
+    """Work per point of a grid network and a ceiling for it on this machine (M points/s): the
+    MLP's FLOPs at the large-matmul rate. The gathers are counted, not timed: a table row from
+    L1/L2 costs about a cycle at best, so ``cores x clock / gathers`` bounds them (docs/performance.md)."""
     kw = network["kwargs"]
     enc, d = kw["encoding"], kw["in_dim"]
-    gathers = enc["n_levels"] * 2**d  # rows of n_features floats
     dims = [enc["n_levels"] * enc["n_features_per_level"]] + [kw["hidden_dim"]] * (kw["num_layers"] + 1) + [1]
     flops = sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
-    table = torch.randn(1 << 16, enc["n_features_per_level"], device=device)  # 512 kB: an L2-sized table
-    rows = torch.randint(0, table.shape[0], (1 << 24,), device=device)
-    table.index_select(0, rows[:1024])
-    t = time.perf_counter()
-    table.index_select(0, rows)
-    gather_rate = rows.numel() / (time.perf_counter() - t)
     gflops = matmul_ceiling(torch.float32, device, reps=3)
     return {
-        "gathers_per_point": gathers,
+        "gathers_per_point": enc["n_levels"] * 2**d,  # rows of n_features floats
         "mlp_flops_per_point": flops,
-        "limit_mpoints_per_s": round(min(gather_rate / gathers, gflops * 1e9 / flops) / 1e6, 1),
-        "limit_gathers_mpoints_per_s": round(gather_rate / gathers / 1e6, 1),
+        "matmul_gflops": round(gflops),
         "limit_flops_mpoints_per_s": round(gflops * 1e9 / flops / 1e6, 1),
     }
 
