@@ -256,13 +256,14 @@ class GridEncoding(nn.Module):
             table = torch.randn(self.embeddings.shape, generator=gen).to(device).requires_grad_()
             x = (self.lo + u.to(device) * self.span).detach()
             g = torch.randn(67, self.n_output_dims, generator=gen).to(device)
-            answers = []  # the input's gradient is left to the tests: only Field.gradient uses it
-            for run in (self._kernel, self._reference):
-                out = run(kernel, x, table) if run == self._kernel else run(x, table)
-                answers.append((out.detach().float(), *torch.autograd.grad(out.float(), [table], g)))
+            # the input's gradient is left to the tests: only Field.gradient uses it
+            outs = (self._kernel(kernel, x, table).float(), self._reference(x, table))
+            answers = [(out.detach(), *torch.autograd.grad(out, [table], g)) for out in outs]
         return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(*answers))
 
     def _kernel(self, kernel: str, x: Tensor, table: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``kernel``'s encoding of ``x`` from ``table``; Triton writes the features in ``dtype``,
+        Numba always in fp32 (the CPU's MLP head takes either)."""
         if kernel == "triton":
             from nir.fields.grid_triton import encode
 
@@ -317,7 +318,7 @@ class GridEncoding(nn.Module):
                 kind = x.device.type
                 dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
                 with torch.autocast(kind, enabled=False):  # fp32 tables and arithmetic
-                    return self._kernel(kernel, x, self.embeddings, dtype if kernel == "triton" else torch.float32)
+                    return self._kernel(kernel, x, self.embeddings, dtype)
         return self._reference(x, self.embeddings)
 
     def _reference(self, x: Tensor, table: Tensor) -> Tensor:
