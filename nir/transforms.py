@@ -69,13 +69,15 @@ def floor_from_data(values: Tensor, rel_min: float) -> float:
     never more than ``1 / rel_min`` below the peak (1e7 for log transforms, where fp32 still
     resolves it; 1e5 for linear relative losses, whose weights span floor^-2).
     """
-    a = values.detach().abs().float().reshape(-1)
+    a = values.detach().reshape(-1).float().abs()  # a copy of the sample: the statistics' one full-size array
     top = float(a.max()) if a.numel() else 0.0
-    nz = a[a > 0]
-    if nz.numel() == 0:
+    nz = a[a > 0].cpu().numpy()
+    del a
+    if nz.size == 0:
         return max(top * rel_min, 1e-12)
-    k = max(1, int(0.01 * nz.numel()))
-    p1 = float(nz.kthvalue(k).values) if nz.numel() > 1 else float(nz[0])
+    k = max(1, int(0.01 * nz.size))
+    nz.partition(k - 1)  # in place: no sorted copy, no index array
+    p1 = float(nz[k - 1])
     return max(0.1 * p1, rel_min * top, 1e-30)
 
 
@@ -113,7 +115,7 @@ class Log(_Fitted):
                 f"transform log needs values >= 0, but the data's minimum is {vmin:.3g}; use transform=asinh or shift the data"
             )
         f = self.floor_arg if self.floor_arg is not None else floor_from_data(v, 1e-7)
-        logs = torch.log(v.double() + f)
+        logs = v.double().add_(f).log_()  # one float64 copy
         self.floor = torch.tensor(float(f))
         self.mu = logs.mean(0).float()
         self.sigma = logs.std(0).clamp_min(1e-6).float() if v.shape[0] > 1 else torch.ones(v.shape[1])
@@ -151,7 +153,7 @@ class Asinh(_Fitted):
     def fit(self, values: Tensor) -> Asinh:
         v = values.reshape(-1, values.shape[-1])
         s = self.scale_arg if self.scale_arg is not None else floor_from_data(v, 1e-7)
-        a = torch.asinh(v.double() / s)
+        a = v.double().div_(s).asinh_()  # one float64 copy
         self.scale = torch.tensor(float(s))
         self.mu = a.mean(0).float()
         self.sigma = a.std(0).clamp_min(1e-6).float() if v.shape[0] > 1 else torch.ones(v.shape[1])
