@@ -159,7 +159,8 @@ def check_setup(loss: nn.Module, transform: nn.Module, precision: str) -> None:
 class Auto(nn.Module):
     """``loss=auto``: a placeholder that :func:`nir.run.resolve_auto_loss` replaces, once the signal is read,
     with ``log_mse`` (and ``transform=log``) for positive data spanning at least ``min_decades``
-    decades, else ``mse``. Never trains itself."""
+    decades, ``asinh_mse`` (and ``transform=asinh``) for long-tailed data with zeros or negative
+    values, else ``mse`` (:func:`auto_choice`). Never trains itself."""
 
     def __init__(self, min_decades: float = 3.0) -> None:
         super().__init__()
@@ -169,11 +170,23 @@ class Auto(nn.Module):
         raise RuntimeError("loss=auto must be resolved with nir.run.resolve_auto_loss before training")
 
 
-def auto_choice(absmin: float, absmax: float, minimum: float, min_decades: float) -> tuple[str, str]:
-    """``(loss option, reason)`` for ``loss=auto`` from the data's extremes."""
-    if minimum <= 0:
-        return "mse", f"values reach {minimum:.3g} (<= 0), so no log space"
-    decades = math.log10(absmax / absmin)
+def auto_choice(absmin: float, absmax: float, minimum: float, min_decades: float, floor: float) -> tuple[str, str]:
+    """``(loss option, reason)`` for ``loss=auto`` from the data's extremes and metric floor.
+
+    Long-tailed means the magnitudes, not the sign (docs/long-tail.md): positive data spanning
+    ``absmax / absmin >= 10^min_decades`` -> ``log_mse`` (``transform=log``), as measured on the
+    presets. Data that reach zero or below -> ``asinh_mse`` (``transform=asinh`` with the floor
+    as its scale) when ``|y|`` spans ``min_decades`` from ``10 x floor`` (the 1st percentile of
+    the non-zero magnitudes, unless the floor is capped at 1e-7 of the peak) to its maximum,
+    whatever share of it is zero or slightly negative; else ``mse``."""
+    if minimum > 0:
+        decades = math.log10(absmax / absmin)
+        if decades >= min_decades:
+            return "log_mse", f"values are positive and span {decades:.1f} decades ({absmin:.3g} .. {absmax:.3g})"
+        return "mse", f"values span {decades:.1f} decades (< {min_decades:g})"
+    low = 10.0 * floor
+    decades = math.log10(absmax / low) if absmax > low else 0.0
+    what = f"values reach {minimum:.3g} and |y| spans {decades:.1f} decades ({low:.3g} .. {absmax:.3g})"
     if decades >= min_decades:
-        return "log_mse", f"values are positive and span {decades:.1f} decades ({absmin:.3g} .. {absmax:.3g})"
-    return "mse", f"values span {decades:.1f} decades (< {min_decades:g})"
+        return "asinh_mse", f"{what}: long-tailed with zeros or negatives"
+    return "mse", f"{what} (< {min_decades:g})"

@@ -87,6 +87,8 @@ class MagnitudeBins(Metric):
         self.add_state("bias_sum", torch.zeros(nb, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("max_rel", torch.zeros(nb, dtype=torch.float64), dist_reduce_fx="max")
         self.add_state("hist", torch.zeros(nb, HIST_BINS, dtype=torch.float64), dist_reduce_fx="sum")
+        # below-floor samples (bin 0: exact zeros, sub-floor noise) that the field answers below the floor
+        self.add_state("below_kept", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.register_buffer("_edges_t", torch.tensor(self.edges, dtype=torch.float32), persistent=False)
 
     def bin_index(self, mag: Tensor) -> Tensor:
@@ -112,6 +114,7 @@ class MagnitudeBins(Metric):
         lr = torch.log10(rel.clamp_min(10**HIST_LO)).nan_to_num(nan=HIST_HI, posinf=HIST_HI)
         h = ((lr - HIST_LO) / (HIST_HI - HIST_LO) * HIST_BINS).long().clamp(0, HIST_BINS - 1)
         self.hist += torch.bincount(b * HIST_BINS + h, minlength=nb * HIST_BINS).reshape(nb, HIST_BINS).double()
+        self.below_kept += ((b == 0) & (p.abs() < self.floor)).sum().double()
 
     def quantile(self, q: float) -> Tensor:
         """Relative-error quantile per bin from the histogram at most the bin's exact
@@ -255,8 +258,11 @@ class GridMetrics(nn.Module):
     """Whole-grid metrics, accumulated chunk by chunk; ``compute()`` -> ``{name: scalar tensor}``.
 
     Every signal gets ``psnr``. Long-tailed signals also get ``psnr_log`` and the per-magnitude
-    bins, with the scalar summary ``worst_decade_median`` (the largest per-bin median relative
-    error over the bins above the floor that hold samples).
+    bins, with the scalar summaries ``worst_decade_median`` (the largest per-bin median relative
+    error over the bins above the floor that hold samples), ``top_decade_median`` (the median of
+    the highest decade holding samples: the large values users care most about) and
+    ``below_floor_kept`` (the share of the below-floor samples, exact zeros included, that the
+    field answers below the floor; NaN when there are none).
 
     With ``holdout`` (``data.holdout``) the same metrics are also kept apart for the training
     and the held-out samples (``update``'s ``held`` mask): ``psnr_train``, ``psnr_heldout`` and,
@@ -303,8 +309,14 @@ class GridMetrics(nn.Module):
         out = {"psnr": self.psnr.compute()}
         if self.long_tailed:
             out["psnr_log"] = self.psnr_log.compute()
-            med = self.bins.compute()["median"][1:]
+            c = self.bins.compute()
+            med = c["median"][1:]
             out["worst_decade_median"] = torch.nan_to_num(med, nan=0.0).max()
+            held = torch.nonzero(c["count"][1:] > 0)  # the decades above the floor holding samples
+            nan = torch.tensor(float("nan"), dtype=torch.float64, device=med.device)
+            out["top_decade_median"] = med[int(held.max())] if held.numel() else nan
+            below = c["count"][0]
+            out["below_floor_kept"] = self.bins.below_kept / below if below > 0 else nan
         if self.split is not None:
             out["psnr_train"] = self.split["trained"].psnr.compute()
             held = self.split["heldout"].compute()

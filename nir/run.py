@@ -201,9 +201,12 @@ def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
     from nir.config import option_nodes
     from nir.losses import auto_choice
 
-    st = signal.summary()
+    from nir.transforms import floor_from_data
+
+    st, minimum = signal.summary(), float(signal.summary()["min"].min())
+    floor = floor_from_data(signal.fit_sample(), 1e-7) if minimum <= 0 else 0.0
     choice, why = auto_choice(
-        float(st["absmin"]), float(st["absmax"]), float(st["min"].min()), float(cfg.loss.get("min_decades", 3.0))
+        float(st["absmin"]), float(st["absmax"]), minimum, float(cfg.loss.get("min_decades", 3.0)), floor
     )
     nodes = option_nodes("loss", choice)
     with open_dict(cfg):
@@ -644,6 +647,18 @@ def bound_line(metrics: dict[str, Any]) -> str:
             f"{metrics['bytes_network']:,} bytes network + {metrics['bytes_residual']:,} bytes residual\n")  # fmt: skip
 
 
+def magnitude_line(metrics: dict[str, Any]) -> str:
+    """The per-magnitude summary of a long-tailed field: worst and top decade, and how many of
+    the below-floor samples (zeros) the field keeps below the floor."""
+    worst, top, kept = (metrics.get(k) for k in ("worst_decade_median", "top_decade_median", "below_floor_kept"))
+    line = f"worst-decade median relative error {worst:.3g} (= {worst:.2%}"
+    if top is not None and math.isfinite(top):
+        line += f"; top decade {top:.2%}"
+    if kept is not None and math.isfinite(kept):
+        line += f"; below-floor samples kept below it {kept:.1%}"
+    return line + "; per-decade table in metrics.json)\n"
+
+
 def heldout_line(metrics: dict[str, Any]) -> str:
     """The console's held-out line (``data.holdout``), or nothing."""
     if metrics.get("psnr_heldout") is None:
@@ -674,11 +689,7 @@ def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: fl
         + f"stored field: {metrics['bytes']:,} bytes ({metrics['store_dtype']}; field.nir), compression ratio"
         f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value,"
         f" {metrics['bits_per_parameter']:.3g} bits per parameter\n"
-        + (
-            f"worst-decade median relative error {worst:.3g} (= {worst:.2%}; per-decade table in metrics.json)\n"
-            if worst is not None
-            else ""
-        )
+        + (magnitude_line(metrics) if worst is not None else "")
         + bound_line(metrics)
         + heldout_line(metrics)
         + f"run directory: {run_dir}\n"

@@ -153,18 +153,41 @@ class Asinh(_Fitted):
     def fit(self, values: Tensor) -> Asinh:
         v = values.reshape(-1, values.shape[-1])
         s = self.scale_arg if self.scale_arg is not None else floor_from_data(v, 1e-7)
-        a = v.double().div_(s).asinh_()  # one float64 copy
+        a = self._f(v.double().div_(s))
         self.scale = torch.tensor(float(s))
         self.mu = a.mean(0).float()
         self.sigma = a.std(0).clamp_min(1e-6).float() if v.shape[0] > 1 else torch.ones(v.shape[1])
         return self
 
+    @staticmethod
+    def _f(x: Tensor) -> Tensor:
+        return torch.asinh(x)
+
+    @staticmethod
+    def _f_inv(u: Tensor) -> Tensor:
+        return torch.sinh(u)
+
     def forward(self, y: Tensor) -> Tensor:
-        return (torch.asinh(y.float() / self.scale) - self.mu) / self.sigma
+        return (self._f(y.float() / self.scale) - self.mu) / self.sigma
 
     def inverse(self, t: Tensor) -> Tensor:
         with torch.autocast(t.device.type, enabled=False):
-            return torch.sinh(t.float() * self.sigma + self.mu) * self.scale
+            return self._f_inv(t.float() * self.sigma + self.mu) * self.scale
+
+
+class SignedLog(Asinh):
+    """``t = (sign(y) log(1 + |y| / scale) - mu) / sigma``: the signed log, linear for
+    ``|y| << scale`` and logarithmic above, as :class:`Asinh` (which is ``log(2|y|/scale)`` far
+    from zero and smooth through it; this one has a kink in its curvature at zero). Kept for the
+    comparison in docs/long-tail.md ("Zeros and values below zero"); ``scale`` by the same rule."""
+
+    @staticmethod
+    def _f(x: Tensor) -> Tensor:
+        return torch.sign(x) * torch.log1p(x.abs())
+
+    @staticmethod
+    def _f_inv(u: Tensor) -> Tensor:
+        return torch.sign(u) * torch.expm1(u.abs())
 
 
 class Softplus(_Fitted):

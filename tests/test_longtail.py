@@ -16,7 +16,7 @@ from nir.metrics import GridMetrics, MagnitudeBins, SignalStats, decade_edges
 from nir.run import train
 from nir.signal import read_array
 from nir.synthetic import lognormal3d, peaks1d, sources3d
-from nir.transforms import Asinh, Identity, Log, Softplus, Standardize, floor_from_data
+from nir.transforms import Asinh, Identity, Log, SignedLog, Softplus, Standardize, floor_from_data
 from tests.conftest import make_cfg
 
 # ----------------------------------------------------------------------------- generators
@@ -68,13 +68,34 @@ def test_nir_synth_writes_npy(tmp_path):
 # ----------------------------------------------------------------------------- transforms
 
 
-@pytest.mark.parametrize("transform", [Log(), Asinh(), Softplus(), Log(floor=1e-3), Asinh(scale=0.5)])
+@pytest.mark.parametrize(
+    "transform", [Log(), Asinh(), Softplus(), Log(floor=1e-3), Asinh(scale=0.5), SignedLog(), SignedLog(scale=0.5)]
+)
 def test_transforms_invert_exactly_on_the_data(transform):
     y = peaks1d(n=4096).flat()
     transform.fit(y)
     back = transform.inverse(transform(y))
     rel = ((back - y).abs() / y.abs()).max()
     assert rel < 2e-5, float(rel)
+
+
+@pytest.mark.parametrize("cls", [Asinh, SignedLog])
+def test_signed_transforms_round_trip_at_zero_the_floor_and_far_below_zero(cls):
+    """Fitted on 80 % zeros plus a sub-floor negative noise and 5 decades: zero maps back to
+    zero exactly, the floor and -1e4 floors within fp32 rounding, and the map is linear (odd)
+    near zero, so noise below zero is fitted at the floor's scale."""
+    y = torch.from_numpy(_zeros80()).float()[:, None]
+    y[1::5] = -1e-5
+    t = cls().fit(y)
+    f = float(t.scale)
+    assert f == pytest.approx(floor_from_data(y, 1e-7))
+    probe = torch.tensor([[0.0], [f], [-f], [-1e4 * f], [1e-3 * f], [-1e-3 * f]])
+    back = t.inverse(t(probe))
+    assert float(back[0]) == 0.0
+    torch.testing.assert_close(back, probe, rtol=2e-5, atol=1e-6 * f)
+    u = t(probe) * t.sigma + t.mu  # before standardising: odd in y, slope 1/scale at zero
+    assert float(u[1] + u[2]) == pytest.approx(0.0, abs=1e-6)
+    assert float(u[4]) == pytest.approx(1e-3, rel=1e-2)
 
 
 def test_identity_and_standardize_invert():
@@ -420,14 +441,36 @@ def test_refused_combination_from_config(tmp_path):
         train(cfg, tmp_path / "r")
 
 
+def _zeros80() -> np.ndarray:
+    v = np.zeros(4096)
+    v[::5] = np.geomspace(1e-3, 100.0, len(v[::5]))  # 80 % exact zeros, 5 decades on the rest
+    return v
+
+
+def _slightly_negative() -> np.ndarray:
+    v = np.random.default_rng(0).lognormal(-3.0, 1.5, 1 << 17)  # positive, ~4 decades
+    v[::100_000] = -1e-4  # 2 samples of 131,072 (1.5e-5) just below zero: sky-subtraction noise
+    return v
+
+
+def _negative_spikes() -> np.ndarray:
+    v = np.geomspace(1e-3, 50.0, 4096)
+    v[[100, 2000, 3000]] = -40.0  # a few large negative values
+    return v
+
+
 @pytest.mark.parametrize(
     "values,choice",
     [
-        (np.geomspace(1e-4, 10.0, 4096), "log_mse"),  # positive, 5 decades
-        (np.linspace(1.0, 5.0, 4096), "mse"),  # positive, < 1 decade
-        (np.geomspace(1e-4, 10.0, 4096) - 1e-3, "mse"),  # crosses zero: no log space
+        (np.geomspace(1e-4, 10.0, 4096), "log_mse"),  # positive, 5 decades (unchanged)
+        (np.linspace(1.0, 5.0, 4096), "mse"),  # positive, < 1 decade (unchanged)
+        (np.geomspace(1e-4, 10.0, 4096) - 1e-3, "asinh_mse"),  # crosses zero, 5 decades of |y|
+        (_zeros80(), "asinh_mse"),
+        (_slightly_negative(), "asinh_mse"),
+        (_negative_spikes(), "asinh_mse"),
+        (np.random.default_rng(1).normal(0.0, 1.0, 4096), "mse"),  # noise: |y| spans 2.4 decades from its p1
     ],
-    ids=["long-tailed", "narrow", "signed"],
+    ids=["long-tailed", "narrow", "signed", "zeros80", "slightly-negative", "negative-spikes", "gaussian-noise"],
 )
 def test_loss_auto_decides_from_the_data(values, choice, tmp_path, capsys):
     import yaml
@@ -444,6 +487,7 @@ def test_loss_auto_decides_from_the_data(values, choice, tmp_path, capsys):
     expect = {
         "log_mse": ("nir.losses.LogMSE", "nir.transforms.Log"),
         "mse": ("nir.losses.MSE", "nir.transforms.Identity"),
+        "asinh_mse": ("nir.losses.MSE", "nir.transforms.Asinh"),
     }
     assert (saved["loss"]["_target_"], saved["transform"]["_target_"]) == expect[choice]
 
@@ -529,3 +573,25 @@ def test_masked_lines_project_to_gaps_and_the_error_panel_is_not_floored():
     fig = _slices_figure([(p, t)], floor=1e-2)
     shown = fig.axes[2].get_images()[0].get_array()
     np.testing.assert_allclose(np.asarray(shown), np.abs(p - t) / t, rtol=1e-6)
+
+
+def test_the_zero_region_and_the_top_decade_are_reported():
+    """A mostly-zero field: ``below_floor_kept`` is the share of its below-floor samples the
+    prediction keeps below the floor; ``top_decade_median`` the median of the highest decade."""
+    import nir
+    from nir.signal import Signal
+
+    y = torch.from_numpy(_zeros80()).float()[:, None]
+    signal = Signal(values=y, bounds=((-1.0, 1.0),), long_tailed=True)
+    exact = nir.score(y.numpy(), signal)
+    assert exact["below_floor_kept"] == 1.0 and exact["top_decade_median"] == 0.0
+    floor = exact["magnitude_floor"]
+    pred = y.clone()
+    zero_rows = torch.nonzero(y[:, 0] == 0)[:, 0]
+    pred[zero_rows] = 2 * floor  # every zero answered above the floor ...
+    pred[zero_rows[:400]] = -0.5 * floor  # ... but 400 of them, kept below it
+    top = y[:, 0] >= 10.0
+    pred[top] = y[top] * 1.3  # the top decade 30 % off
+    got = nir.score(pred.numpy(), signal)
+    assert got["below_floor_kept"] == pytest.approx(400 / len(zero_rows))
+    assert got["top_decade_median"] == pytest.approx(0.3, abs=0.01)
