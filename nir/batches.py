@@ -27,7 +27,7 @@ from nir.errors import require
 from nir.holdout import Holdout
 from nir.metrics import SignalStats
 from nir.samplers import Uniform
-from nir.signal import Grid, Signal, chunk_ranges, valid_rows
+from nir.signal import Signal, chunk_ranges, valid_rows
 
 log = logging.getLogger("nir")
 
@@ -232,7 +232,7 @@ class TrainingData:
         release_heap()
         self.signal, self.transform, self.loss_space = signal, transform, getattr(loss, "space", "transformed")
         self.batch_size, self.cache_bytes, self.seed = int(batch_size), int(cache_mb * 2**20), int(seed)
-        self.grid = Grid(signal.shape, signal.bounds)
+        self.grid = signal.grid()
         self.sampler: Any = None  # the sampling's sampler (held), or the BlockCache (streamed)
         self._cache: BlockCache | None = None
         self._device: torch.device | None = None
@@ -257,7 +257,7 @@ class TrainingData:
         """Put the values and the sampler on ``device`` (once; a no-op when they are there)."""
         if self._device == device:
             return self
-        self.grid = Grid(self.signal.shape, self.signal.bounds).to(device)
+        self.grid = self.signal.grid().to(device)
         seed = self.seed + 1_000_003 * rank  # each DDP rank draws its own batches
         self._y = self._t = None
         if self.streaming:

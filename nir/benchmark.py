@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nir.fields import Siren
-from nir.signal import Grid, Signal, read_image
+from nir.signal import Signal, read_image
 
 
 def cameraman256() -> Signal:
@@ -95,7 +95,7 @@ class PlainLoop:
         self.fwd = torch.compile(self.net, dynamic=False) if compile else self.net
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         n = signal.numel
-        self.x = Grid(signal.shape, signal.bounds).coords(torch.arange(n)).to(device)
+        self.x = signal.grid().coords(torch.arange(n)).to(device)
         self.y = signal.flat().to(device)
         self.batch = None
         if batch is not None and batch < n:  # minibatches: random pixels each step, as a training loop draws them
@@ -153,7 +153,7 @@ def graphed_step_time(signal: Signal, precision: str, steps: int = 200, batch: i
     dev = "cuda"
     net = Siren(2, 1, 256, 3).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, capturable=True)
-    x = Grid(signal.shape, signal.bounds).coords(torch.arange(signal.numel)).to(dev)
+    x = signal.grid().coords(torch.arange(signal.numel)).to(dev)
     y = signal.flat().to(dev)
     if batch is not None and batch < signal.numel:
         x, y = torch.rand(batch, 2, device=dev) * 2 - 1, torch.rand(batch, 1, device=dev)

@@ -59,13 +59,35 @@ def open_dataset(path: Path) -> Any:
     try:
         with warnings.catch_warnings():  # a Zarr store without consolidated metadata is read all the same
             warnings.filterwarnings("ignore", ".*consolidated metadata.*", RuntimeWarning)
-            return xr.open_dataset(path, engine=ENGINES[suffix], chunks=None, **kw)
+            try:
+                return xr.open_dataset(path, engine=ENGINES[suffix], chunks=None, **kw)
+            except ValueError as e:  # times whose units or calendar xarray cannot decode
+                if "decode_times" not in str(e) and "decode time" not in str(e):
+                    raise
+                ds = xr.open_dataset(path, engine=ENGINES[suffix], chunks=None, decode_times=False, **kw)
+                _say_undecoded(path, e)
+                return ds
     except Exception as e:  # each engine raises its own types for a damaged or foreign file
         why = str(e).splitlines()[0][:160] if str(e) else ""
         raise NirError(
             f"data.path {str(path)!r} cannot be read as {FORMATS[suffix]} ({type(e).__name__}: {why}); "
             f"the file is damaged or not {FORMATS[suffix]}"
         ) from None
+
+
+_UNDECODED: set[str] = set()
+
+
+def _say_undecoded(path: Path, err: Exception) -> None:
+    """One line, once per file and process, that its times are read as numbers."""
+    if str(path) in _UNDECODED:
+        return
+    _UNDECODED.add(str(path))
+    why = str(err).splitlines()[0][:120]
+    print(
+        f"data: {path.name}: xarray cannot decode its times ({why}); reading them as numbers in their own units",
+        flush=True,
+    )
 
 
 def select(ds: Any, name: str, var: str | None, sel: dict | None, isel: dict | None) -> Any:
@@ -92,12 +114,38 @@ def select(ds: Any, name: str, var: str | None, sel: dict | None, isel: dict | N
         except Exception as e:
             raise NirError(f"data.{what}={index} cannot index {var!r} in {name!r} ({type(e).__name__}: {e})") from None
     require(da.size > 0, f"data.var {var!r} in {name!r} is empty after selection (shape {tuple(da.shape)})")
+    extent = sum(int(da.sizes[d]) > 1 for d in da.dims)  # size-1 dimensions are dropped (squeeze)
     require(
-        1 <= da.ndim <= 4,
-        f"data.var {var!r} in {name!r} has {da.ndim} dimensions ({', '.join(map(str, da.dims))}); nir fits 1 to 4: "
+        1 <= max(extent, 1) <= 4 and da.ndim >= 1,
+        f"data.var {var!r} in {name!r} has {extent} dimensions ({', '.join(map(str, da.dims))}); nir fits 1 to 4: "
         f"select a slice with data.sel / data.isel, e.g. data.sel={{{da.dims[0]}: ...}}",
     )
     return da
+
+
+def squeeze(da: Any) -> tuple[Any, list[dict]]:
+    """``da`` without its size-1 dimensions (a time or depth of length 1: no extent to fit),
+    and what writes them back (:func:`as_dataarray`): name, position, coordinate value."""
+    dropped: list[dict] = []
+    ones = [d for d in da.dims if da.sizes[d] == 1]
+    if len(ones) == da.ndim:
+        ones = ones[:-1]  # a single sample keeps one axis (and is refused as constant)
+    for k, dim in enumerate(da.dims):
+        if dim not in ones:
+            continue
+        rec: dict[str, Any] = {"name": str(dim), "axis": k, "coord": "none", "attrs": {}}
+        if dim in da.coords:
+            c = da.coords[dim]
+            v = np.asarray(c.values).reshape(-1)
+            rec["attrs"] = _plain(c.attrs)
+            if np.issubdtype(v.dtype, np.datetime64):
+                rec.update(
+                    coord="time", origin=str(np.datetime_as_string(v[0], unit="s")), dtype=str(v.dtype), value=0.0
+                )
+            elif np.issubdtype(v.dtype, np.number):
+                rec.update(coord="values", dtype=str(v.dtype), value=float(v[0]))
+        dropped.append(rec)
+    return (da.squeeze(ones, drop=True) if ones else da), dropped
 
 
 def _plain(attrs: dict) -> dict:
@@ -118,7 +166,6 @@ def axes_of(da: Any, name: str, bounds: Any) -> tuple[tuple[tuple[float, float],
     box: list[tuple[float, float]] = []
     given = default_bounds(da.ndim, bounds) if bounds is not None else None
     for k, dim in enumerate(da.dims):
-        n = int(da.sizes[dim])
         # (not coords.get: for a dimension without a coordinate it makes up the positions 0 .. n-1)
         coord = da.coords[dim] if dim in da.coords else None  # noqa: SIM401
         ax: dict[str, Any] = {
@@ -138,21 +185,32 @@ def axes_of(da: Any, name: str, bounds: Any) -> tuple[tuple[tuple[float, float],
                 x = vals.astype(np.float64)
                 ax.update(coord="values", dtype=str(vals.dtype))
         if x is not None:
-            step = (x[-1] - x[0]) / (n - 1) if n > 1 else 1.0
-            d = np.diff(x)
-            require(
-                step != 0 and bool(np.all(np.abs(d - step) <= UNIFORM_RTOL * abs(step))),
-                f"coordinate {str(dim)!r} of {name!r} is not uniform (steps {d.min():g} .. {d.max():g}); nir fits regular "
-                f"grids: select a uniform part (data.sel / data.isel), resample with xarray's interp, or pass data.bounds",
-            )
-            ax["descending"] = bool(step < 0)
-            a, b = sorted((float(x[0]), float(x[-1])))
-            box.append((float(a - abs(step) / 2), float(b + abs(step) / 2)))
+            box.append(_axis_box(x, ax, str(dim), name))
         else:
             box.append(tuple(given[k]) if given is not None else (-1.0, 1.0))
             ax["descending"] = False
         axes.append(ax)
     return tuple(box), axes
+
+
+def _axis_box(x: np.ndarray, ax: dict, dim: str, name: str) -> tuple[float, float]:
+    """The box of a coordinate axis (its cell edges), and in ``ax`` whether it is read reversed
+    and, for a non-uniform one, the samples' ``positions`` in ascending order."""
+    n = len(x)
+    step = (x[-1] - x[0]) / (n - 1) if n > 1 else 1.0
+    d = np.diff(x)
+    ax["descending"] = bool(step < 0)
+    if step != 0 and bool(np.all(np.abs(d - step) <= UNIFORM_RTOL * abs(step))):
+        a, b = sorted((float(x[0]), float(x[-1])))
+        return float(a - abs(step) / 2), float(b + abs(step) / 2)
+    require(
+        bool(np.all(d > 0) or np.all(d < 0)),
+        f"coordinate {dim!r} of {name!r} is not monotonic (steps {d.min():g} .. {d.max():g}); nir places each sample "
+        f"at its coordinate, which must rise or fall: sort the dimension (xarray's sortby) or pass data.bounds",
+    )
+    pos = np.sort(x)
+    ax["positions"] = [float(v) for v in pos]  # the samples sit where the file says (monthly time, Gaussian latitudes)
+    return float(pos[0] - (pos[1] - pos[0]) / 2), float(pos[-1] + (pos[-1] - pos[-2]) / 2)
 
 
 class VariableRows:
@@ -169,7 +227,7 @@ class VariableRows:
     def _open(self, da: Any = None) -> None:
         """Keep ``da`` (the variable the reader already selected) or open the file and select it."""
         path, var, sel, isel, flip = self.args
-        self.da = da if da is not None else select(open_dataset(path), str(path), var, sel, isel)
+        self.da = da if da is not None else squeeze(select(open_dataset(path), str(path), var, sel, isel))[0]
         self.grid = tuple(int(n) for n in self.da.shape)
         self.shape = (*self.grid, 1)
         self.flip = flip
@@ -229,7 +287,7 @@ def read_variable(path: Path, var: str | None, sel: dict | None, isel: dict | No
     from nir.signal import Signal
 
     name = str(path)
-    da = select(open_dataset(path), name, var, sel, isel)
+    da, dropped = squeeze(select(open_dataset(path), name, var, sel, isel))
     box, axes = axes_of(da, name, bounds)
     rows = VariableRows(path, str(da.name), sel, isel, tuple(a["descending"] for a in axes), da)
     attrs = _plain(da.attrs)
@@ -238,6 +296,7 @@ def read_variable(path: Path, var: str | None, sel: dict | None, isel: dict | No
         "path": name,
         "var": str(da.name),
         "dims": axes,
+        **({"squeezed": dropped} if dropped else {}),
         "attrs": attrs,
         "units": str(attrs.get("units", "")),
         "long_name": str(attrs.get("long_name", attrs.get("standard_name", da.name))),
@@ -268,38 +327,41 @@ def _dims(spec: dict) -> list[dict]:
     ]
 
 
-def grid_of(spec: dict, coords: dict) -> tuple[list[int], list[tuple[float, float]]]:
-    """The grid ``to_xarray(**coords)`` samples: per dimension the training grid, a number of
-    samples over the training box, or the cell box of given uniform coordinate values."""
+def grid_of(spec: dict, coords: dict) -> tuple[list[int], list[tuple[float, float]], list[Any] | None]:
+    """The grid ``to_xarray(**coords)`` samples, as ``(shape, box, positions)``: per dimension
+    the training grid (the file's own positions where its coordinate is not uniform), a number
+    of samples over the training box, or given coordinate values (uniform ones as their cell
+    box; any other ascending or descending values as positions)."""
     dims = _dims(spec)
     names = [ax["name"] for ax in dims]
     unknown = [k for k in coords if k not in names]
     require(not unknown, f"to_xarray: {', '.join(unknown)} is not a dimension of this field ({', '.join(names)})")
-    shape, box = [], []
+    shape, box, positions = [], [], []
     for ax, n, (lo, hi) in zip(dims, spec["shape"], spec["bounds"]):
         want = coords.get(ax["name"])
         if want is None or (np.isscalar(want) and isinstance(want, (int, np.integer))):
             shape.append(int(n if want is None else want))
             box.append((float(lo), float(hi)))
+            positions.append(ax.get("positions") if want is None else None)
             continue
         v = np.asarray(want).reshape(-1)
         if np.issubdtype(v.dtype, np.datetime64):
             require(ax["coord"] == "time", f"to_xarray: {ax['name']} is not a time axis")
             v = (v - np.datetime64(ax["origin"])) / np.timedelta64(1, "D")
         v = np.sort(v.astype(np.float64))
+        require(len(v) == 1 or bool(np.all(np.diff(v) > 0)), f"to_xarray: the values for {ax['name']} must be distinct")
         step = (v[-1] - v[0]) / (len(v) - 1) if len(v) > 1 else (hi - lo) / n
-        require(
-            step > 0 and bool(np.all(np.abs(np.diff(v) - step) <= UNIFORM_RTOL * step)),
-            f"to_xarray: the values for {ax['name']} must be distinct and uniform (a regular grid)",
-        )
+        uniform = bool(np.all(np.abs(np.diff(v) - step) <= UNIFORM_RTOL * step))
         shape.append(len(v))
         box.append((float(v[0] - step / 2), float(v[-1] + step / 2)))
-    return shape, box
+        positions.append(None if uniform else [float(x) for x in v])
+    return shape, box, (positions if any(p is not None for p in positions) else None)
 
 
-def as_dataarray(spec: dict, values: Any, box: Sequence) -> Any:
+def as_dataarray(spec: dict, values: Any, box: Sequence, positions: Sequence[Any] | None = None) -> Any:
     """Sampled values ``(*shape, 1)`` on ``box`` as a DataArray: the source's dimension names,
-    coordinates on the cell centres (in the file's order and units) and attributes."""
+    coordinates on the cell centres or at ``positions`` (in the file's order and units),
+    attributes, and the source's size-1 dimensions put back."""
     xr = xarray()
     meta = spec.get("meta", {})
     dims = _dims(spec)
@@ -307,20 +369,32 @@ def as_dataarray(spec: dict, values: Any, box: Sequence) -> Any:
     out_coords = {}
     for k, (ax, (lo, hi)) in enumerate(zip(dims, box)):
         n = v.shape[k]
-        centres = lo + (np.arange(n) + 0.5) * (hi - lo) / n
+        placed = positions[k] if positions else None
+        centres = np.asarray(placed, np.float64) if placed is not None else lo + (np.arange(n) + 0.5) * (hi - lo) / n
         if ax.get("descending"):
             centres, v = centres[::-1], np.flip(v, k)
-        if ax["coord"] == "time":
-            c = np.datetime64(ax["origin"], "ns") + np.round(centres * 86400e9).astype("timedelta64[ns]")
-            c = c.astype(ax.get("dtype", "datetime64[ns]"))  # the file's resolution
-            attrs = {a: b for a, b in ax["attrs"].items() if a != "units"}  # the dtype carries the unit
-        elif ax["coord"] == "values":
-            c, attrs = centres.astype(ax.get("dtype", "float64")), ax["attrs"]  # the file's coordinate type
-        else:
-            continue
-        out_coords[ax["name"]] = xr.Variable(ax["name"], c, attrs)
+        c, attrs = _coordinate(ax, centres)
+        if c is not None:
+            out_coords[ax["name"]] = xr.Variable(ax["name"], c, attrs)
     name = meta.get("var", meta.get("signal", "field"))
-    return xr.DataArray(np.ascontiguousarray(v), dims=[ax["name"] for ax in dims], coords=out_coords, name=name, attrs=meta.get("attrs", {}))  # fmt: skip
+    out = xr.DataArray(np.ascontiguousarray(v), dims=[ax["name"] for ax in dims], coords=out_coords, name=name, attrs=meta.get("attrs", {}))  # fmt: skip
+    for sq in meta.get("squeezed", []):  # size-1 dimensions: dropped from the box, written back
+        c, attrs = _coordinate(sq, np.asarray([sq.get("value", 0.0)], np.float64))
+        out = out.expand_dims({sq["name"]: 1}, axis=int(sq["axis"]))
+        if c is not None:
+            out = out.assign_coords({sq["name"]: xr.Variable(sq["name"], c, attrs)})
+    return out
+
+
+def _coordinate(ax: dict, centres: np.ndarray) -> tuple[Any, dict]:
+    """An axis's coordinate values in the file's type and units (``None`` without one)."""
+    if ax["coord"] == "time":
+        c = np.datetime64(ax["origin"], "ns") + np.round(centres * 86400e9).astype("timedelta64[ns]")
+        attrs = {a: b for a, b in ax["attrs"].items() if a != "units"}  # the dtype carries the unit
+        return c.astype(ax.get("dtype", "datetime64[ns]")), attrs  # the file's resolution
+    if ax["coord"] == "values":
+        return centres.astype(ax.get("dtype", "float64")), ax["attrs"]  # the file's coordinate type
+    return None, {}
 
 
 def write(array: Any, out: Path) -> None:

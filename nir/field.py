@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from nir.components import TRUSTED_ENV, build_component, component_spec, import_class, trusted_prefixes  # noqa: F401
 from nir.errors import NirError, cli_errors, require
-from nir.signal import DATASET_EXTENSIONS, Grid
+from nir.signal import DATASET_EXTENSIONS, Grid, positions_of
 
 
 class Field(nn.Module):
@@ -103,10 +103,14 @@ class Field(nn.Module):
         bounds: Sequence[Sequence[float]] | None = None,
         chunk: int = 65536,
         out: str | Path | None = None,
+        positions: Sequence[Any] | None = None,
     ) -> Tensor:
-        """Evaluate on a regular grid (cell centres) -> ``Float[Tensor, "*shape channels"]`` on CPU.
+        """Evaluate on a grid -> ``Float[Tensor, "*shape channels"]`` on CPU.
 
-        Defaults: the training grid's shape and box (``bounds`` may be any sub- or super-box).
+        Defaults: the training grid (its shape, box and, for a file with non-uniform
+        coordinates, the file's sample positions). Given ``shape`` / ``bounds``, a regular grid
+        of cell centres (``bounds`` may be any sub- or super-box); ``positions`` places the
+        samples of chosen axes (per axis an ascending sequence, or ``None`` for cell centres).
         An error-bounded field (one with a residual, docs/bounded.md) meets its bound on the
         training grid (the default shape and box) only; elsewhere it answers with the network.
         Evaluated in chunks of ``chunk`` points, so memory beyond the output array is bounded
@@ -115,6 +119,8 @@ class Field(nn.Module):
         ``.png`` / ``.tif`` / ``.tiff`` (2-D fields, 1 or 3 channels; PNG spans the training
         value range, 16-bit for gray and 8-bit for RGB; TIFF is float32 in signal units).
         """
+        if shape is None and bounds is None and positions is None:
+            positions = self.training_positions()
         shape = tuple(int(v) for v in (self.spec["shape"] if shape is None else shape))
         bounds = self.spec["bounds"] if bounds is None else [list(map(float, b)) for b in bounds]
         require(
@@ -131,7 +137,7 @@ class Field(nn.Module):
             from nir.datasets import xarray
 
             xarray()  # one line now if xarray is missing, not after sampling
-        grid = Grid(shape, bounds).to(self.bounds.device)
+        grid = Grid(shape, bounds, positions).to(self.bounds.device)
         n = math.prod(shape)
         if suffix == ".npy":
             import numpy as np
@@ -142,7 +148,7 @@ class Field(nn.Module):
             result = torch.empty(n, self.channels, dtype=torch.float32)
         for start, stop, coords in grid.chunks(chunk):
             result[start:stop] = self(coords).float().cpu()
-        if self.residual is not None and self.on_training_grid(shape, bounds):
+        if self.residual is not None and self.on_training_grid(shape, bounds, positions):
             result.view(-1).copy_(torch.from_numpy(self.bounded_values(result.numpy()).astype("float32")))
         result = result.reshape(*shape, self.channels)
         if suffix == ".npy":
@@ -150,15 +156,27 @@ class Field(nn.Module):
         elif suffix in DATASET_EXTENSIONS:
             from nir.datasets import as_dataarray, write
 
-            write(as_dataarray(self.spec, result.numpy(), bounds), Path(out))
+            write(as_dataarray(self.spec, result.numpy(), bounds, positions), Path(out))
         elif suffix is not None:
             self._write_image(result, Path(out))
         return result
 
-    def on_training_grid(self, shape: Sequence[int], bounds: Sequence[Sequence[float]]) -> bool:
-        return tuple(shape) == tuple(self.spec["shape"]) and [list(map(float, b)) for b in bounds] == [
-            list(map(float, b)) for b in self.spec["bounds"]
-        ]
+    def training_positions(self) -> tuple[Any, ...] | None:
+        """Per axis the training samples' positions where the source's coordinate is not
+        uniform (else ``None``); ``None`` for a field trained on a uniform grid."""
+        return positions_of(self.spec.get("meta", {}))
+
+    def on_training_grid(
+        self, shape: Sequence[int], bounds: Sequence[Sequence[float]], positions: Sequence[Any] | None = None
+    ) -> bool:
+        def plain(p: Sequence[Any] | None) -> list:
+            return [None if a is None else [float(v) for v in a] for a in (p or [None] * self.in_dim)]
+
+        return (
+            tuple(shape) == tuple(self.spec["shape"])
+            and [list(map(float, b)) for b in bounds] == [list(map(float, b)) for b in self.spec["bounds"]]
+            and plain(positions) == plain(self.training_positions())
+        )
 
     def bounded_values(self, pred: Any = None) -> Any:
         """The error-bounded answer on the training grid as a flat numpy array in the source's
@@ -196,8 +214,8 @@ class Field(nn.Module):
         from nir.datasets import as_dataarray, grid_of, xarray
 
         xarray()
-        shape, box = grid_of(self.spec, coords)
-        return as_dataarray(self.spec, self.sample(shape, box).numpy(), box)
+        shape, box, positions = grid_of(self.spec, coords)
+        return as_dataarray(self.spec, self.sample(shape, box, positions=positions).numpy(), box, positions)
 
     @property
     def is_image(self) -> bool:
@@ -478,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     with cli_errors():
         field = load_field(args.field, device=getattr(args, "device", "cpu"))
         if args.cmd == "sample":
-            shape = args.shape or field.spec["shape"]
+            shape = args.shape or (field.spec["shape"] if args.scale else None)  # None: the training grid
             if args.scale:
                 shape = [max(1, round(v * args.scale)) for v in shape]
             out = field.sample(shape, out=args.out)

@@ -249,9 +249,7 @@ def evaluate_stored(pl_module: FieldModule, store: dict[str, Any]) -> dict[str, 
 def predictions_and_values(field: Field, signal: Any, chunk: int = 65536):
     """``(pred, y)`` numpy chunks over the signal's grid in flat order (rows x channels): the
     field's fp32 answer and the signal's values."""
-    from nir.signal import Grid
-
-    grid = Grid(signal.shape, signal.bounds).to(field.bounds.device)
+    grid = signal.grid().to(field.bounds.device)
     with torch.no_grad():
         for start, stop, coords in grid.chunks(chunk):
             yield field(coords).float().cpu().numpy(), signal.read(start, stop).float().numpy()

@@ -200,7 +200,6 @@ def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
 
     from nir.config import option_nodes
     from nir.losses import auto_choice
-
     from nir.transforms import floor_from_data
 
     st, minimum = signal.summary(), float(signal.summary()["min"].min())

@@ -112,6 +112,16 @@ class Signal:
         """Number of grid samples (not counting channels)."""
         return int(np.prod(self.shape))
 
+    @property
+    def positions(self) -> tuple[Any, ...] | None:
+        """Per axis the sample positions of a non-uniform coordinate (``meta["dims"][k]
+        ["positions"]``, set by the dataset reader), else ``None``; ``None`` for a uniform grid."""
+        return positions_of(self.meta)
+
+    def grid(self) -> Grid:
+        """The signal's sample grid: cell centres of ``bounds``, or the file's positions."""
+        return Grid(self.shape, self.bounds, self.positions)
+
     def __getstate__(self) -> dict:
         """A memory-mapped signal pickles as its file, not its values (a worker maps it again)."""
         state = dict(self.__dict__)
@@ -323,19 +333,37 @@ def chunk_ranges(n: int, chunk: int, rank: int = 0, world: int = 1) -> Iterator[
             yield (s, min(s + chunk, n))
 
 
+def positions_of(meta: dict) -> tuple[Any, ...] | None:
+    """Per axis the positions of a non-uniform coordinate recorded in ``meta["dims"]`` (a
+    signal's or a saved field's), or ``None`` when every axis is uniform."""
+    pos = tuple(ax.get("positions") for ax in meta.get("dims") or ())
+    return pos if any(p is not None for p in pos) else None
+
+
 class Grid:
-    """Coordinates of a regular grid computed from flat indices, on any device.
+    """Coordinates of a grid computed from flat indices, on any device.
 
     Holds only ``shape``, ``lo`` and ``step`` (small tensors), so no ``numel x d`` coordinate
     tensor is ever built: a batch of indices becomes a batch of coordinates where the indices live.
+    A uniform axis puts sample ``i`` at its cell centre ``lo + (i + 1/2) step``; an axis given
+    ``positions`` (an ascending 1-D sequence of its length: monthly time, Gaussian latitudes,
+    stretched levels) puts it at ``positions[i]``, where the file says it is.
     """
 
-    def __init__(self, shape: Sequence[int], bounds: Sequence[Sequence[float]]) -> None:
+    def __init__(
+        self, shape: Sequence[int], bounds: Sequence[Sequence[float]], positions: Sequence[Any] | None = None
+    ) -> None:
         self.shape = tuple(int(s) for s in shape)
         lo = torch.tensor([b[0] for b in bounds], dtype=torch.float64)
         hi = torch.tensor([b[1] for b in bounds], dtype=torch.float64)
         self.lo = lo.float()
         self.step = ((hi - lo) / torch.tensor(self.shape, dtype=torch.float64)).float()
+        self.positions: list[Tensor | None] = [None] * len(self.shape)
+        for k, p in enumerate(positions or ()):
+            if p is not None:
+                t = torch.as_tensor(np.asarray(p, dtype=np.float64)).float()
+                require(t.numel() == self.shape[k], f"grid axis {k}: {t.numel()} positions for {self.shape[k]} samples")
+                self.positions[k] = t
 
     @property
     def numel(self) -> int:
@@ -344,18 +372,30 @@ class Grid:
     def to(self, device: torch.device | str) -> Grid:
         self.lo = self.lo.to(device)
         self.step = self.step.to(device)
+        self.positions = [p.to(device) if p is not None else None for p in self.positions]
         return self
 
     def coords(self, idx: Tensor) -> Tensor:
-        """Flat indices ``(B,)`` (int64) -> cell-centre coordinates ``(B, d)`` (float32)."""
+        """Flat indices ``(B,)`` (int64) -> sample coordinates ``(B, d)`` (float32)."""
         d = len(self.shape)
         out = torch.empty(idx.shape[0], d, dtype=torch.float32, device=idx.device)
         rem = idx
+        cols = []
         for k in range(d - 1, -1, -1):
             n = self.shape[k]
-            out[:, k] = rem.remainder(n)
+            i = rem.remainder(n)
+            if self.positions[k] is None:
+                out[:, k] = i
+            else:
+                cols.append(k)
+                out[:, k] = self.positions[k][i]
             rem = rem.div(n, rounding_mode="floor")
-        return torch.addcmul(self.lo, out + 0.5, self.step)
+        if not cols:
+            return torch.addcmul(self.lo, out + 0.5, self.step)
+        placed = out[:, cols].clone()
+        out = torch.addcmul(self.lo, out + 0.5, self.step)
+        out[:, cols] = placed
+        return out
 
     def coords_range(self, start: int, stop: int) -> Tensor:
         """Coordinates ``(stop - start, d)`` of flat rows ``[start, stop)``."""

@@ -221,7 +221,7 @@ def test_sel_isel_and_the_refusals_are_one_line(tmp_path):
         ({"var": "five"}, "has 5 dimensions (a, b, c, d, e); nir fits 1 to 4"),
         ({"var": "rho", "sel": {"level": 123.0}}, "data.sel={'level': 123.0} cannot index 'rho'"),
         ({"var": "rho", "sel": {"depth": 1}}, "data.sel names depth, not a dimension of 'rho'"),
-        ({"var": "rho", "isel": {"t": 0}}, "coordinate 'x' of"),  # x is not uniform (steps 1 .. 4)
+        ({"var": "T", "isel": {"x": [0, 3, 1]}}, "coordinate 'x' of"),  # x not monotonic (0, 4, 1): refused
     ]
     for options, match in cases:
         with pytest.raises(NirError) as e:
@@ -270,3 +270,92 @@ def test_a_cache_full_of_masked_blocks_reads_on_instead_of_failing(tmp_path):
         assert data.streaming and data._cache.slots * data._cache.block < 56 * 32  # the cache fits inside the mask
         idx = torch.cat([data.next_batch()[0] for _ in range(30)])
         assert idx.min() >= 56 * 32 and not np.isnan(v.reshape(-1)[idx.numpy()]).any()
+
+
+# ----------------------------------------------------------------------------- files as they come (issue 33)
+
+
+def _monthly() -> xr.Dataset:
+    """Monthly means: a time axis of 28-31-day steps (not uniform), 3 decades of values."""
+    rng = np.random.default_rng(7)
+    time = np.array([np.datetime64(f"2001-{m:02d}-01") for m in range(1, 13)], dtype="datetime64[ns]")
+    v = np.exp(rng.normal(0.0, 1.5, (12, 6, 8))).astype(np.float32)
+    return xr.Dataset({"pr": (("time", "lat", "lon"), v)}, coords={"time": time, "lat": np.linspace(-50, 50, 6), "lon": np.arange(8.0)})  # fmt: skip
+
+
+def _gaussian_lats() -> xr.Dataset:
+    """Gaussian latitudes (the roots of a Legendre polynomial: not uniform), descending."""
+    lat = np.degrees(np.arcsin(np.polynomial.legendre.leggauss(16)[0]))[::-1].copy()
+    v = np.exp(np.random.default_rng(8).normal(0.0, 1.5, (16, 12))).astype(np.float32)
+    return xr.Dataset({"q": (("lat", "lon"), v)}, coords={"lat": ("lat", lat, {"units": "degrees_north"}), "lon": np.arange(12.0) * 30})  # fmt: skip
+
+
+def _packed() -> xr.Dataset:
+    """time and depth of length 1, int16 packed with scale_factor / add_offset and a land mask
+    as the fill value (as ocean products ship)."""
+    v = np.exp(np.random.default_rng(9).normal(0.0, 1.0, (1, 1, 10, 14))).astype(np.float32)
+    v[0, 0, 2:4, 3:7] = np.nan  # land
+    ds = xr.Dataset(
+        {"chl": (("time", "depth", "lat", "lon"), v, {"units": "mg m-3"})},
+        coords={"time": [np.datetime64("2010-06-01", "ns")], "depth": ("depth", [5.0], {"units": "m"}),
+                "lat": np.linspace(10, 19, 10), "lon": np.linspace(100, 113, 14)},
+    )  # fmt: skip
+    ds["chl"].encoding.update(dtype="int16", scale_factor=0.001, add_offset=10.0, _FillValue=np.int16(-32768))
+    return ds
+
+
+def _undecodable(path):
+    """A climatology whose time units xarray cannot decode ('hour since 0000-01-01')."""
+    import netCDF4
+
+    with netCDF4.Dataset(path, "w") as f:
+        f.createDimension("time", 4)
+        f.createDimension("x", 9)
+        t = f.createVariable("time", "f8", ("time",))
+        t.units, t[:] = "hour since 0000-01-01", np.array([0.0, 6.0, 12.0, 18.0])
+        v = f.createVariable("u", "f4", ("time", "x"))
+        v[:] = np.exp(np.random.default_rng(10).normal(0.0, 1.5, (4, 9)))
+    return path
+
+
+@pytest.mark.parametrize("case", ["monthly", "gaussian", "packed", "undecodable"])
+def test_files_as_they_come_train_and_give_their_coordinates_back(case, tmp_path, capsys):
+    import nir
+
+    p = tmp_path / f"{case}.nc"
+    if case == "undecodable":
+        _undecodable(p)
+        ref = xr.open_dataset(p, decode_times=False)
+    else:
+        ({"monthly": _monthly, "gaussian": _gaussian_lats, "packed": _packed}[case]()).to_netcdf(p)
+        ref = xr.open_dataset(p)
+    (name,) = list(ref.data_vars)
+    da = ref[name]
+    s = read_array(str(p))
+    if case == "undecodable":
+        assert "cannot decode its times" in capsys.readouterr().out
+    if case == "packed":  # unpacked as xarray does; the size-1 dims are dropped from the box
+        assert s.shape == (10, 14) and s.missing == 8 and s.read(0, 1).dtype == torch.float32
+        np.testing.assert_allclose(s.read(0, s.numel)[:, 0].numpy(), da.values[0, 0].reshape(-1), rtol=1e-6)
+    # each sample sits at its coordinate: the grid's positions are the file's values (ascending)
+    xs = s.grid().coords(torch.arange(s.numel)).double().numpy()
+    for k, dim in enumerate(d for d in da.dims if da.sizes[d] > 1):
+        if dim not in da.coords:  # no coordinate: nir's [-1, 1]
+            continue
+        c = np.asarray(da[dim].values)
+        c = (c - c[0]) / np.timedelta64(1, "D") if np.issubdtype(c.dtype, np.datetime64) else c.astype(float)
+        np.testing.assert_allclose(np.unique(xs[:, k]), np.sort(c), rtol=1e-6, atol=1e-5)
+    run = tmp_path / "run"
+    m = train(make_cfg(["data=array", f"data.path={p}", "trainer.max_steps=10", "trainer.val_check_interval=10",
+                        "trainer.enable_progress_bar=false", "log.images=false", "trainer.precision=32"]), run)  # fmt: skip
+    valid = int(np.isfinite(da.values).sum())
+    assert sum(row["count"] for row in m["magnitude_bins"]) == valid and m["masked_samples"] == da.size - valid
+    back = nir.load_field(run).to_xarray()
+    assert back.dims == da.dims and back.shape == da.shape
+    for dim in da.dims:  # the file's own coordinate values, in its order
+        if np.issubdtype(da[dim].dtype, np.datetime64):
+            np.testing.assert_array_equal(back[dim].values.astype("datetime64[s]"), da[dim].values.astype("datetime64[s]"))
+        else:
+            np.testing.assert_allclose(back[dim].values, da[dim].values, rtol=1e-6)
+    uniform = nir.load_field(run).to_xarray(**{da.dims[-1]: 5})  # a uniform query grid still works
+    assert uniform.sizes[da.dims[-1]] == 5
