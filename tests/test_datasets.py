@@ -354,7 +354,9 @@ def test_files_as_they_come_train_and_give_their_coordinates_back(case, tmp_path
     assert back.dims == da.dims and back.shape == da.shape
     for dim in da.dims:  # the file's own coordinate values, in its order
         if np.issubdtype(da[dim].dtype, np.datetime64):
-            np.testing.assert_array_equal(back[dim].values.astype("datetime64[s]"), da[dim].values.astype("datetime64[s]"))
+            np.testing.assert_array_equal(
+                back[dim].values.astype("datetime64[s]"), da[dim].values.astype("datetime64[s]")
+            )
         else:
             np.testing.assert_allclose(back[dim].values, da[dim].values, rtol=1e-6)
     uniform = nir.load_field(run).to_xarray(**{da.dims[-1]: 5})  # a uniform query grid still works
