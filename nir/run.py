@@ -217,6 +217,24 @@ def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
     return choice
 
 
+def resolve_auto_sampling(cfg: DictConfig, signal: Any) -> str | None:
+    """``sampling=auto`` (``data=array``'s default): put the chosen sampling into ``cfg`` from the
+    signal and the transform in effect (after ``loss=auto``), print it in one line, return it."""
+    if str(cfg.sampling.get("_target_", "")) != "nir.samplers.Auto":
+        return None
+    from omegaconf import open_dict
+
+    from nir.config import option_nodes
+    from nir.samplers.auto import choose
+
+    choice, why = choose(bool(signal.long_tailed), str(cfg.transform.get("_target_", "")))
+    with open_dict(cfg):
+        cfg["sampling"] = option_nodes("sampling", choice)["sampling"][1]
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"sampling=auto: {why} -> sampling={choice}; pass sampling=... to choose", flush=True)
+    return choice
+
+
 def resolve_auto_model(cfg: DictConfig, choices: dict[str, Any], task: Sequence[str] | None) -> tuple[DictConfig, Any]:
     """``model=auto``: choose the network from the signal's shape (:mod:`nir.fields.auto`), print
     the decision in one line, and compose the config again as if ``model=<choice>`` had been
@@ -230,17 +248,25 @@ def resolve_auto_model(cfg: DictConfig, choices: dict[str, Any], task: Sequence[
     from nir.fields.auto import choose
 
     signal = build(cfg.data, "data")
-    option, why = choose(signal.ndim, signal.numel)
+    option, why, sized = choose(signal.ndim, signal.numel)
+    size, bound = cfg.get("size") or {}, cfg.get("bound") or {}
+    if any(size.get(k) is not None for k in ("bytes", "ratio")) or any(
+        bound.get(k) is not None for k in ("rel", "abs")
+    ):
+        sized = []  # the run's own size or bound decides the network's size
     if os.environ.get("LOCAL_RANK", "0") == "0":
-        print(f"model=auto: {why} -> model={option}; pass model=... to choose", flush=True)
+        print(
+            f"model=auto: {why} -> model={option}{''.join(', ' + o for o in sized)}; pass model=... to choose",
+            flush=True,
+        )
     if task is not None:
         keep = [o for o in task if o.split("=", 1)[0].lstrip("+~") != "model"]
-        new = compose_again([*keep, f"model={option}"])
+        new = compose_again([*keep, f"model={option}", *sized])
     else:
-        chosen = compose_again([f"model={option}"])
+        chosen = compose_again([f"model={option}", *sized])
         new = cfg.copy()
         with open_dict(new):
-            new.model, new.optim = chosen.model, chosen.optim
+            new.model, new.optim, new.size = chosen.model, chosen.optim, chosen.size
     choices["model"] = option
     return new, signal
 
@@ -311,6 +337,7 @@ def build_parts(cfg: DictConfig, signal: Any = None) -> Parts:
     signal = build(cfg.data, "data") if signal is None else signal
     announce_signal(signal)
     loss_option = resolve_auto_loss(cfg, signal) if str(cfg.loss.get("_target_", "")) == "nir.losses.Auto" else None
+    resolve_auto_sampling(cfg, signal)
     dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
     if cfg.model.get("bounds", "absent") is None:  # networks that cover a box (grids) get the signal's
         dims["bounds"] = [list(b) for b in signal.bounds]

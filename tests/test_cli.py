@@ -196,7 +196,7 @@ def test_model_auto_picks_by_dimension_and_size():
     from nir.fields.auto import COMPACT_SAMPLES, choose
 
     assert choose(1, 16384)[0] == "fourier_lt"
-    assert choose(2, 512 * 512)[0] == "siren"
+    assert choose(2, 512 * 512)[0] == "siren" and choose(2, 512 * 512)[2] == ["size.ratio=2"]  # sized by the data
     assert choose(3, 48**3)[0] == choose(4, COMPACT_SAMPLES)[0] == "hashgrid_lt3d"
     assert choose(3, COMPACT_SAMPLES + 1)[0] == "hashgrid"
 
@@ -244,3 +244,23 @@ def test_a_model_key_under_model_auto_says_to_choose_a_network(tmp_path):
 
     with pytest.raises(NirError, match="model.hidden_dim needs a chosen network: model=auto"):
         check_compose(["data=array", f"data.path={tmp_path / 'x.npy'}", "model.hidden_dim=8"])
+
+
+@pytest.mark.parametrize("extra,ratio", [([], 2), (["size.ratio=8"], 8), (["bound.rel=0.1"], None)])
+def test_model_auto_sizes_a_2d_siren_by_its_data(tmp_path, capsys, extra, ratio):
+    """A 2-D array gets a SIREN smaller than its data (size.ratio=2), unless the run sets its own
+    size or bound; the choice is printed and recorded."""
+    import numpy as np
+    import yaml
+
+    import nir
+
+    arr = np.exp(np.random.default_rng(0).normal(size=(48, 40))).astype(np.float32)
+    short = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "log.images=false"]  # fmt: skip
+    _, m = nir.fit(arr, [*short, *extra], run_dir=tmp_path / "run")
+    record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # what the run trained
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("model=auto:"))
+    assert record["model"]["_target_"] == "nir.fields.Siren" and record["size"]["ratio"] == ratio
+    assert ("size.ratio=2" in line) == (not extra)
+    if ratio is not None:
+        assert m["compression_ratio"] >= ratio and record["model"]["hidden_dim"] < 256

@@ -484,21 +484,23 @@ def test_loss_auto_decides_from_the_data(values, choice, tmp_path, capsys):
     (line,) = [l for l in capsys.readouterr().out.splitlines() if l.startswith("loss=auto:")]
     assert f"-> loss={choice}" in line, line
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    expect = {
-        "log_mse": ("nir.losses.LogMSE", "nir.transforms.Log"),
-        "mse": ("nir.losses.MSE", "nir.transforms.Identity"),
-        "asinh_mse": ("nir.losses.MSE", "nir.transforms.Asinh"),
+    expect = {  # sampling=auto follows: decade-balanced batches in a log space
+        "log_mse": ("nir.losses.LogMSE", "nir.transforms.Log", "nir.samplers.Decades"),
+        "mse": ("nir.losses.MSE", "nir.transforms.Identity", "nir.samplers.Uniform"),
+        "asinh_mse": ("nir.losses.MSE", "nir.transforms.Asinh", "nir.samplers.Decades"),
     }
-    assert (saved["loss"]["_target_"], saved["transform"]["_target_"]) == expect[choice]
+    got = (saved["loss"]["_target_"], saved["transform"]["_target_"], saved["sampling"]["_target_"])
+    assert got == expect[choice]
 
 
 def test_loss_on_the_command_line_beats_auto(tmp_path, capfd):
     import nir
 
     np.save(tmp_path / "f.npy", np.geomspace(1e-4, 10.0, 1024).astype(np.float32))
-    nir.fit(tmp_path / "f.npy", ["loss=mse"], run_dir=tmp_path / "run", steps=2, log__images=False)
+    nir.fit(tmp_path / "f.npy", ["loss=mse", "sampling=decades"], run_dir=tmp_path / "run", steps=2, log__images=False)
     out = capfd.readouterr()
-    assert "loss=auto" not in out.out
+    assert "loss=auto" not in out.out and "sampling=auto" not in out.out  # auto would say uniform (identity space)
+    assert "nir.samplers.Decades" in (tmp_path / "run" / "config.yaml").read_text()
     assert "GPU available" not in out.out + out.err and "litlogger" not in out.out + out.err  # nir.fit is quiet too
     assert "nir.losses.MSE" in (tmp_path / "run" / "config.yaml").read_text()
 

@@ -22,20 +22,27 @@ class Auto(nn.Module):
         raise RuntimeError("model=auto must be resolved with nir.run.resolve_auto_model before building")
 
 
-def choose(ndim: int, numel: int) -> tuple[str, str]:
-    """``(model option, reason)`` for a signal of ``ndim`` grid axes and ``numel`` samples.
+#: a 2-D field's SIREN is sized by the byte budget to this compression ratio (docs/long-tail.md, "Real fields")
+RATIO_2D = 2
+
+
+def choose(ndim: int, numel: int) -> tuple[str, str, list[str]]:
+    """``(model option, reason, size overrides)`` for a signal of ``ndim`` grid axes and ``numel``
+    samples. The size overrides apply when the run sets no size or bound of its own.
 
     - 1-D: ``fourier_lt``, the peaks1d preset's network (docs/long-tail.md);
-    - 2-D: ``siren``, the image default (not measured on long-tailed 2-D fields: say so);
+    - 2-D: ``siren`` sized by the byte budget to ``size.ratio=RATIO_2D`` (its width from the
+      signal: a network smaller than its data), measured best on real long-tailed 2-D fields
+      against the compact grid at equal bytes (docs/long-tail.md, "Real fields");
     - 3-D and 4-D up to ``COMPACT_SAMPLES``: ``hashgrid_lt3d``, the 3-D presets' network
       (measured best on lognormal3d and sources3d at 48^3);
     - larger 3-D and 4-D: ``hashgrid``, tiny-cuda-nn's sizes (16 levels, 2^16-entry tables).
     """
     what = f"{ndim}-D field of {numel:,} samples"
     if ndim == 1:
-        return "fourier_lt", what
+        return "fourier_lt", what, []
     if ndim == 2:
-        return "siren", what
+        return "siren", what, [f"size.ratio={RATIO_2D}"]
     if numel <= COMPACT_SAMPLES:
-        return "hashgrid_lt3d", what
-    return "hashgrid", f"{what} (more than {COMPACT_SAMPLES:,})"
+        return "hashgrid_lt3d", what, []
+    return "hashgrid", f"{what} (more than {COMPACT_SAMPLES:,})", []

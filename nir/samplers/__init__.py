@@ -22,7 +22,8 @@ A new sampler is one module here (or in your own package: ``sampling._target_=my
 and one ``conf/sampling/<name>.yaml``; tests/usersampler.py is one written outside nir.
 """
 
+from nir.samplers.auto import Auto
 from nir.samplers.decades import Decades, DecadeSampler, decade_slots
 from nir.samplers.uniform import IndexSampler, Uniform
 
-__all__ = ["DecadeSampler", "Decades", "IndexSampler", "Uniform", "decade_slots"]
+__all__ = ["Auto", "DecadeSampler", "Decades", "IndexSampler", "Uniform", "decade_slots"]
