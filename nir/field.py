@@ -123,20 +123,7 @@ class Field(nn.Module):
             positions = self.training_positions()
         shape = tuple(int(v) for v in (self.spec["shape"] if shape is None else shape))
         bounds = self.spec["bounds"] if bounds is None else [list(map(float, b)) for b in bounds]
-        require(
-            len(shape) == self.in_dim,
-            f"sample shape {shape} must have {self.in_dim} axes for this {self.in_dim}-D field",
-        )
-        require(all(v >= 1 for v in shape), f"sample shape {shape} must be positive")
-        suffix = Path(out).suffix.lower() if out is not None else None
-        require(
-            suffix in (None, ".npy", ".png", ".tif", ".tiff", *DATASET_EXTENSIONS),
-            f"cannot write {str(out)!r}: use .npy, .png, .tif, .tiff, .nc, .h5, .hdf5 or .zarr",
-        )
-        if suffix in DATASET_EXTENSIONS:
-            from nir.datasets import xarray
-
-            xarray()  # one line now if xarray is missing, not after sampling
+        suffix = self._check_sample(shape, out)
         grid = Grid(shape, bounds, positions).to(self.bounds.device)
         n = math.prod(shape)
         if suffix == ".npy":
@@ -160,6 +147,24 @@ class Field(nn.Module):
         elif suffix is not None:
             self._write_image(result, Path(out))
         return result
+
+    def _check_sample(self, shape: tuple[int, ...], out: str | Path | None) -> str | None:
+        """The output's suffix, after one line for a wrong shape or file type."""
+        require(
+            len(shape) == self.in_dim,
+            f"sample shape {shape} must have {self.in_dim} axes for this {self.in_dim}-D field",
+        )
+        require(all(v >= 1 for v in shape), f"sample shape {shape} must be positive")
+        suffix = Path(out).suffix.lower() if out is not None else None
+        require(
+            suffix in (None, ".npy", ".png", ".tif", ".tiff", *DATASET_EXTENSIONS),
+            f"cannot write {str(out)!r}: use .npy, .png, .tif, .tiff, .nc, .h5, .hdf5 or .zarr",
+        )
+        if suffix in DATASET_EXTENSIONS:
+            from nir.datasets import xarray
+
+            xarray()  # one line now if xarray is missing, not after sampling
+        return suffix
 
     def training_positions(self) -> tuple[Any, ...] | None:
         """Per axis the training samples' positions where the source's coordinate is not
