@@ -207,7 +207,13 @@ def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
     choice, why = auto_choice(
         float(st["absmin"]), float(st["absmax"]), minimum, float(cfg.loss.get("min_decades", 3.0)), floor
     )
+    own = str(cfg.transform.get("_target_", "nir.transforms.Identity"))
+    if choice != "mse" and own != "nir.transforms.Identity" and not (choice == "log_mse" and own.endswith(".Log")):
+        choice = "mse"  # a transform named on the command line wins: MSE in its space
+        why += f"; transform {own.rsplit('.', 1)[-1]} as given"
     nodes = option_nodes("loss", choice)
+    if own != "nir.transforms.Identity":
+        nodes.pop("transform", None)
     with open_dict(cfg):
         for group, (_, node) in nodes.items():
             cfg[group] = node

@@ -493,6 +493,19 @@ def test_loss_auto_decides_from_the_data(values, choice, tmp_path, capsys):
     assert got == expect[choice]
 
 
+def test_a_transform_on_the_command_line_beats_autos(tmp_path, capsys):
+    """loss=auto on signed long-tailed data with transform=slog given: MSE in slog space."""
+    import yaml
+
+    import nir
+
+    np.save(tmp_path / "f.npy", (np.geomspace(1e-4, 10.0, 2048) - 1e-3).astype(np.float32))
+    nir.fit(tmp_path / "f.npy", ["transform=slog"], run_dir=tmp_path / "run", steps=2, log__images=False)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["loss"]["_target_"], saved["transform"]["_target_"]) == ("nir.losses.MSE", "nir.transforms.SignedLog")
+    assert "transform SignedLog as given" in capsys.readouterr().out
+
+
 def test_loss_on_the_command_line_beats_auto(tmp_path, capfd):
     import nir
 
