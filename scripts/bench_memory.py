@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model=siren",
         f"data.path={path}",
         f"loss={args.loss}",
+        "sampling=uniform",  # as measured before sampling=auto (docs/performance.md)
         f"cache_mb={args.cache_mb}",
         f"model.hidden_dim={args.hidden}",
         "model.num_layers=1",

@@ -197,6 +197,7 @@ def test_model_auto_picks_by_dimension_and_size():
 
     assert choose(1, 16384)[0] == "fourier_lt"
     assert choose(2, 512 * 512)[0] == "siren" and choose(2, 512 * 512)[2] == ["size.ratio=2"]  # sized by the data
+    assert choose(2, 40 * 40)[2] == []  # too small to size: SIREN's own width
     assert choose(3, 48**3)[0] == choose(4, COMPACT_SAMPLES)[0] == "hashgrid_lt3d"
     assert choose(3, COMPACT_SAMPLES + 1)[0] == "hashgrid"
 
@@ -255,7 +256,7 @@ def test_model_auto_sizes_a_2d_siren_by_its_data(tmp_path, capsys, extra, ratio)
 
     import nir
 
-    arr = np.exp(np.random.default_rng(0).normal(size=(48, 40))).astype(np.float32)
+    arr = np.exp(np.random.default_rng(0).normal(size=(72, 64))).astype(np.float32)
     short = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "log.images=false"]  # fmt: skip
     _, m = nir.fit(arr, [*short, *extra], run_dir=tmp_path / "run")
     record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # what the run trained

@@ -142,11 +142,13 @@ def test_resident_memory_stays_bounded_when_the_array_exceeds_the_cache(tmp_path
     """Peak anonymous memory (RssAnon: the process's own allocations; the mapped array's page
     cache is the kernel's to reclaim) above the post-import baseline, for a 64 MB and a 216 MB
     volume, both streamed through a 16 MB cache: if memory followed the array, the larger would
-    peak >= 152 MB higher; bounded, the two peaks differ by noise (measured: 101-143 MB against
-    128-160 MB above a baseline trimmed of the volume writer's freed heap)."""
+    peak >= 152 MB higher; bounded, the two peaks differ by noise (measured alone: 101-143 MB
+    against 128-160 MB above a baseline trimmed of the volume writer's freed heap; beside another
+    test worker once 97 against 171, so the margin is 100 MB, still below the 152 a growing
+    peak would add)."""
     small, large = _peak(256, 16, tmp_path), _peak(384, 16, tmp_path)
     assert large["array_mb"] - small["array_mb"] > 150
-    assert large["anon_peak_above_baseline_mb"] - small["anon_peak_above_baseline_mb"] < 64, (small, large)
+    assert large["anon_peak_above_baseline_mb"] - small["anon_peak_above_baseline_mb"] < 100, (small, large)
 
 
 def test_large_signals_draw_with_replacement_uniformly_and_resumably(monkeypatch):

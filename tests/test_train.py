@@ -188,6 +188,12 @@ def test_every_config_option_instantiates(group, option, tiny_png):
         cfg, _ = resolve_auto_model(cfg, {}, None)
         assert cfg.model._target_ == "nir.fields.Siren"
         obj = instantiate(cfg.model, in_dim=2, out_dim=3)
+    elif (group, option) == ("sampling", "auto"):  # a placeholder, resolved from the signal and the transform
+        from nir.run import resolve_auto_sampling
+
+        resolve_auto_sampling(cfg, Signal(values=torch.rand(5, 6, 1), bounds=((-1, 1), (-1, 1)), long_tailed=True))
+        assert cfg.sampling._target_ == "nir.samplers.Uniform"  # this config's transform: identity
+        obj = instantiate(cfg.sampling)
     else:
         obj = instantiate(cfg[group], **({"in_dim": 2, "out_dim": 3} if group == "model" else {}))
     if group == "data":

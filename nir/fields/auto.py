@@ -24,6 +24,8 @@ class Auto(nn.Module):
 
 #: a 2-D field's SIREN is sized by the byte budget to this compression ratio (docs/long-tail.md, "Real fields")
 RATIO_2D = 2
+#: ... from this many samples (64^2, the smallest real field measured); smaller ones keep SIREN's width
+SIZED_2D = 4096
 
 
 def choose(ndim: int, numel: int) -> tuple[str, str, list[str]]:
@@ -31,8 +33,8 @@ def choose(ndim: int, numel: int) -> tuple[str, str, list[str]]:
     samples. The size overrides apply when the run sets no size or bound of its own.
 
     - 1-D: ``fourier_lt``, the peaks1d preset's network (docs/long-tail.md);
-    - 2-D: ``siren`` sized by the byte budget to ``size.ratio=RATIO_2D`` (its width from the
-      signal: a network smaller than its data), measured best on real long-tailed 2-D fields
+    - 2-D: ``siren`` sized by the byte budget to ``size.ratio=RATIO_2D`` from ``SIZED_2D``
+      samples (its width from the signal: a network smaller than its data), measured best on real long-tailed 2-D fields
       against the compact grid at equal bytes (docs/long-tail.md, "Real fields");
     - 3-D and 4-D up to ``COMPACT_SAMPLES``: ``hashgrid_lt3d``, the 3-D presets' network
       (measured best on lognormal3d and sources3d at 48^3);
@@ -42,7 +44,7 @@ def choose(ndim: int, numel: int) -> tuple[str, str, list[str]]:
     if ndim == 1:
         return "fourier_lt", what, []
     if ndim == 2:
-        return "siren", what, [f"size.ratio={RATIO_2D}"]
+        return "siren", what, ([f"size.ratio={RATIO_2D}"] if numel >= SIZED_2D else [])
     if numel <= COMPACT_SAMPLES:
         return "hashgrid_lt3d", what, []
     return "hashgrid", f"{what} (more than {COMPACT_SAMPLES:,})", []
