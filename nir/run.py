@@ -202,7 +202,8 @@ def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
     from nir.losses import auto_choice
     from nir.transforms import floor_from_data
 
-    st, minimum = signal.summary(), float(signal.summary()["min"].min())
+    st = signal.summary()
+    minimum = float(st["min"].min())
     floor = floor_from_data(signal.fit_sample(), 1e-7) if minimum <= 0 else 0.0
     choice, why = auto_choice(
         float(st["absmin"]), float(st["absmax"]), minimum, float(cfg.loss.get("min_decades", 3.0)), floor

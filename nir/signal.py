@@ -380,22 +380,16 @@ class Grid:
         d = len(self.shape)
         out = torch.empty(idx.shape[0], d, dtype=torch.float32, device=idx.device)
         rem = idx
-        cols = []
         for k in range(d - 1, -1, -1):
             n = self.shape[k]
             i = rem.remainder(n)
-            if self.positions[k] is None:
-                out[:, k] = i
-            else:
-                cols.append(k)
-                out[:, k] = self.positions[k][i]
+            out[:, k] = i if self.positions[k] is None else self.positions[k][i]
             rem = rem.div(n, rounding_mode="floor")
-        if not cols:
-            return torch.addcmul(self.lo, out + 0.5, self.step)
-        placed = out[:, cols].clone()
-        out = torch.addcmul(self.lo, out + 0.5, self.step)
-        out[:, cols] = placed
-        return out
+        uniform = torch.addcmul(self.lo, out + 0.5, self.step)
+        placed = [p is not None for p in self.positions]
+        if not any(placed):
+            return uniform
+        return torch.where(torch.tensor(placed, device=idx.device), out, uniform)
 
     def coords_range(self, start: int, stop: int) -> Tensor:
         """Coordinates ``(stop - start, d)`` of flat rows ``[start, stop)``."""
