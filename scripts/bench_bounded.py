@@ -87,15 +87,15 @@ def nir_row(path: Path, eps: float, tmp: Path, ratio: float | None = None) -> di
     t = time.perf_counter()
     back = decompress(out, tmp / "back.npy")
     d_s = time.perf_counter() - t
-    from nir.bound import decode as decode_residual
-    from nir.container import header_bytes
+    from nir.codec.bound import decode as decode_residual
+    from nir.field import compact_header_bytes
 
     field = nir.load_field(out)
     floor = decode_residual(field.residual, back.size).bound.floor
     y = np.load(path)
 
     data = out.read_bytes()
-    return {"bytes": out.stat().st_size, "residual": len(field.residual or b""), "header": header_bytes(data),
+    return {"bytes": out.stat().st_size, "residual": len(field.residual or b""), "header": compact_header_bytes(data, field),
             "max_rel": max_rel(back, y, floor), "floor": floor, "compress_s": c_s, "decompress_s": d_s,
             "line": line, "network_ratio": ratio}  # fmt: skip
 

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nir
-from nir import container, storage
 from nir.benchmark import write_section
+from nir.codec import ints, storage
 
 
 def entropy_bytes(streams: list[np.ndarray], bits: int) -> float:
@@ -64,12 +64,7 @@ def main() -> None:
             tensors = storage.encode(field.state_dict(), params, f"int{bits}")
             streams = [t.numpy().reshape(-1) for n, t in tensors.items() if n + storage.SCALE_SUFFIX in tensors]
             flat = np.concatenate(streams)
-            side, models = container._models(streams, bits)
-            sizes = {
-                "raw": len(container.pack_bits(flat, bits)),
-                "ans": len(side) + len(container.ans_encode(streams, models, bits)),
-                "zstd": len(container._zstd_ints(flat)),
-            }
+            sizes = {c.name: len(c.encode(streams)) for c in ints.field_coders(bits)}
             auto = field.stored_bytes(f"int{bits}")
             lines.append(f"| {bits} | {flat.size:,} | {sizes['raw']:,} | {sizes['ans']:,} | {sizes['zstd']:,} | "
                          f"{entropy_bytes(streams, bits):,.0f} | {auto:,} |")  # fmt: skip

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import nir
-from nir import container, storage
+from nir.codec import container, storage
 from nir.errors import NirError
-from nir.field import load_field
+from nir.field import compact_header_bytes, from_compact, load_field
 
 MODELS = sorted(p.stem for p in (Path(nir.config.CONF_DIR) / "model").glob("*.yaml") if p.stem != "auto")
 DATA_OF_DIM = {1: ["data=peaks1d"], 2: ["data=image"], 3: ["data=lognormal3d"]}
@@ -25,7 +25,7 @@ DATA_OF_DIM = {1: ["data=peaks1d"], 2: ["data=image"], 3: ["data=lognormal3d"]}
 def _preset_field(model: str, extra=(), data=None):
     """The untrained field a run of ``model`` builds, on the shipped data preset of its dimension."""
     from nir.config import compose_config
-    from nir.run import build, build_field
+    from nir.parts import build, build_field
 
     dim = 1 if model.endswith("1d") or model == "fourier_lt" else 3 if ("3d" in model) else 2
     cfg, _ = compose_config([*(data or DATA_OF_DIM[dim]), f"model={model}", *extra])
@@ -52,9 +52,9 @@ def test_overhead_is_at_most_64_bytes_for_every_shipped_preset(model, tmp_path):
     for what, field in cases.items():
         for dtype in ("float32", "int5"):  # float16 codes tensors as float32 does, at half the bytes
             data = field.to_bytes(dtype, coder="raw")  # the header does not depend on the coder
-            header = container.header_bytes(data, field)
+            header = compact_header_bytes(data, field)
             if what == "preset" and dtype == "float32":  # the same count from the file alone
-                assert container.header_bytes(data) == header
+                assert compact_header_bytes(data) == header
             assert header <= 64, (what, dtype, header)
             # the header is what is left after the coded parameters: recount those independently
             params = {n for n, _ in field.named_parameters()}
@@ -99,7 +99,7 @@ def test_coded_integers_round_trip_exactly(bits, coder, values, tmp_path):
     ints = storage.encode(field.state_dict(), params, dtype)
     data = field.to_bytes(dtype, coder=coder)
     assert data[5] >> 5 == container.CODERS.index(coder)  # the coder asked for is the one used
-    back = container.decode_field(data, "test")
+    back = from_compact(data, "test")
     again = storage.encode(back.state_dict(), params, dtype)
     for name, t in ints.items():
         assert torch.equal(again[name], t), name  # the decoded integers (and scales) are the encoded ones

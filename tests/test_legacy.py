@@ -31,3 +31,41 @@ def test_a_legacy_image_field_is_still_an_image():
     """Fields saved before the spec carried ``is_image`` get it from their reader's label."""
     assert load_field(LEGACY / "siren_image.safetensors").is_image
     assert not load_field(LEGACY / "fourier_log3d.safetensors").is_image
+
+
+COMPACT = sorted(p.stem for p in (LEGACY / "nir").glob("*.nir"))
+#: the stored settings each committed compact file was written with (scripts/make_legacy_nir.py)
+SAVED_WITH = {
+    "siren_float32": ("float32", "row", "auto"),
+    "siren_float16": ("float16", "row", "auto"),
+    "siren_int8_raw": ("int8", "row", "raw"),
+    "siren_int8_ans": ("int8", "row", "ans"),
+    "siren_int8_zstd": ("int8", "row", "zstd"),
+    "siren_int4_tensor": ("int4", "tensor", "auto"),
+    "hashgrid_int6_ans": ("int6", "row", "ans"),
+}
+
+
+def test_every_committed_compact_file_is_pinned():
+    assert sorted([*SAVED_WITH, "siren_bounded_rel"]) == COMPACT
+
+
+@pytest.mark.parametrize("name", sorted(SAVED_WITH))
+def test_a_committed_compact_file_loads_to_its_values_and_saves_to_its_bytes(name: str, tmp_path: Path) -> None:
+    """The ``.nir`` format's bytes, pinned: each stored precision and integer coder (written at
+    commit 6cdebfb by scripts/make_legacy_nir.py) answers as it did and is written again bit for bit."""
+    path = LEGACY / "nir" / f"{name}.nir"
+    field = load_field(path)
+    coords = torch.from_numpy(np.load(LEGACY / "coords.npy"))[:, : field.in_dim]
+    with torch.no_grad():
+        np.testing.assert_array_equal(field(coords).numpy(), np.load(LEGACY / "nir" / f"{name}.npy"))
+    dtype, scale, coder = SAVED_WITH[name]
+    assert field.save(tmp_path / "again.nir", dtype, scale, coder=coder).read_bytes() == path.read_bytes()
+
+
+def test_a_committed_bounded_file_answers_its_grid_and_saves_to_its_bytes(tmp_path: Path) -> None:
+    path = LEGACY / "nir" / "siren_bounded_rel.nir"
+    field = load_field(path)
+    assert field.residual is not None
+    np.testing.assert_array_equal(field.sample(), np.load(LEGACY / "nir" / "siren_bounded_rel.npy"))
+    assert field.save(tmp_path / "again.nir", "float32").read_bytes() == path.read_bytes()

@@ -1,0 +1,242 @@
+"""Error-bounded fields: a coded residual that makes the field meet a point-wise bound on its
+training grid (``bound.rel`` / ``bound.abs``; docs/bounded.md).
+
+The field carries the smooth structure; the residual carries the guarantee. With ``pred`` the
+stored field's answer on the grid (after its own quantisation) and ``y`` the signal, both are
+mapped by ``g`` and the difference is quantised on a grid of step ``2 * margin * D``:
+
+- absolute bound ``delta``: ``g(y) = y``, ``D = delta``;
+- relative bound ``eps`` (< 1) with floor ``f``: ``g(y) = y / f`` for ``|y| <= f`` and
+  ``sign(y) (1 + log(|y| / f))`` above, so ``g' = 1 / max(|y|, f)``; ``D = log(1 + eps)``. If
+  ``|g(y') - g(y)| <= D`` then ``|y' - y| <= eps * max(|y|, f)``: the relative bound above the
+  floor and ``eps * f`` below it, zeros and signs included (docs/bounded.md has the proof).
+
+``k = round((g(y) - g(pred)) / (2 margin D))`` is coded (ANS under a quantised Laplace, or zstd;
+the smaller), and the decoder answers ``g^-1(g(pred) + 2 margin D k)``. ``margin = 0.99`` leaves
+1 % of the bound for the rounding of another machine's float32 evaluation of the network (about
+1e-7 relative); every sample is then checked at compression, in the output dtype, and any that
+misses (none, in practice) is stored exactly as an exception. The check's result is reported.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nir.codec import ints
+from nir.codec.ints import RESIDUAL_CODERS
+from nir.errors import NirError, require
+
+MARGIN = 0.99
+KINDS = ("abs", "rel")
+DTYPES = ("float32", "float64", "float16")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A point-wise bound: ``kind`` ``abs`` (``value`` = delta) or ``rel`` (``value`` = eps, with
+    ``floor`` f > 0)."""
+
+    kind: str
+    value: float
+    floor: float = 0.0
+
+    @property
+    def step(self) -> float:
+        """The half-width D of the quantisation cell in g-space."""
+        return self.value if self.kind == "abs" else math.log1p(self.value)
+
+    def g(self, y: np.ndarray) -> np.ndarray:
+        """Linear below the floor, logarithmic above: ``g' = 1 / max(|y|, floor)``."""
+        if self.kind == "abs":
+            return y
+        a = np.abs(y) / self.floor
+        return np.sign(y) * np.where(a <= 1, a, 1 + np.log(np.maximum(a, 1)))
+
+    def g_inv(self, z: np.ndarray) -> np.ndarray:
+        if self.kind == "abs":
+            return z
+        a = np.abs(z)
+        return np.sign(z) * self.floor * np.where(a <= 1, a, np.exp(np.maximum(a, 1) - 1))
+
+    def allowed(self, y: np.ndarray) -> np.ndarray:
+        """The largest error each sample may have."""
+        if self.kind == "abs":
+            return np.full(y.shape, self.value)
+        return self.value * np.maximum(np.abs(y), self.floor)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "value": self.value}
+        if self.kind == "rel":
+            out["floor"] = self.floor
+        return out
+
+
+def bound_of(node: Any, metric_floor: float | None) -> Bound | None:
+    """The bound from a config node or dict with ``rel``, ``abs`` and ``floor`` (None: no bound);
+    every wrong value is one line."""
+    if not node:
+        return None
+    rel, ab, floor = node.get("rel"), node.get("abs"), node.get("floor")
+    if rel is None and ab is None:
+        require(floor is None, "bound.floor is set but neither bound.rel nor bound.abs")
+        return None
+    require(rel is None or ab is None, "set bound.rel or bound.abs, not both")
+    value = rel if rel is not None else ab
+    name = "bound.rel" if rel is not None else "bound.abs"
+    require(_positive(value), f"{name} must be a number > 0, got {value!r}")
+    require(ab is not None or value < 1, f"bound.rel must be below 1 (a relative error under 100 %), got {value!r}")
+    if rel is None:
+        return Bound("abs", float(ab))
+    if floor is None:
+        require(metric_floor is not None and metric_floor > 0,
+                "bound.rel needs a floor: set bound.floor (values below it get the error eps * floor)")  # fmt: skip
+        floor = metric_floor
+    require(_positive(floor), f"bound.floor must be a number > 0, got {floor!r}")
+    return Bound("rel", float(rel), float(floor))
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+# ----------------------------------------------------------------------------- the residual
+def _cell(bound: Bound) -> float:
+    return 2.0 * MARGIN * bound.step
+
+
+def reconstruct(pred: np.ndarray, k: np.ndarray, bound: Bound) -> np.ndarray:
+    """``g^-1(g(pred) + cell * k)`` in float64 (``pred``: the network's float32 answer)."""
+    p = pred.astype(np.float64)
+    if bound.kind == "abs":
+        return p + _cell(bound) * k
+    return bound.g_inv(bound.g(p) + _cell(bound) * k)
+
+
+def quantize(pred: np.ndarray, y: np.ndarray, bound: Bound) -> np.ndarray:
+    """The residual's integers for a chunk (int64)."""
+    p, t = pred.astype(np.float64), y.astype(np.float64)
+    return np.rint((bound.g(t) - bound.g(p)) / _cell(bound)).astype(np.int64)
+
+
+@dataclass
+class Residual:
+    """A residual as stored: the bound, the output dtype, the integers, and exceptions (flat
+    indices and their exact values) where the quantised value missed the bound."""
+
+    bound: Bound
+    dtype: str
+    k: np.ndarray
+    exceptions: np.ndarray
+    values: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return not self.k.any() and not self.exceptions.size
+
+
+def build_residual(chunks, bound: Bound, dtype: str = "float32", n: int | None = None) -> tuple[Residual, float]:
+    """The residual over ``chunks`` (an iterable of ``(pred, y)`` float arrays in grid order) and
+    the largest error of the bounded reconstruction, measured in the output ``dtype`` (relative
+    to each sample's allowance, so <= 1 is the guarantee). ``n``: the total sample count, when
+    known (the integers are then written into one array, not gathered and joined)."""
+    require(dtype in DTYPES, f"bounded output dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    ks, exc_idx, exc_val, worst, start = [], [], [], 0.0, 0
+    whole = np.empty(n, np.int64) if n is not None else None
+    for pred, y in chunks:
+        y = np.asarray(y, np.float64).reshape(-1)
+        require(np.isfinite(y).all(), "a bound needs finite values: the signal has NaN or infinite samples")
+        k = quantize(np.asarray(pred).reshape(-1), y, bound)
+        back = reconstruct(np.asarray(pred).reshape(-1), k, bound).astype(dtype).astype(np.float64)
+        y_out = y.astype(dtype).astype(np.float64)  # the value the output dtype can hold
+        err = np.abs(back - y_out)
+        bad = ~(err <= bound.allowed(y_out))
+        if bad.any():
+            k[bad] = 0
+            exc_idx.append(np.flatnonzero(bad) + start)
+            exc_val.append(y_out[bad])
+        ok = ~bad
+        if ok.any():
+            worst = max(worst, float((err[ok] / bound.allowed(y_out)[ok]).max()))
+        if whole is not None:
+            whole[start : start + k.size] = k
+        else:
+            ks.append(k)
+        start += y.size
+    if whole is not None:
+        require(start == n, f"the residual covers {start} samples, expected {n}")
+        k = whole
+    else:
+        k = np.concatenate(ks) if ks else np.zeros(0, np.int64)
+    idx = np.concatenate(exc_idx) if exc_idx else np.zeros(0, np.int64)
+    val = np.concatenate(exc_val) if exc_val else np.zeros(0)
+    return Residual(bound, dtype, k, idx, val), worst
+
+
+def apply(pred: np.ndarray, residual: Residual) -> np.ndarray:
+    """The bounded values: the network's ``pred`` (flat, grid order) corrected by the residual,
+    in the residual's output dtype."""
+    out = reconstruct(np.asarray(pred).reshape(-1), residual.k, residual.bound).astype(residual.dtype)
+    if residual.exceptions.size:
+        out[residual.exceptions] = residual.values.astype(residual.dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------- coding
+def code_ints(k: np.ndarray, only: int | None = None) -> bytes:
+    """The integers behind one byte naming their coder (:data:`nir.codec.ints.RESIDUAL_CODERS`:
+    ANS under a quantised Laplace fitted to them, or zstd of their zigzag codes; the smaller);
+    ``only``: that coder's id, where it applies."""
+    asked = [c for c in RESIDUAL_CODERS if c.id == only]
+    coder, data = ints.smallest(asked, [k]) if ints.applies(asked, [k]) else ints.smallest(RESIDUAL_CODERS, [k])
+    return bytes([coder.id]) + data
+
+
+def decode_ints(data: bytes, n: int) -> np.ndarray:
+    (k,) = ints.coder_of(RESIDUAL_CODERS, data[0], "residual").decode(data[1:], [n])
+    return k
+
+
+def encode(residual: Residual) -> bytes:
+    """The residual as bytes: kind, dtype, value, floor, flags, exceptions, integers."""
+    b = residual.bound
+    head = struct.pack("<BBdd", KINDS.index(b.kind), DTYPES.index(residual.dtype), b.value, b.floor)
+    if residual.empty:
+        return head + b"\x00"
+    coded = code_ints(residual.k)
+    exc = residual.exceptions
+    gaps = np.diff(np.concatenate([[-1], exc])).astype(np.uint64) if exc.size else np.zeros(0, np.uint64)
+    body = (
+        struct.pack("<QI", residual.k.size, exc.size)
+        + b"".join(ints.varint(int(g)) for g in gaps)
+        + residual.values.astype("<f8").tobytes()
+    )
+    return head + b"\x01" + body + coded
+
+
+def decode(data: bytes, n: int) -> Residual:
+    """The residual of ``n`` samples from :func:`encode`'s bytes."""
+    try:
+        kind, dt, value, floor = struct.unpack_from("<BBdd", data, 0)
+        bound = Bound(KINDS[kind], value, floor)
+        if data[18] == 0:
+            return Residual(bound, DTYPES[dt], np.zeros(n, np.int64), np.zeros(0, np.int64), np.zeros(0))
+        count, nexc = struct.unpack_from("<QI", data, 19)
+        require(count == n, f"residual covers {count} samples, the grid has {n}")
+        pos, gaps = 31, []
+        for _ in range(nexc):
+            gap, pos = ints.read_varint(data, pos)
+            gaps.append(gap)
+        exc = np.cumsum(np.array(gaps, np.int64)) - 1 if nexc else np.zeros(0, np.int64)
+        values = np.frombuffer(data[pos : pos + 8 * nexc], "<f8").copy()
+        pos += 8 * nexc
+        k = decode_ints(data[pos:], n)
+    except NirError:
+        raise
+    except Exception as e:
+        raise NirError(f"the residual is corrupt ({type(e).__name__}); compress again") from None
+    return Residual(bound, DTYPES[dt], k, exc, values)
