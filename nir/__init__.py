@@ -3,7 +3,8 @@
 from nir.errors import NirError
 from nir.field import Field, load_field
 from nir.metrics import score
-from nir.signal import Grid, Signal, read_array, read_image
+from nir.readers import read_array, read_image
+from nir.signal import Grid, Signal
 
 
 def fit(*args, **kwargs):

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from nir.fields import Siren
-from nir.signal import Signal, read_image
+from nir.readers import read_image
+from nir.signal import Signal
 
 
 def cameraman256() -> Signal:

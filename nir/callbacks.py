@@ -330,8 +330,10 @@ class FinalMetrics(pl.Callback):
     The HPARAMS summary declares the ``hp/*`` metric names without writing a value at step 0
     (Lightning's ``log_hyperparams`` would chart a NaN there); the values come at the end."""
 
-    def __init__(self, hparams: dict[str, Any], hp_metrics: list[str], store: dict[str, str] | None = None) -> None:
-        self.hparams, self.hp_metrics, self.store = hparams, hp_metrics, store or {}
+    def __init__(self, hparams: dict[str, Any], hp_metrics: list[str], store: Any = None) -> None:
+        from nir.codec.storage import Store
+
+        self.hparams, self.hp_metrics, self.store = hparams, hp_metrics, store or Store()
         self.metrics: dict[str, Any] = {}
         self._t0 = time.perf_counter()
 

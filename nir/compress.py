@@ -120,9 +120,8 @@ def _values(path: str | Path, var: str | None) -> int:
 
 def info(path: str | Path) -> str:
     """``nir-compress --info``: shape, bound, floor, bytes by part, network."""
-    from nir import bound as bounds
-    from nir.container import header_bytes
-    from nir.field import load_field
+    from nir.codec import bound as bounds
+    from nir.field import compact_header_bytes, load_field
 
     path = Path(path)
     field = load_field(path)
@@ -136,7 +135,7 @@ def info(path: str | Path) -> str:
         f"network: {net['target'].rsplit('.', 1)[-1]} ({field.num_parameters():,} parameters), "
         f"{ {k: v for k, v in net['kwargs'].items() if k not in ('bounds', 'in_dim', 'out_dim')} }",
     ]
-    header = header_bytes(data) if data[:4] == b"NIRf" else None
+    header = compact_header_bytes(data, field) if data[:4] == b"NIRf" else None
     residual = len(field.residual) if field.residual is not None else 0
     if field.residual is not None:
         r = bounds.decode(field.residual, math.prod(spec["shape"]) * spec["channels"])

@@ -44,7 +44,7 @@ def groups() -> dict[str, list[str]]:
 def readers() -> dict[str, str]:
     """The readers, one table keyed by file suffix: suffix -> the ``data=`` option that reads it.
     Built from the options themselves: each ``conf/data/<option>.yaml`` names its reader in
-    ``_target_``, and a reader lists its suffixes (:func:`nir.signal.reads`). A new format is one
+    ``_target_``, and a reader lists its suffixes (:func:`nir.readers.reads`). A new format is one
     reader function and one YAML (docs/architecture.md)."""
     from hydra.utils import get_method
 
@@ -175,7 +175,7 @@ def check_config(cfg: DictConfig) -> None:
         graph is True or graph is False or graph == "auto", f"cuda_graph must be auto, true or false, got {graph!r}"
     )
     if "store" in cfg:
-        from nir.run import store_of
+        from nir.settings import store_of
 
         store_of(cfg)  # one line for a stored precision, coder or QAT setting that is not one
     vci = cfg.trainer.get("val_check_interval")

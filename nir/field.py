@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from nir.components import TRUSTED_ENV, build_component, component_spec, import_class, trusted_prefixes  # noqa: F401
 from nir.errors import NirError, cli_errors, require
-from nir.signal import DATASET_EXTENSIONS, Grid, positions_of
+from nir.readers.suffixes import DATASET_EXTENSIONS
+from nir.signal import Grid, positions_of
 
 
 class Field(nn.Module):
@@ -35,7 +36,7 @@ class Field(nn.Module):
         self.transform = transform
         self.spec = spec
         self.register_buffer("bounds", torch.tensor(spec["bounds"], dtype=torch.float32))
-        #: the coded residual of an error-bounded field (``bound.rel`` / ``bound.abs``; nir.bound):
+        #: the coded residual of an error-bounded field (``bound.rel`` / ``bound.abs``; nir.codec.bound):
         #: :meth:`sample` on the training grid applies it, so every sample meets the bound
         self.residual: bytes | None = None
 
@@ -141,7 +142,7 @@ class Field(nn.Module):
         if suffix == ".npy":
             arr.flush()
         elif suffix in DATASET_EXTENSIONS:
-            from nir.datasets import as_dataarray, write
+            from nir.readers.datasets import as_dataarray, write
 
             write(as_dataarray(self.spec, result.numpy(), bounds, positions), Path(out))
         elif suffix is not None:
@@ -161,7 +162,7 @@ class Field(nn.Module):
             f"cannot write {str(out)!r}: use .npy, .png, .tif, .tiff, .nc, .h5, .hdf5 or .zarr",
         )
         if suffix in DATASET_EXTENSIONS:
-            from nir.datasets import xarray
+            from nir.readers.datasets import xarray
 
             xarray()  # one line now if xarray is missing, not after sampling
         return suffix
@@ -187,7 +188,7 @@ class Field(nn.Module):
         """The error-bounded answer on the training grid as a flat numpy array in the source's
         dtype (``nir-decompress`` writes it): the network's answer (``pred``, computed when
         None) corrected by the residual."""
-        from nir import bound
+        from nir.codec import bound
 
         require(self.residual is not None, "this field has no residual: train it with bound.rel or bound.abs")
         if pred is None:
@@ -216,7 +217,7 @@ class Field(nn.Module):
         The coordinates are the cell centres (nir's convention), so on the training grid they
         equal the source file's. Needs xarray (``pip install 'nir[sci]'``).
         """
-        from nir.datasets import as_dataarray, grid_of, xarray
+        from nir.readers.datasets import as_dataarray, grid_of, xarray
 
         xarray()
         shape, box, positions = grid_of(self.spec, coords)
@@ -293,7 +294,7 @@ class Field(nn.Module):
         return path
 
     def _stored_tensors(self, dtype: str, int8_scale: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-        from nir import storage
+        from nir.codec import storage
 
         params = [name for name, _ in self.named_parameters()]
         tensors = storage.encode(self.state_dict(), params, dtype, int8_scale)
@@ -311,12 +312,12 @@ class Field(nn.Module):
     ) -> Path:
         """Write a portable field file.
 
-        ``format``: ``nir`` (the compact file, :mod:`nir.container`: a few bytes of header, then
+        ``format``: ``nir`` (the compact file, :mod:`nir.codec.container`: a few bytes of header, then
         the coded parameters) or ``safetensors`` (for interchange: safetensors weights, the spec
         as JSON in its header); by default from the suffix (``.nir`` compact, otherwise
         safetensors). ``dtype``: the parameters' stored precision, ``float32``, ``float16`` or
         ``int2`` .. ``int8`` (with one scale per weight row, or per tensor with
-        ``int8_scale="tensor"``); buffers stay float32 (:mod:`nir.storage`). ``coder``: how the
+        ``int8_scale="tensor"``); buffers stay float32 (:mod:`nir.codec.storage`). ``coder``: how the
         compact file codes the integers (``auto``, ``raw``, ``ans``, ``zstd``). :func:`load_field`
         reads both formats and dequantises, so the loaded field answers exactly what the file holds."""
         from nir.checkpoint import atomic_write_bytes
@@ -332,9 +333,10 @@ class Field(nn.Module):
         """The bytes :meth:`save` writes (``format`` ``nir`` or ``safetensors``)."""
         require(format in FORMATS, f"field file format must be nir or safetensors, got {format!r}")
         if format == "nir":
-            from nir.container import encode_field
+            from nir.codec import container
 
-            return encode_field(self, dtype, int8_scale, coder)
+            residual = self.residual
+            return container.encode(self.spec, self.state_dict(), self.template(), dtype, int8_scale, coder, residual)
         from safetensors.torch import save
 
         return save(*self._stored_tensors(dtype, int8_scale))
@@ -349,11 +351,16 @@ class Field(nn.Module):
     def round_to_storage(self, dtype: str = "float32", int8_scale: str = "row") -> Field:
         """Put the stored values into the field in place (what :meth:`save` then
         :func:`load_field` would give), so it is evaluated as the file will answer."""
-        from nir import storage
+        from nir.codec import storage
 
         params = [name for name, _ in self.named_parameters()]
         self.load_state_dict(storage.round_trip(self.state_dict(), params, dtype, int8_scale))
         return self
+
+    def template(self) -> Any:
+        """What the compact file needs of this field's structure: the state its spec builds (the
+        buffers a file need not store) and the parameters' names (:class:`nir.codec.container.Template`)."""
+        return _template(self.spec, self)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], trusted: Iterable[str] = ()) -> Field:
@@ -428,12 +435,10 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
             else {}
         )
         return _rebuild(ckpt["nir_spec"], lambda: state, f"checkpoint {str(p)!r}", trusted).to(device).eval()
-    from nir.container import MAGIC, decode_field
+    from nir.codec import container
 
-    with open(p, "rb") as fh:
-        data = fh.read(len(MAGIC))
-    if data == MAGIC:
-        return decode_field(p.read_bytes(), f"field file {str(p)!r}", trusted).to(device).eval()
+    if container.is_compact(p):
+        return from_compact(p.read_bytes(), f"field file {str(p)!r}", trusted).to(device).eval()
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
@@ -443,7 +448,7 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
         ) from None
     require("nir_spec" in meta, f"{str(p)!r} has no nir spec in its header; it was not written by Field.save")
     from nir.checkpoint import check_format
-    from nir.storage import decode
+    from nir.codec.storage import decode
 
     what = f"field file {str(p)!r}"
     check_format(meta.get("nir_format"), what)
@@ -452,6 +457,36 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
     except ValueError:
         raise NirError(f"{what} is corrupt: its spec is not valid JSON; save the field again") from None
     return _rebuild(spec, lambda: decode(load_file(str(p))), what, trusted).to(device).eval()
+
+
+def _template(spec: dict[str, Any], field: Any = None, trusted: Iterable[str] = ()) -> Any:
+    """The container's :class:`~nir.codec.container.Template` of ``spec`` (``field``: a field
+    with the spec's structure, whose parameters' names are used; the fresh state is the spec's own)."""
+    from nir.codec.container import Template
+
+    fresh = Field.from_spec(spec, trusted)
+    names = field if field is not None else fresh
+    return Template(fresh.state_dict(), frozenset(name for name, _ in names.named_parameters()))
+
+
+def from_compact(data: bytes, what: str, trusted: Iterable[str] = ()) -> Field:
+    """The field of a compact file's bytes; anything wrong is one line naming ``what``."""
+    from nir.codec import container
+
+    c = container.read(data, what)
+    field = _rebuild(c.spec, lambda: c.state(_template(c.spec, trusted=trusted)), what, trusted)
+    field.residual = c.residual
+    return field
+
+
+def compact_header_bytes(data: bytes, field: Field | None = None) -> int:
+    """Bytes of a compact file that are not coded parameters (:func:`nir.codec.container.header_bytes`);
+    ``field``: the field it holds, when at hand (else built from the spec, to count its buffers)."""
+    from nir.codec import container
+
+    field = from_compact(data, "a compact field") if field is None else field
+    params = {name for name, _ in field.named_parameters()}
+    return container.header_bytes(data, sum(1 for name in field.state_dict() if name not in params))
 
 
 def _rebuild(spec: Any, state: Any, what: str, trusted: Iterable[str]) -> Field:

@@ -157,7 +157,7 @@ def check_setup(loss: nn.Module, transform: nn.Module, precision: str) -> None:
 
 
 class Auto(nn.Module):
-    """``loss=auto``: a placeholder that :func:`nir.run.resolve_auto_loss` replaces, once the signal is read,
+    """``loss=auto``: a placeholder that :func:`nir.parts.resolve_auto_loss` replaces, once the signal is read,
     with ``log_mse`` (and ``transform=log``) for positive data spanning at least ``min_decades``
     decades, ``asinh_mse`` (and ``transform=asinh``) for long-tailed data with zeros or negative
     values, else ``mse`` (:func:`auto_choice`). Never trains itself."""
@@ -167,7 +167,7 @@ class Auto(nn.Module):
         self.min_decades = positive_float("loss.min_decades", min_decades)
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - replaced before training
-        raise RuntimeError("loss=auto must be resolved with nir.run.resolve_auto_loss before training")
+        raise RuntimeError("loss=auto must be resolved with nir.parts.resolve_auto_loss before training")
 
 
 def auto_choice(absmin: float, absmax: float, minimum: float, min_decades: float, floor: float) -> tuple[str, str]:

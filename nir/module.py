@@ -12,9 +12,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from nir import storage
 from nir.batches import TrainingData
 from nir.checkpoint import FORMAT
+from nir.codec import storage
 from nir.field import Field
 from nir.metrics import GridMetrics, MaxProjections, image_ssim
 from nir.optim import Adam
@@ -91,7 +91,7 @@ class FieldModule(pl.LightningModule):
         # a plain dict: as an attribute the compiled wrapper would duplicate every weight in the state dict
         self._compiled: dict[str, Callable[[Tensor], Tensor]] = {}
         self.compile_network = bool(compile)
-        self.stored = stored or storage.StoredTraining({}, max_steps, 1)  # QAT, rate term, bound (nir.storage)
+        self.stored = stored or storage.StoredTraining(storage.Store(), max_steps, 1)  # QAT, rate term, bound
 
     def batches(self) -> TrainingData:
         """The training data, on this module's device (moved there once)."""
@@ -215,15 +215,15 @@ def evaluate_grid(module: FieldModule, chunk: int = 65536) -> dict[str, Any]:
     return results
 
 
-def evaluate_stored(pl_module: FieldModule, store: dict[str, Any]) -> dict[str, Any]:
+def evaluate_stored(pl_module: FieldModule, store: storage.Store) -> dict[str, Any]:
     """The final metrics of the field as it will be stored: its parameters rounded to
-    ``store["dtype"]`` in place (what ``field.nir`` will hold), evaluated in fp32, plus the
+    ``store.dtype`` in place (what ``field.nir`` will hold), evaluated in fp32, plus the
     compact file's ``bytes`` (``bytes_header`` of them not coded parameters),
     ``compression_ratio`` (the signal's float32 bytes over them), ``bits_per_sample`` (per
     value: grid sample and channel) and ``bits_per_parameter`` (per network parameter)."""
-    from nir.container import header_bytes
+    from nir.field import compact_header_bytes
 
-    field, dtype, scale = pl_module.field, store.get("dtype", "float32"), store.get("int8_scale", "row")
+    field, dtype, scale = pl_module.field, store.dtype, store.int8_scale
     if dtype != "float32":
         field.round_to_storage(dtype, scale)
     metrics = pl_module.evaluate()
@@ -231,14 +231,14 @@ def evaluate_stored(pl_module: FieldModule, store: dict[str, Any]) -> dict[str, 
     values = math.prod(signal.shape) * signal.channels
     if pl_module.stored.bound is not None:
         metrics.update(bound_residual(field, signal, pl_module.stored.bound))
-    data = field.to_bytes(dtype, scale, "nir", store.get("coder", "auto"))
+    data = field.to_bytes(dtype, scale, "nir", store.coder)
     nbytes = len(data)
     if field.residual is not None:
         metrics["bytes_network"] = nbytes - len(field.residual)
     metrics.update(
         store_dtype=dtype,
         bytes=nbytes,
-        bytes_header=header_bytes(data, field),
+        bytes_header=compact_header_bytes(data, field),
         compression_ratio=4.0 * values / nbytes,
         bits_per_sample=8.0 * nbytes / values,
         bits_per_parameter=8.0 * nbytes / max(field.num_parameters(), 1),
@@ -259,7 +259,7 @@ def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
     """Build the residual that makes ``field`` meet ``bound`` on the signal's grid, attach it
     (``field.residual``), then measure the bounded answer independently: decode the residual's
     bytes, apply them to a fresh evaluation, and compare every sample with the signal."""
-    from nir import bound as bounds
+    from nir.codec import bound as bounds
 
     dtype = str(signal.meta.get("dtype", "float32"))
     dtype = dtype if dtype in bounds.DTYPES else "float32"

@@ -1,6 +1,7 @@
-"""One training run, in the order it happens: prepare the run directory, build the parts, build
-the trainer, fit with the guards, collect the metrics, write the run. ``nir-train`` (through
-Hydra) and ``nir.fit`` (from Python) both call :func:`train_field`.
+"""One training run, in the order it happens: prepare the run directory, build the parts
+(:mod:`nir.parts`), build the trainer (:mod:`nir.trainer`), fit with the guards, collect the
+metrics, write the run (:mod:`nir.records`, the lines of :mod:`nir.console`). ``nir-train``
+(through Hydra) and ``nir.fit`` (from Python) both call :func:`train_field`.
 
 Library calls leave the process as they found it: no allocator settings (``nir-train`` sets
 them, :mod:`nir.allocator`), and Lightning's noise is silenced only inside the run.
@@ -9,103 +10,27 @@ them, :mod:`nir.allocator`), and Lightning's noise is silenced only inside the r
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nir.budget import fit_to_budget
-from nir.config import ALIASES, build, check_config, compose_config, groups, kwargs_of, preset_line
+from nir import console
+from nir.config import ALIASES, check_config, compose_config, groups, preset_line
 from nir.errors import NirError, require
+from nir.parts import Parts, build_parts, resolve_auto_model
+from nir.records import write_hydra_record, write_json
+from nir.settings import job_of
+from nir.trainer import build_trainer
 
 log = logging.getLogger("nir")
-
-
-@dataclass
-class Parts:
-    """What a run trains: the signal, its training data, the field, the Lightning module."""
-
-    signal: Any
-    data: Any
-    field: Any
-    module: Any
-    precision: str
-    loss_option: str | None = None  # what loss=auto chose (None: the loss was named)
-
-
-def resolve_precision(precision: Any, accelerator: str) -> str:
-    """``"auto"``: ``bf16-mixed`` where the hardware has native bf16 (CUDA with bf16, or a CPU
-    with AMX / AVX512-BF16, where oneDNN runs bf16 matmuls natively), else ``"32"``.
-    Any other value is passed to Lightning unchanged."""
-    import torch
-
-    if str(precision) != "auto":
-        return str(precision)
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32"
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bf16-mixed" if native else "32"
-
-
-def hydra_job() -> tuple[bool, Any]:
-    """(is this a multirun job, Hydra's config) — (False, None) outside Hydra."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        return hc.mode == RunMode.MULTIRUN, hc
-    except Exception:
-        return False, None
-
-
-def _terminal() -> bool:
-    """Is stdout a terminal wide enough for a progress bar (a pty of width 0 shows none)?"""
-    try:
-        return sys.stdout.isatty() and os.get_terminal_size(sys.stdout.fileno()).columns >= 40
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _check_strategy(trainer_kwargs: dict[str, Any]) -> None:
-    """Refuse script-relaunching DDP inside a multirun: its child processes re-run the whole sweep."""
-    strategy = str(trainer_kwargs.get("strategy", "auto"))
-    multirun, _ = hydra_job()
-    relaunch = strategy.startswith("ddp") and not strategy.startswith(("ddp_spawn", "ddp_notebook"))
-    require(
-        not (multirun and relaunch),
-        f"trainer.strategy={strategy} inside a multirun would re-run the whole sweep in every DDP process; "
-        "run DDP jobs one at a time (no -m), or use trainer.strategy=ddp_spawn in sweeps",
-    )
-
-
-def _threads_for_parallel_jobs() -> None:
-    """Under Hydra's joblib launcher, give each job cores / n_jobs threads (no oversubscription)."""
-    import torch
-
-    _, hc = hydra_job()
-    launcher = hc.launcher if hc is not None else None
-    if launcher is None or "Joblib" not in str(launcher.get("_target_", "")):
-        return
-    cores = os.cpu_count() or 1
-    n_jobs = int(launcher.get("n_jobs", -1))
-    n_jobs = cores if n_jobs <= 0 else n_jobs
-    threads = max(1, cores // n_jobs)
-    torch.set_num_threads(threads)
-    log.info("joblib launcher with %d parallel jobs on %d cores: %d torch thread(s) per job", n_jobs, cores, threads)
 
 
 def _seed_all(seed: int) -> None:
@@ -119,53 +44,6 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds the legacy global generator that user code may use
     torch.manual_seed(seed)
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every non-finite float (an empty bin's NaN, an infinite PSNR) as ``None``, so
-    it is strict JSON (``null``), and tensors / numpy scalars as plain numbers."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # torch / numpy scalar
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Strict JSON (``allow_nan=False``: non-finite numbers are written as ``null``), atomically."""
-    from nir.checkpoint import atomic_write_text
-
-    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object nir wrote (``metrics.json``, a sweep record); a file that is not one
-    (truncated, corrupt, foreign) is one line naming it."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise NirError(
-            f"{what} {str(path)!r} cannot be read ({type(e).__name__}); it is corrupt or truncated: remove it or re-run"
-        ) from None
-    require(isinstance(obj, dict), f"{what} {str(path)!r} is not a JSON object; it was not written by nir")
-    return obj
-
-
-def write_hydra_record(run_dir: Path, cfg: DictConfig, overrides: Sequence[str], hydra_cfg: Any = None) -> None:
-    """``.hydra/config.yaml``, ``overrides.yaml`` (and ``hydra.yaml`` under Hydra): the record
-    Hydra keeps of a job, written by nir (``hydra.output_subdir: null``) once the run holds its
-    directory's lock, atomically, so a refused second run or a full disk leaves the first intact."""
-    from nir.checkpoint import atomic_write_text
-
-    record = run_dir / ".hydra"
-    atomic_write_text(record / "config.yaml", OmegaConf.to_yaml(cfg))
-    atomic_write_text(record / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
-    if hydra_cfg is not None:
-        atomic_write_text(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
 
 
 # ----------------------------------------------------------------------------- the run's steps
@@ -191,373 +69,6 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str | Path | None) -> Path:
         ) from None
     _seed_all(int(cfg.seed))
     return run_dir
-
-
-def resolve_auto_loss(cfg: DictConfig, signal: Any) -> str:
-    """``loss=auto`` (``data=array``'s default): put the chosen loss (and its transform) into
-    ``cfg`` from the signal's exact extremes, print the decision in one line, return the option."""
-    from omegaconf import open_dict
-
-    from nir.config import option_nodes
-    from nir.losses import auto_choice
-    from nir.transforms import floor_from_data
-
-    st = signal.summary()
-    minimum = float(st["min"].min())
-    floor = floor_from_data(signal.fit_sample(), 1e-7) if minimum <= 0 else 0.0
-    choice, why = auto_choice(
-        float(st["absmin"]), float(st["absmax"]), minimum, float(cfg.loss.get("min_decades", 3.0)), floor
-    )
-    own = str(cfg.transform.get("_target_", "nir.transforms.Identity"))
-    if choice != "mse" and own != "nir.transforms.Identity" and not (choice == "log_mse" and own.endswith(".Log")):
-        choice = "mse"  # a transform named on the command line wins: MSE in its space
-        why += f"; transform {own.rsplit('.', 1)[-1]} as given"
-    nodes = option_nodes("loss", choice)
-    if own != "nir.transforms.Identity":
-        nodes.pop("transform", None)
-    with open_dict(cfg):
-        for group, (_, node) in nodes.items():
-            cfg[group] = node
-    brings = "".join(f", {g}={option}" for g, (option, _) in nodes.items() if g != "loss")
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        print(f"loss=auto: {why} -> loss={choice}{brings}; pass loss=... to choose", flush=True)
-    return choice
-
-
-def resolve_auto_sampling(cfg: DictConfig, signal: Any) -> str | None:
-    """``sampling=auto`` (``data=array``'s default): put the chosen sampling into ``cfg`` from the
-    signal and the transform in effect (after ``loss=auto``), print it in one line, return it."""
-    if str(cfg.sampling.get("_target_", "")) != "nir.samplers.Auto":
-        return None
-    from omegaconf import open_dict
-
-    from nir.config import option_nodes
-    from nir.samplers.auto import choose
-
-    choice, why = choose(bool(signal.long_tailed), str(cfg.transform.get("_target_", "")))
-    with open_dict(cfg):
-        cfg["sampling"] = option_nodes("sampling", choice)["sampling"][1]
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        print(f"sampling=auto: {why} -> sampling={choice}; pass sampling=... to choose", flush=True)
-    return choice
-
-
-def resolve_auto_model(cfg: DictConfig, choices: dict[str, Any], task: Sequence[str] | None) -> tuple[DictConfig, Any]:
-    """``model=auto``: choose the network from the signal's shape (:mod:`nir.fields.auto`), print
-    the decision in one line, and compose the config again as if ``model=<choice>`` had been
-    typed, so the precedence rule holds. ``task``: the run's overrides; without them (a config
-    composed by hand) the chosen model's node and optimiser settings replace ``cfg``'s. Returns
-    the config and the signal (read once, reused by :func:`build_parts`)."""
-    if str(cfg.model.get("_target_", "")) != "nir.fields.Auto":
-        return cfg, None
-    from omegaconf import open_dict
-
-    from nir.fields.auto import choose
-
-    signal = build(cfg.data, "data")
-    option, why, sized = choose(signal.ndim, signal.numel)
-    size, bound = cfg.get("size") or {}, cfg.get("bound") or {}
-    if any(size.get(k) is not None for k in ("bytes", "ratio")) or any(
-        bound.get(k) is not None for k in ("rel", "abs")
-    ):
-        sized = []  # the run's own size or bound decides the network's size
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        print(
-            f"model=auto: {why} -> model={option}{''.join(', ' + o for o in sized)}; pass model=... to choose",
-            flush=True,
-        )
-    if task is not None:
-        keep = [o for o in task if o.split("=", 1)[0].lstrip("+~") != "model"]
-        new = compose_again([*keep, f"model={option}", *sized])
-    else:
-        chosen = compose_again([f"model={option}", *sized])
-        new = cfg.copy()
-        with open_dict(new):
-            new.model, new.optim, new.size = chosen.model, chosen.optim, chosen.size
-    choices["model"] = option
-    return new, signal
-
-
-def compose_again(overrides: Sequence[str]) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides``, inside a running Hydra app (its search path) or not."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        from hydra import compose
-
-        return compose(config_name="train", overrides=list(overrides))
-    return compose_config(overrides)[0]
-
-
-def announce_signal(signal: Any) -> None:
-    """The start lines about the data: a dataset's axes (names, sizes, boxes, units) and the
-    number of masked samples."""
-    from nir.datasets import describe
-
-    if os.environ.get("LOCAL_RANK", "0") != "0":
-        return
-    line = describe(signal)
-    if line:
-        print(line, flush=True)
-    if signal.missing:
-        print(f"data: {signal.missing:,} of {signal.numel:,} samples are missing (NaN / _FillValue): masked, never "
-              "trained on or scored (masked_samples in metrics.json); data.nan=error refuses them", flush=True)  # fmt: skip
-
-
-def build_field(cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal: Any) -> Any:
-    """The untrained field for ``model`` (a model node) on ``signal``: the network, the value
-    transform and the plain-value spec a saved field carries."""
-    from nir.field import Field, component_spec
-
-    network = build(model, "model", **dims)
-    transform = build(cfg.transform, "transform")
-    spec = {
-        "network": component_spec(network, {**kwargs_of(model), **dims}),
-        "transform": component_spec(transform, kwargs_of(cfg.transform)),
-        "bounds": [list(b) for b in signal.bounds],
-        "shape": list(signal.shape),
-        "channels": signal.channels,
-        "is_image": signal.is_image,
-        "meta": {"signal": signal.name, **signal.meta},
-    }
-    return Field(network, transform, spec)
-
-
-def _candidate_bytes(
-    cfg: DictConfig, model: DictConfig, dims: dict[str, Any], signal: Any, dtype: str | None = None
-) -> int:
-    """The field file's size for a candidate model node at ``dtype`` (default: the run's store)
-    with its integers at N bits each: the entropy coder only makes the file smaller
-    (for :func:`nir.budget.fit_to_budget`)."""
-    store = store_of(cfg)
-    with contextlib.redirect_stdout(io.StringIO()):  # a candidate's own start lines (e.g. a grid's)
-        field = build_field(cfg, model, dims, signal)
-    return field.stored_bytes(dtype or store["dtype"], store["int8_scale"], coder="raw")
-
-
-def build_parts(cfg: DictConfig, signal: Any = None) -> Parts:
-    """Signal (``signal``: already read, e.g. by ``model=auto``), network, transform and loss from
-    the config; the training data (which fits the transform and the loss once); the field; the
-    Lightning module."""
-    from nir.losses import check_setup
-
-    signal = build(cfg.data, "data") if signal is None else signal
-    announce_signal(signal)
-    loss_option = resolve_auto_loss(cfg, signal) if str(cfg.loss.get("_target_", "")) == "nir.losses.Auto" else None
-    resolve_auto_sampling(cfg, signal)
-    dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
-    if cfg.model.get("bounds", "absent") is None:  # networks that cover a box (grids) get the signal's
-        dims["bounds"] = [list(b) for b in signal.bounds]
-    sized = fit_to_budget(cfg, signal, dims, lambda node, dtype: _candidate_bytes(cfg, node, dims, signal, dtype))
-    if sized and os.environ.get("LOCAL_RANK", "0") == "0":
-        print(sized, flush=True)
-    field = build_field(cfg, cfg.model, dims, signal)
-    transform = field.transform
-    loss = build(cfg.loss, "loss")
-    optim = build(cfg.optim, "optim")
-    trainer_cfg = cfg.trainer
-    precision = resolve_precision(trainer_cfg.get("precision", "32"), trainer_cfg.get("accelerator", "auto"))
-
-    from nir.batches import TrainingData  # Lightning's import cost only once the input is known good
-    from nir.holdout import Holdout
-    from nir.module import FieldModule
-
-    sampling = build(cfg.sampling, "sampling")
-    holdout = Holdout.of(cfg.data.get("holdout"), signal.shape, int(cfg.seed))
-    data = TrainingData(
-        signal, transform, loss, int(cfg.batch_size), float(cfg.cache_mb), int(cfg.seed), sampling, holdout
-    )
-    check_setup(loss, transform, precision)
-    from nir.bound import bound_of
-    from nir.storage import StoredTraining
-
-    bound = bound_of(cfg.get("bound"), float(data.stats.floor) or None)
-    require(bound is None or not signal.missing,
-            f"a bound needs every sample: the signal has {signal.missing:,} missing (NaN) samples; fill them or drop bound.*")  # fmt: skip
-    module = FieldModule(
-        field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile),
-        steps_per_call=steps_per_call(cfg), cuda_graph=cfg.get("cuda_graph", "auto"),
-        clip=trainer_cfg.get("gradient_clip_val"),
-        stored=StoredTraining(store_of(cfg), int(trainer_cfg.max_steps), signal.numel * signal.channels, bound),
-    )  # fmt: skip
-    return Parts(signal, data, field, module, precision, loss_option)
-
-
-def steps_per_call(cfg: DictConfig) -> int:
-    """Optimizer steps per training call (``steps_per_call``, :mod:`nir.steps`): the requested
-    (or the device's ``auto``) value, reduced so that every call ends on the last step, each
-    validation and each scalar log; the reduction is printed."""
-    from nir.steps import effective_steps_per_call, resolve_steps_per_call
-
-    t = cfg.trainer
-    try:
-        asked = resolve_steps_per_call(cfg.get("steps_per_call", 1), str(t.get("accelerator", "cpu")))
-    except ValueError as e:
-        raise NirError(str(e)) from None
-    events = [int(t.max_steps), int(t.get("val_check_interval") or 0), int(t.get("log_every_n_steps", 50) or 0)]
-    k = effective_steps_per_call(asked, *events)
-    if k != asked and os.environ.get("LOCAL_RANK", "0") == "0":
-        print(f"nir: steps_per_call {asked} -> {k}, so that every call ends on the last step, each validation "
-              f"and each log (trainer.max_steps, val_check_interval, log_every_n_steps: {', '.join(map(str, events))})",
-              flush=True)  # fmt: skip
-    return k
-
-
-#: HPARAMS columns every run logs after its swept and overridden keys (the same set in every job)
-HPARAM_GROUPS = ["model", "data", "loss", "transform", "sampling", "optim", "trainer"]
-HPARAM_KEYS = ["optim.lr", "trainer.max_steps", "batch_size", "trainer.precision", "seed"]
-
-
-def run_hparams(
-    cfg: DictConfig, parts: Parts, choices: dict[str, Any], swept: Sequence[str], task: Sequence[str]
-) -> dict[str, Any]:
-    """The HPARAMS tab's columns, the same keys in every job of a sweep: the swept keys first
-    (TensorBoard shows the first columns), then the job's other overrides, the chosen option of
-    each group and the keys most runs change, plus the parameter count. The full config is in
-    ``config.yaml``."""
-    keys: list[str] = []
-    for k in [*swept, *(o.split("=", 1)[0].lstrip("+~") for o in task if "=" in o), *HPARAM_GROUPS, *HPARAM_KEYS]:
-        if k not in keys and not k.startswith("hydra"):
-            keys.append(k)
-    out: dict[str, Any] = {}
-    for k in keys:
-        if k in HPARAM_GROUPS or k in groups():
-            v = parts.loss_option if k == "loss" and parts.loss_option else choices.get(k)
-        elif k == "trainer.precision":
-            v = parts.precision
-        else:
-            v = OmegaConf.select(cfg, k, default=None)
-        out[k] = v if isinstance(v, (bool, int, float, str)) else "null" if v is None else str(v)
-    out["num_params"] = parts.field.num_parameters()
-    return out
-
-
-def run_name(hparams: dict[str, Any], swept: Sequence[str]) -> str:
-    """A sweep job's TensorBoard run name: its swept values (``model=fourier,optim.lr=0.01``)."""
-    name = ",".join(f"{k}={hparams.get(k)}" for k in swept)
-    return "".join(c if c.isalnum() or c in "=,.-_+" else "_" for c in name)
-
-
-def _logger_and_final_metrics(cfg: DictConfig, parts: Parts, run_dir: Path, choices: dict[str, Any]) -> tuple[Any, Any]:
-    """The TensorBoard logger (a sweep job's run named after its swept values) and the
-    callback that logs the HPARAMS columns and the final metrics."""
-    from nir.callbacks import FinalMetrics, NirTensorBoardLogger
-    from nir.sweep import read_swept
-
-    multirun, hc = hydra_job()
-    swept = read_swept(hc.sweep.dir) if multirun else []
-    hparams = run_hparams(cfg, parts, choices, swept, list(hc.overrides.task) if hc is not None else [])
-    # a sweep job's events go to tb/<its swept values>, so TensorBoard names the run after them
-    version = run_name(hparams, swept) if swept else ""
-    logger = NirTensorBoardLogger(
-        save_dir=str(run_dir), name="tb", version=version, default_hp_metric=False,
-        steps_per_call=parts.module.loop.k,
-    )  # fmt: skip
-    extra = ["hp/psnr_log", "hp/worst_decade_median"] if parts.signal.long_tailed else []
-    extra += ["hp/ssim"] if parts.signal.is_image else []
-    extra += ["hp/psnr_heldout", "hp/psnr_train"] if parts.data.holdout is not None else []
-    extra += ["hp/compression_ratio", "hp/bits_per_sample", "hp/bits_per_parameter"]
-    return logger, FinalMetrics(hparams, ["hp/psnr", "hp/fit_time_s", *extra], store_of(cfg))
-
-
-def store_of(cfg: DictConfig) -> dict[str, Any]:
-    """The ``store`` settings as plain, checked values: ``dtype`` (``float32``, ``float16`` or
-    ``intN``, from ``store.dtype`` and ``store.bits``), ``int8_scale``, ``coder``,
-    ``qat_fraction`` and ``rate_weight``."""
-    from nir.container import CODERS
-    from nir.storage import check, dtype_of
-
-    store = OmegaConf.to_container(cfg.store, resolve=True) if "store" in cfg else {}
-    given = str(store.get("dtype", "float32"))
-    require(given in ("float32", "float16", "int8"),
-            f"store.dtype must be one of float32, float16, int8 (other integer widths: store.bits=2..8), got {given!r}")  # fmt: skip
-    out = {
-        "dtype": dtype_of(given, store.get("bits")),
-        "int8_scale": str(store.get("int8_scale", "row")),
-        "coder": str(store.get("coder", "auto")),
-        "qat_fraction": store.get("qat_fraction", 0.0),
-        "rate_weight": store.get("rate_weight", 0.0),
-    }
-    check(out["dtype"], out["int8_scale"])
-    require(out["coder"] in ("auto", *CODERS), f"store.coder must be auto, raw, ans or zstd, got {out['coder']!r}")
-    for key in ("qat_fraction", "rate_weight"):
-        v = out[key]
-        require(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v),
-                f"store.{key} must be a number >= 0, got {v!r}")  # fmt: skip
-    require(out["qat_fraction"] <= 1, f"store.qat_fraction must be between 0 and 1, got {out['qat_fraction']!r}")
-    return out
-
-
-def trainer_arguments(cfg: DictConfig, parts: Parts) -> dict[str, Any]:
-    """``pl.Trainer``'s keyword arguments from ``cfg.trainer``: the resolved precision; with K
-    optimizer steps per call, the logging and validation intervals in calls (Lightning counts
-    calls); no ``gradient_clip_val`` (the module clips: manual optimisation)."""
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kwargs["precision"] = parts.precision
-    k = parts.module.loop.k
-    every = int(kwargs.get("log_every_n_steps", 50) or 0)  # 0: no scalar logs
-    kwargs["log_every_n_steps"] = max(1, every // k) if every else 0
-    if kwargs.get("val_check_interval"):
-        kwargs["val_check_interval"] = max(1, int(kwargs["val_check_interval"]) // k)
-    kwargs.pop("gradient_clip_val", None)
-    return kwargs
-
-
-def build_trainer(
-    cfg: DictConfig,
-    parts: Parts,
-    run_dir: Path,
-    extra_callbacks: Sequence[Any] = (),
-    choices: dict[str, Any] | None = None,
-) -> tuple[Any, Any]:
-    """The Lightning trainer with nir's callbacks and crash-safe checkpoints; returns it and the
-    :class:`~nir.callbacks.FinalMetrics` callback that holds the end-of-run metrics."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    from nir.callbacks import (
-        AtomicCheckpointIO,
-        DivergenceGuard,
-        MagnitudeLogger,
-        ProgressPrinter,
-        ReconstructionLogger,
-        StepProgressBar,
-    )
-
-    trainer_kwargs = trainer_arguments(cfg, parts)
-    _check_strategy(trainer_kwargs)
-    _threads_for_parallel_jobs()
-    long_tailed = parts.signal.long_tailed
-    logger, final_metrics = _logger_and_final_metrics(cfg, parts, run_dir, choices or {})
-    callbacks: list[pl.Callback] = [
-        DivergenceGuard(int(cfg.check_finite_every)),  # first: nothing is evaluated or saved after a divergence
-        final_metrics,
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="best",
-            monitor="val/psnr",
-            mode="max",
-            save_top_k=1,
-            save_last=True,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,  # one run per directory (its lock): never last-v1.ckpt beside last.ckpt
-        ),
-    ]
-    callbacks += [ReconstructionLogger()] if cfg.log.images else []
-    callbacks += [MagnitudeLogger()] if long_tailed else []
-    # a bar where it renders (a terminal, one run); elsewhere (CI, nohup, SLURM, sweeps) plain lines
-    bar = bool(trainer_kwargs.get("enable_progress_bar", True)) and _terminal() and not hydra_job()[0]
-    trainer_kwargs["enable_progress_bar"] = bar
-    callbacks += [StepProgressBar(parts.precision)] if bar else [ProgressPrinter(parts.precision)]
-    trainer = pl.Trainer(
-        **trainer_kwargs,
-        logger=logger,
-        callbacks=[*callbacks, *extra_callbacks],
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(run_dir),
-        enable_model_summary=False,
-    )
-    return trainer, final_metrics
 
 
 def fit_with_guards(
@@ -602,7 +113,7 @@ def fit_with_guards(
     from nir.module import evaluate_stored
 
     final = {
-        **evaluate_stored(parts.module, store_of(cfg)),
+        **evaluate_stored(parts.module, parts.store),
         "nonfinite_steps": 0,
         "fit_time_s": time.perf_counter() - t_start,
     }
@@ -669,66 +180,14 @@ def collect_metrics(
     }
 
 
-def bound_line(metrics: dict[str, Any]) -> str:
-    """The console's bound line (``bound.rel`` / ``bound.abs``), or nothing."""
-    b = metrics.get("bound")
-    if not b:
-        return ""
-    worst = metrics.get("max_rel_error", metrics.get("max_abs_error"))
-    what = f"relative {b['value']:g} (floor {b['floor']:.3g})" if b["kind"] == "rel" else f"absolute {b['value']:g}"
-    return (f"bound: {what}; measured max error {worst:.4g} over every sample of the grid; "
-            f"{metrics['bytes_network']:,} bytes network + {metrics['bytes_residual']:,} bytes residual\n")  # fmt: skip
-
-
-def magnitude_line(metrics: dict[str, Any]) -> str:
-    """The per-magnitude summary of a long-tailed field: worst and top decade, and how many of
-    the below-floor samples (zeros) the field keeps below the floor."""
-    worst, top, kept = (metrics.get(k) for k in ("worst_decade_median", "top_decade_median", "below_floor_kept"))
-    line = f"worst-decade median relative error {worst:.3g} (= {worst:.2%}"
-    if top is not None and math.isfinite(top):
-        line += f"; top decade {top:.2%}"
-    if kept is not None and math.isfinite(kept):
-        line += f"; below-floor samples kept below it {kept:.1%}"
-    return line + "; per-decade table in metrics.json)\n"
-
-
-def heldout_line(metrics: dict[str, Any]) -> str:
-    """The console's held-out line (``data.holdout``), or nothing."""
-    if metrics.get("psnr_heldout") is None:
-        return ""
-    worst = metrics.get("heldout_worst_decade_median")
-    return (
-        f"held out ({metrics['holdout']}): PSNR {metrics['psnr_heldout']:.2f} dB on samples never trained on, "
-        f"{metrics['psnr_train']:.2f} dB on the training samples"
-        + (f"; held-out worst-decade median relative error {worst:.3g} (= {worst:.2%})" if worst is not None else "")
-        + "\n"
-    )
-
-
-def write_run(field: Any, metrics: dict[str, Any], run_dir: Path, data_range: float, store: dict[str, str]) -> None:
+def write_run(parts: Parts, metrics: dict[str, Any], run_dir: Path) -> None:
     """``field.nir`` (the compact file, what ``bytes`` counts), ``field.safetensors`` (the same
     values, for interchange) and ``metrics.json`` into the run directory; the summary lines."""
-    field.cpu().save(run_dir / "field.nir", store["dtype"], store["int8_scale"], coder=store.get("coder", "auto"))
-    field.save(run_dir / "field.safetensors", store["dtype"], store["int8_scale"])
+    store = parts.store
+    parts.field.cpu().save(run_dir / "field.nir", store.dtype, store.int8_scale, coder=store.coder)
+    parts.field.save(run_dir / "field.safetensors", store.dtype, store.int8_scale)
     write_json(run_dir / "metrics.json", metrics)
-    finite = math.isfinite(metrics["psnr"])
-    worst = metrics.get("worst_decade_median")
-    print(
-        f"nir: {metrics['steps']} steps in {metrics['fit_time_s']:.1f} s, PSNR {metrics['psnr']:.2f} dB"
-        + (f", SSIM {metrics['ssim']:.4f}" if metrics.get("ssim") is not None else "")
-        + f" (fp32 evaluation of the final field, data range {data_range:g}, "
-        f"{'all samples' if not metrics.get('masked_samples') else 'valid samples: ' + format(metrics['masked_samples'], ',') + ' masked'})"
-        f"{'' if finite else ' (not finite!)'}\n"
-        + f"stored field: {metrics['bytes']:,} bytes ({metrics['store_dtype']}; field.nir), compression ratio"
-        f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value,"
-        f" {metrics['bits_per_parameter']:.3g} bits per parameter\n"
-        + (magnitude_line(metrics) if worst is not None else "")
-        + bound_line(metrics)
-        + heldout_line(metrics)
-        + f"run directory: {run_dir}\n"
-        f"look at it:    tensorboard --logdir {run_dir}",
-        flush=True,
-    )
+    print(console.summary(metrics, run_dir, parts.data.stats.range), flush=True)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -760,13 +219,12 @@ def train_field(
     to after its last, and stops at a step boundary with a checkpoint on SIGTERM, SIGINT or
     SIGUSR1 (:class:`nir.faults.Interrupted`)."""
     t_start, t_wall0 = time.perf_counter(), time.time()
-    _, hc = hydra_job()
-    choices = dict(choices) if choices is not None else dict(hc.runtime.choices) if hc else {}
-    task = list(overrides) if overrides is not None else list(hc.overrides.task) if hc is not None else None
-    cfg, signal = resolve_auto_model(cfg, choices, task)
+    job = job_of(overrides)
+    choices = dict(choices) if choices is not None else dict(job.hydra.runtime.choices) if job.hydra else {}
+    cfg, signal = resolve_auto_model(cfg, choices, job.task)
     line = preset_line(cfg, choices)
-    if line and os.environ.get("LOCAL_RANK", "0") == "0":
-        print(line, flush=True)
+    if line:
+        console.say(line)
     with warnings.catch_warnings(), _quiet_lightning():  # Lightning's noise, silenced for this run only
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
@@ -775,17 +233,17 @@ def train_field(
         from nir.faults import SignalCatcher, run_lock, signals_to_catch
 
         with run_lock(run_dir, enabled=_first_process()), SignalCatcher(signals_to_catch()) as catcher:
-            if task is not None:
-                write_hydra_record(run_dir, cfg, task, hc)
-            parts = build_parts(cfg, signal)
+            if job.task is not None:
+                write_hydra_record(run_dir, cfg, job.task, job.hydra)
+            parts = build_parts(cfg, signal, job)
             interrupt = InterruptCheckpoint(catcher, run_dir)
             trainer, final_metrics = build_trainer(cfg, parts, run_dir, [interrupt, *callbacks], choices)
             if trainer.is_global_zero:
-                print(start_line(cfg, parts, trainer), flush=True)
+                print(console.start_line(int(cfg.batch_size), parts, trainer), flush=True)
             final, steps = fit_with_guards(cfg, parts, trainer, final_metrics, run_dir, t_start)
             metrics = collect_metrics(parts, trainer, final, steps, t_start, t_wall0)
             if trainer.is_global_zero:
-                write_run(parts.field, metrics, run_dir, parts.data.stats.range, store_of(cfg))
+                write_run(parts, metrics, run_dir)
     return parts.field.cpu().eval(), metrics
 
 
@@ -810,28 +268,6 @@ def _quiet_lightning() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def start_line(cfg: DictConfig, parts: Parts, trainer: Any) -> str:
-    """The one line a run prints before training: what is fitted to what, where and how."""
-    s = parts.signal
-    shape = "x".join(map(str, s.shape)) + (f"x{s.channels}" if s.channels > 1 else "")
-    devices = f" x{trainer.num_devices}" if trainer.num_devices > 1 else ""
-    return (
-        f"nir: {type(parts.field.network).__name__} ({parts.field.num_parameters():,} parameters) on {s.name} "
-        f"({shape}), {trainer.max_steps} steps of {int(cfg.batch_size):,} samples, sampling {parts.data.sampling}; "
-        f"device {trainer.strategy.root_device}{devices}, precision {parts.precision}"
-        + (f", {parts.module.loop.k} steps per call" if parts.module.loop.k > 1 else "")
-        + grid_backend(parts.field.network, trainer.strategy.root_device)
-    )
-
-
-def grid_backend(network: Any, device: Any) -> str:
-    """``, grid encoding: triton`` (or ``numba``, ``torch``) for a network with a grid encoding; else empty."""
-    from nir.fields.encodings import GridEncoding
-
-    grids = [m for m in network.modules() if isinstance(m, GridEncoding)]
-    return f", grid encoding: {grids[0].backend_for(device)}" if grids else ""
 
 
 def _signal_overrides(signal: Any, run_dir: Path) -> list[str]:

@@ -2,7 +2,7 @@
 
 A :class:`Signal` is ``values[*shape, channels]`` plus the box ``bounds`` the grid covers. An
 image is a 2-D grid with 1 or 3 channels, a spectrum a 1-D grid, a density a 3-D grid: every
-part of nir downstream of the readers sees only this type.
+part of nir downstream of the readers (:mod:`nir.readers`) sees only this type.
 
 Coordinate convention (used everywhere: training, validation, ``Field.sample``):
     coordinate axis k  <->  array axis k (for an image: axis 0 = rows (y, downwards), axis 1 = columns (x)),
@@ -14,9 +14,8 @@ Flat indices are row-major (C order), as ``numpy.ravel_multi_index``.
 from __future__ import annotations
 
 import mmap
-import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,23 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nir.errors import NirError, require
+from nir.errors import require
 
 FIT_SAMPLE = 1 << 22  # samples that data statistics are fitted on (see Signal.fit_sample)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-ARRAY_EXTENSIONS = (".npy", ".npz")
-DATASET_EXTENSIONS = (".nc", ".nc4", ".h5", ".hdf5", ".zarr")  # through xarray (nir.datasets)
-
-
-def reads(*suffixes: str) -> Callable:
-    """Mark a reader function ``read(path, **options) -> Signal`` with the file suffixes it
-    reads; :func:`nir.config.readers` builds the suffix table from the data options' readers."""
-
-    def mark(fn: Callable) -> Callable:
-        fn.suffixes = tuple(s.lower() for s in suffixes)
-        return fn
-
-    return mark
 
 
 @dataclass
@@ -61,7 +46,7 @@ class Signal:
             :func:`read_image` sets it, with ``meta["value_range"]`` and ``meta["bit_depth"]``.
         source: the memory-mapped ``.npy`` the values are a view of (streamed, pages released).
         lazy: a source of flat rows not in memory (a NetCDF/HDF5/Zarr variable read chunk by
-            chunk: :class:`nir.datasets.VariableRows`); ``values`` is then ``None`` and every
+            chunk: :class:`nir.readers.datasets.VariableRows`); ``values`` is then ``None`` and every
             read goes through :meth:`read` / :meth:`gather`.
     """
 
@@ -401,250 +386,3 @@ class Grid:
         ``Field.sample`` all walk the grid through it, so memory stays ``chunk x d``."""
         for start, stop in chunk_ranges(self.numel, chunk, rank, world):
             yield start, stop, self.coords_range(start, stop)
-
-
-# ----------------------------------------------------------------------------- readers
-
-
-def _check_file(path: str | os.PathLike, what: str, extensions: Sequence[str]) -> Path:
-    p = Path(path).expanduser()
-    require(p.exists(), f"data.path {str(p)!r} does not exist; pass an existing {what} file")
-    require(p.is_file(), f"data.path {str(p)!r} is a directory; pass the {what} file inside it")
-    require(
-        p.suffix.lower() in extensions,
-        f"data.path {str(p)!r} has unsupported extension {p.suffix!r}; use one of {', '.join(extensions)}",
-    )
-    return p
-
-
-SAMPLE_DIR = Path(__file__).resolve().parent / "data"
-
-
-def sample_image_path(name: str) -> Path:
-    """Path of a bundled sample photo (read from disk, never downloaded): nir ships ``chelsea``
-    and ``camera`` (nir/data/README.md); with scikit-image installed, its bundled photos too."""
-    dirs = [SAMPLE_DIR]
-    try:
-        import skimage.data
-
-        dirs.append(Path(skimage.data.__file__).parent)
-    except ImportError:
-        pass
-    for d in dirs:
-        if (d / f"{name}.png").is_file():
-            return d / f"{name}.png"
-    avail = sorted({q.stem for d in dirs for q in d.glob("*.png")})
-    raise NirError(f"data.sample {name!r} is not a bundled photo; choose one of {', '.join(avail)}")
-
-
-def _unit_range(img: np.ndarray, p: Path) -> tuple[np.ndarray, int]:
-    """Pixels as float64 in [0, 1] (integers divided by their dtype's maximum, floats as they
-    are) and the bit depth."""
-    if np.issubdtype(img.dtype, np.integer):
-        return img.astype(np.float64) / float(np.iinfo(img.dtype).max), int(np.iinfo(img.dtype).bits)
-    if np.issubdtype(img.dtype, np.floating) or img.dtype == bool:
-        return img.astype(np.float64), 32
-    raise NirError(f"data.path {str(p)!r}: unsupported pixel type {img.dtype}")
-
-
-@reads(*IMAGE_EXTENSIONS)
-def read_image(
-    path: str | None = None,
-    sample: str = "chelsea",
-    value_range: Sequence[float] = (-1.0, 1.0),
-    bounds: Sequence | None = None,
-    gray: bool = False,
-) -> Signal:
-    """Read a PNG/JPEG/BMP or 8/16-bit TIFF image as a 2-D signal with 1 or 3 channels.
-
-    Integer images are mapped from [0, dtype max] (255 or 65535) to ``value_range``; float images
-    are taken to lie in [0, 1] and mapped the same way. Alpha is dropped.
-
-    Args:
-        path: image file; ``None`` reads the bundled scikit-image photo ``sample``.
-        sample: name of a scikit-image bundled photo (chelsea, camera, astronaut, coffee, ...).
-        value_range: ``[lo, hi]`` the values are scaled to (PSNR uses ``hi - lo`` as data range).
-            Default [-1, 1], as in the SIREN authors' code: with Adam's scale-free steps the
-            network reaches the same relative accuracy in fewer steps than on [0, 1] (measured
-            on the default run: 39.5 vs 35.6 dB after 800 steps).
-        bounds: box of the coordinates; default [-1, 1]^2.
-        gray: average RGB to one channel.
-    """
-    import imageio.v3 as iio
-
-    p = sample_image_path(sample) if path is None else _check_file(path, "image", IMAGE_EXTENSIONS)
-    try:
-        img = np.asarray(iio.imread(p))
-    except Exception as e:  # imageio raises many types (and long plugin lists) for corrupt files
-        raise NirError(
-            f"data.path {str(p)!r} cannot be decoded as a {p.suffix.lstrip('.').upper()} image "
-            f"({type(e).__name__}); the file is damaged or not an image: re-save it as PNG or TIFF"
-        ) from None
-    if img.ndim == 3 and img.shape[0] > 1 and img.shape[-1] not in (1, 2, 3, 4):
-        img = img[0]  # multi-page TIFF: first page
-    require(
-        img.ndim in (2, 3) and img.size > 0,
-        f"data.path {str(p)!r}: expected a 2-D image, got array of shape {img.shape}",
-    )
-    scaled, bits = _unit_range(img, p)
-    if scaled.ndim == 2:
-        scaled = scaled[..., None]
-    if scaled.shape[-1] in (2, 4):  # gray+alpha, RGBA
-        scaled = scaled[..., :-1]
-    if gray and scaled.shape[-1] == 3:
-        scaled = scaled.mean(-1, keepdims=True)
-    require(np.isfinite(scaled).all(), f"data.path {str(p)!r} contains NaN or Inf pixels; clean the image first")
-    lo, hi = (float(v) for v in value_range)
-    require(hi > lo, f"data.value_range must be [lo, hi] with lo < hi, got {list(value_range)}")
-    values = torch.from_numpy((lo + (hi - lo) * scaled).astype(np.float32))
-    return Signal(
-        values=values,
-        bounds=default_bounds(2, bounds),
-        name=p.stem,
-        meta={"kind": "image", "path": str(p), "value_range": [lo, hi], "bit_depth": bits},
-        is_image=True,
-    )
-
-
-def _load_array(p: Path, key: str | None, mmap: bool) -> tuple[np.ndarray, MappedFile | None]:
-    """The array in ``p`` (``.npy``, memory-mapped if ``mmap``, or one array of an ``.npz``),
-    never unpickled, and its :class:`MappedFile` when mapped."""
-    name = str(p)
-    try:
-        if p.suffix.lower() == ".npy":
-            if mmap:
-                mapped = MappedFile(p)
-                return mapped.array, mapped
-            return np.load(p, allow_pickle=False), None
-        with np.load(p, allow_pickle=False) as z:
-            names = list(z.files)
-            require(names, f"data.path {name!r} holds no arrays")
-            k = key if key is not None else (names[0] if len(names) == 1 else "values")
-            require(k in names, f"data.var {k!r} not in {name!r}; it holds {', '.join(names)}")
-            return z[k], None
-    except NirError:
-        raise
-    except ValueError as e:
-        raise NirError(
-            f"data.path {name!r} could not be read without unpickling ({e}); save a plain numeric array"
-        ) from None
-    except Exception as e:
-        raise NirError(f"data.path {name!r} could not be read as an array ({type(e).__name__}: {e})") from None
-
-
-def _check_numeric(arr: np.ndarray, name: str) -> None:
-    require(
-        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool,
-        f"data.path {name!r} has non-numeric dtype {arr.dtype}; save numbers",
-    )
-    require(
-        not np.issubdtype(arr.dtype, np.complexfloating),
-        f"data.path {name!r} is complex; save the real part or the magnitude",
-    )
-    require(arr.size > 0, f"data.path {name!r} is empty (shape {arr.shape})")
-
-
-@reads(*ARRAY_EXTENSIONS, *DATASET_EXTENSIONS)
-def read_array(
-    path: str,
-    var: str | None = None,
-    sel: dict | None = None,
-    isel: dict | None = None,
-    bounds: Sequence | None = None,
-    channel_axis: int | None = None,
-    mmap: bool = True,
-    nan: str = "mask",
-) -> Signal:
-    """Read a 1-D to 4-D field (4-D: a time-varying volume, axes t, z, y, x) from ``.npy``
-    (memory-mapped), ``.npz``, or a NetCDF (``.nc``), HDF5 (``.h5``, ``.hdf5``) or Zarr
-    (``.zarr``) variable through xarray (:mod:`nir.datasets`: chunks read lazily, dimensions,
-    coordinates, units and missing values).
-
-    Args:
-        path: the file (a ``.zarr`` store is a directory).
-        var: the array inside an ``.npz`` or the variable of a dataset (default: the only one;
-            an ``.npz`` with several: ``"values"``; a dataset with several: one line listing them).
-        sel, isel: datasets only: xarray's ``sel`` / ``isel`` before fitting, e.g.
-            ``{time: 0, level: 500}`` (a scalar drops its dimension).
-        bounds: coordinate box; default: a dataset's uniform coordinates (cell centres on its
-            values, so the field answers in the file's units), else [-1, 1] per axis.
-        channel_axis: ``.npy`` / ``.npz``: the axis holding channels (e.g. -1); ``None`` = a
-            scalar field (datasets are scalar fields).
-        mmap: memory-map ``.npy`` files instead of reading them whole.
-        nan: ``mask`` (missing values, NaN or a dataset's ``_FillValue``, are masked: never
-            trained on, never scored, counted in ``masked_samples``) or ``error`` (refused).
-
-    The values are checked (numeric, non-empty, 1..4 grid axes, no Inf, not all missing) and
-    kept as float32.
-    """
-    require(nan in ("mask", "error"), f"data.nan must be mask or error, got {nan!r}")
-    p = Path(path).expanduser()
-    require(
-        p.suffix.lower() in ARRAY_EXTENSIONS + DATASET_EXTENSIONS,
-        f"data.path {str(p)!r} has unsupported extension {p.suffix!r}; use one of {', '.join(ARRAY_EXTENSIONS + DATASET_EXTENSIONS)}",
-    )
-    if p.suffix.lower() in DATASET_EXTENSIONS:
-        from nir.datasets import read_variable
-
-        require(
-            channel_axis is None,
-            f"data.channel_axis applies to .npy/.npz; a dataset variable {str(p)!r} is a scalar field: pick one with data.var",
-        )
-        return _checked(read_variable(p, var, sel, isel, bounds), nan)
-    p = _check_file(path, "array", ARRAY_EXTENSIONS)
-    require(
-        not sel and not isel, f"data.sel / data.isel apply to NetCDF, HDF5 and Zarr variables, not {p.suffix} files"
-    )
-    return _checked(_read_numpy(p, var, bounds, channel_axis, mmap), nan)
-
-
-def _read_numpy(p: Path, var: str | None, bounds: Sequence | None, channel_axis: int | None, mmap: bool) -> Signal:
-    """A ``.npy`` (memory-mapped where it can stay the file's memory) or ``.npz`` array as a signal."""
-    name = str(p)
-    arr, mapped = _load_array(p, var, mmap)
-    _check_numeric(arr, name)
-    if channel_axis is not None:
-        arr = np.moveaxis(arr, channel_axis, -1)
-        grid_ndim = arr.ndim - 1
-    else:
-        grid_ndim = arr.ndim
-    require(
-        1 <= grid_ndim <= 4,
-        f"data.path {name!r} has {grid_ndim} grid axes (shape {arr.shape}); nir fits 1-D to 4-D grids (4-D: t, z, y, x)"
-        + ("" if channel_axis is not None else " (set data.channel_axis if one axis holds channels)"),
-    )
-    values = np.asarray(arr, dtype=np.float32)
-    if channel_axis is None:
-        values = values[..., None]
-    # still the file's memory (float32, C order, channels last): stream it, never copy it whole
-    source = (
-        mapped
-        if mapped is not None and values.flags.c_contiguous and np.may_share_memory(values, mapped.array)
-        else None
-    )
-    with warnings.catch_warnings():  # a read-only memory map: nir never writes into signal values
-        warnings.simplefilter("ignore", UserWarning)
-        tensor = torch.from_numpy(values if source is not None else np.ascontiguousarray(values))
-    return Signal(
-        values=tensor,
-        bounds=default_bounds(grid_ndim, bounds),
-        name=p.stem,
-        # the file's dtype where it is not float32 (nir-decompress writes it back in it)
-        meta={"kind": "array", "path": name, **({"dtype": str(arr.dtype)} if arr.dtype != np.float32 else {})},
-        long_tailed=True,
-        source=source,
-    )
-
-
-def _checked(sig: Signal, nan: str) -> Signal:
-    """Refuse Inf, an all-missing signal, and any missing value under ``data.nan=error``."""
-    name = sig.meta.get("path", sig.name)
-    missing = sig.missing
-    require(missing < sig.numel, f"data.path {name!r}: every value is missing (NaN or _FillValue); nothing to fit")
-    require(
-        missing == 0 or nan == "mask",
-        f"data.path {name!r} contains {missing} missing (NaN) samples; data.nan=mask (the default) masks them, or fill them",
-    )
-    bad = sig.count_infinite()
-    require(bad == 0, f"data.path {name!r} contains {bad} Inf values; replace them (or set them to NaN to mask them)")
-    return sig

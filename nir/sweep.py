@@ -55,7 +55,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per job directory below ``sweep_dir`` that Hydra created (``.hydra/overrides.yaml``)."""
     sweep_dir = Path(sweep_dir)
     rows = []
-    from nir.run import read_json
+    from nir.records import read_json
 
     for ov in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):
         job = ov.parent.parent

@@ -25,7 +25,7 @@ def _record_failed_job(run_dir: Path, cfg: DictConfig, hc: Any, e: Exception) ->
     """In a sweep a failed job writes status ``failed`` (unless it recorded ``diverged`` or
     ``interrupted`` itself), and its ``.hydra`` record if it failed before writing one, so
     ``nir-summarize`` lists it; the sweep goes on."""
-    from nir.run import read_json, write_hydra_record, write_json
+    from nir.records import read_json, write_hydra_record, write_json
 
     msg = str(e).replace("\n", " ") if isinstance(e, NirError) else f"{type(e).__name__}: {e}".replace("\n", " ")
     mfile = run_dir / "metrics.json"

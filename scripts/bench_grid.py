@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 from nir import benchmark as bench
 from nir.allocator import tune_allocator
 from nir.config import compose_config
+from nir.readers import sample_image_path
 from nir.run import train_field
-from nir.signal import sample_image_path
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 QUIET = ["trainer.enable_progress_bar=false", "log.images=false", "check_finite_every=0"]

@@ -28,9 +28,9 @@ ARRAYS = [(1000,), (64, 64), (32, 32, 32), (8, 8, 8, 8)]  # a user's data=array 
 def specs(tmp: Path) -> list[str]:
     import numpy as np
 
+    from nir.codec.container import spec_text
     from nir.config import CONF_DIR, compose_config
-    from nir.container import spec_text
-    from nir.run import build, build_field
+    from nir.parts import build, build_field
 
     data_options = list(DATA)
     for shape in ARRAYS:

@@ -192,8 +192,8 @@ def test_streamed_and_held_signals_get_the_same_decade_shares(tmp_path):
     """A memory-mapped signal streamed through a small block cache is balanced over the cached
     samples: with every decade in every block, each batch has the held sampler's shares."""
     from nir.batches import BlockCache
+    from nir.readers import read_array
     from nir.samplers import Decades
-    from nir.signal import read_array
 
     rng = np.random.default_rng(5)
     np.save(tmp_path / "lt.npy", (10 ** rng.uniform(-4, 2, 60_000)).astype(np.float32))
@@ -274,8 +274,8 @@ def test_a_sampler_written_outside_nir_is_built_from_its_config_path(tmp_path):
     """The sampler protocol (nir.samplers): a class of the user's, named by sampling._target_,
     draws the batches with no change to nir, and its state goes into the checkpoint."""
     from nir.config import build
+    from nir.readers import read_array
     from nir.run import train_field
-    from nir.signal import read_array
 
     np.save(tmp_path / "x.npy", np.linspace(1.0, 2.0, 64, dtype=np.float32))
     ov = ["data=array", "model=siren", f"data.path={tmp_path / 'x.npy'}", "loss=mse", "model.hidden_dim=8", "batch_size=8",

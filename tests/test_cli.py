@@ -233,7 +233,7 @@ def test_model_auto_is_the_option_a_user_would_have_typed(tmp_path, capsys, shap
     assert said == ("model=siren" not in extra)
     # a config composed by hand (no overrides known) gets the same network and rate
     if not extra:
-        from nir.run import resolve_auto_model
+        from nir.parts import resolve_auto_model
 
         cfg = make_cfg(["data=array", f"data.path={tmp_path / 'run' / 'signal.npy'}"])
         resolved, _ = resolve_auto_model(cfg, {}, None)

@@ -17,9 +17,9 @@ from nir.figures import value_label
 from nir.holdout import Holdout
 from nir.losses import MSE
 from nir.metrics import score
+from nir.readers import read_array
 from nir.run import train
 from nir.samplers import Decades
-from nir.signal import read_array
 from nir.transforms import Identity
 from tests.conftest import make_cfg
 

@@ -87,7 +87,7 @@ def trained(request, tmp_path_factory):
     signal = "image.png" if request.param.startswith("image") else None
     overrides = CASES[request.param] + TINY
     if signal:
-        from nir.signal import sample_image_path
+        from nir.readers import sample_image_path
 
         src = "camera" if "data.sample=camera" in overrides else "chelsea"
         overrides = [o for o in overrides if not o.startswith("data.sample")]
@@ -174,7 +174,7 @@ def test_sample_shapes_any_resolution_and_sub_box(trained):
 def test_image_sampled_at_4x_and_3x(tmp_path):
     """4x: the right size, and its 4x4 block means match the training-grid prediction; 3x (odd):
     every third sample sits exactly on a training pixel centre and must equal it."""
-    from nir.signal import sample_image_path
+    from nir.readers import sample_image_path
 
     field, _ = nir.fit(
         str(sample_image_path("camera")),

@@ -13,9 +13,9 @@ from nir.batches import TrainingData
 from nir.errors import NirError
 from nir.holdout import Holdout
 from nir.losses import MSE
+from nir.readers import read_array
 from nir.run import train
 from nir.samplers import Decades
-from nir.signal import read_array
 from nir.transforms import Identity
 from tests.conftest import make_cfg, tiny_overrides
 

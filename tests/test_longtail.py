@@ -13,8 +13,8 @@ import torch
 from nir.errors import NirError
 from nir.losses import L1, MSE, Huber, LogHuber, LogMSE, RelL2, RelL2TCNN, check_setup
 from nir.metrics import GridMetrics, MagnitudeBins, SignalStats, decade_edges
+from nir.readers import read_array
 from nir.run import train
-from nir.signal import read_array
 from nir.synthetic import lognormal3d, peaks1d, sources3d
 from nir.transforms import Asinh, Identity, Log, SignedLog, Softplus, Standardize, floor_from_data
 from tests.conftest import make_cfg
@@ -560,7 +560,7 @@ def test_score_takes_a_field_or_its_grid_values():
     field = nir.load_field(Path(__file__).parent / "data" / "legacy" / "fourier_log3d.safetensors")
     pred = field.sample()
     signal = Signal(values=pred * 1.01, bounds=tuple(map(tuple, field.spec["bounds"])), long_tailed=True)
-    from nir.run import json_safe  # an empty bin's statistics are NaN, which equals nothing
+    from nir.records import json_safe  # an empty bin's statistics are NaN, which equals nothing
 
     by_field, by_values = nir.score(field, signal), nir.score(pred[..., 0].numpy(), signal)
     assert json_safe(by_field) == json_safe(by_values)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from nir.batches import BlockCache
+from nir.readers import read_array
 from nir.run import train
-from nir.signal import read_array
 from tests.conftest import ROOT, make_cfg
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from nir.errors import NirError
-from nir.signal import Grid, read_image, sample_image_path
+from nir.readers import read_image, sample_image_path
+from nir.signal import Grid
 
 
 def test_grid_coords_are_cell_centres_row_major():
@@ -108,7 +109,7 @@ def test_readers_are_one_table_keyed_by_suffix():
 def test_image_is_a_capability_of_the_signal_and_the_field(tmp_path):
     import imageio.v3 as iio
 
-    from nir.signal import read_array, read_image
+    from nir.readers import read_array, read_image
 
     iio.imwrite(tmp_path / "a.png", np.zeros((4, 5, 3), np.uint8), extension=".png")
     np.save(tmp_path / "a.npy", np.zeros((4, 5), np.float32))

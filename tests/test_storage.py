@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nir
-from nir import storage
+from nir.codec import storage
 from nir.errors import NirError
 from nir.field import Field, load_field
 from nir.fields import FourierMLP, Siren
@@ -178,7 +178,8 @@ def test_a_budget_sizes_the_network_to_fit(data, overrides, knob, tmp_path, caps
     from omegaconf import OmegaConf, open_dict
 
     from nir.config import build
-    from nir.run import _candidate_bytes
+    from nir.parts import _candidate_bytes
+    from nir.settings import store_of
 
     run = tmp_path / "run"
     _, m = nir.fit(data, [*overrides, "log.images=false"], run_dir=run, steps=2, trainer__enable_progress_bar=False)
@@ -198,7 +199,7 @@ def test_a_budget_sizes_the_network_to_fit(data, overrides, knob, tmp_path, caps
     bigger = cfg.model.copy()
     with open_dict(bigger):
         OmegaConf.update(bigger, knob, chosen + 1)
-    assert _candidate_bytes(cfg, bigger, dims, signal) > budget
+    assert _candidate_bytes(cfg, bigger, dims, signal, store_of(cfg)) > budget
 
 
 @pytest.mark.parametrize("budget", [300, 1500, 6000])
@@ -218,13 +219,13 @@ def test_a_128_cubed_field_exists_at_ratio_1000(data, capsys):
     """Issue 22's acceptance at the size scientists keep: ratio 1000 of a 128^3 float32 field
     (8,388 bytes) gets a network whose file fits (sized before training; nothing trained here)."""
     from nir.config import compose_config
-    from nir.run import _candidate_bytes, build_parts
+    from nir.parts import _candidate_bytes, build_parts
 
     cfg, _ = compose_config([f"data={data}", "data.n=128", "size.ratio=1000"])
     parts = build_parts(cfg)
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("size: budget 8,388 bytes")]
     dims = {"in_dim": 3, "out_dim": 1, "bounds": [list(b) for b in parts.signal.bounds]}
-    assert _candidate_bytes(cfg, cfg.model, dims, parts.signal) <= 8388
+    assert _candidate_bytes(cfg, cfg.model, dims, parts.signal, parts.store) <= 8388
     assert parts.field.stored_bytes(f"int{cfg.store.bits}") <= 8388 and "store int" in line
 
 

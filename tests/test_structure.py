@@ -54,7 +54,16 @@ LIGHT = [
     "nir.faults",
     "nir.samplers",
     "nir.components",
-    "nir.storage",
+    "nir.codec",
+    "nir.codec.storage",
+    "nir.codec.container",
+    "nir.codec.bound",
+    "nir.codec.ints",
+    "nir.readers",
+    "nir.readers.datasets",
+    "nir.records",
+    "nir.console",
+    "nir.settings",
     "nir.steps",
     "nir.holdout",
     "nir.optim",
@@ -216,3 +225,106 @@ def test_a_generated_section_replaces_only_itself(tmp_path):
     )
     write_section(page, "b", "new b")
     assert page.read_text().endswith("end\n\n<!-- b: begin -->\nnew b\n<!-- b: end -->\n")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """nir's modules and the nir modules each imports, at any depth of the file (a function's
+    lazy import counts: it is a dependency all the same). ``from nir.a import b`` is an arrow to
+    the module ``nir.a.b`` where that is a module, else to ``nir.a``."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], base]).strip(".")
+                for a in node.names:
+                    targets.add(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle_among_nirs_modules():
+    """Issue 35: every circle cut (bound -> container -> field, run <-> config / budget / sweep,
+    signal <-> datasets), and a new one fails here, naming its modules."""
+    assert import_cycles(import_graph()) == []
+
+
+def test_the_cycle_check_sees_a_cycle():
+    graph = import_graph()
+    assert "nir.codec.container" in graph["nir.field"]  # the arrows are read
+    graph["nir.codec.container"] = graph["nir.codec.container"] | {"nir.field"}
+    assert ["nir.codec.container", "nir.field"] in import_cycles(graph)
+
+
+#: the layers of docs/architecture.md, bottom up: a module imports from its layer or below
+LAYERS = {
+    "base": ["nir.errors", "nir.allocator", "nir.components", "nir.checkpoint", "nir.figures"],
+    "data": ["nir.signal", "nir.readers", "nir.synthetic", "nir.holdout"],
+    "model": ["nir.fields", "nir.transforms", "nir.losses", "nir.metrics", "nir.optim", "nir.steps", "nir.samplers"],
+    "codec": ["nir.codec"],
+    "reuse": ["nir.field", "nir.faults"],
+    "config": ["nir.config", "nir.records", "nir.sweep", "nir.settings", "nir.console"],
+    "training": ["nir.batches", "nir.module", "nir.callbacks"],
+    "run": ["nir.parts", "nir.trainer", "nir.run"],
+    "entry": ["nir.cli", "nir.train", "nir.compress", "nir.benchmark", "nir"],
+}
+
+
+def _layer(module: str) -> int:
+    ranks = [(len(p), i) for i, (_, prefixes) in enumerate(LAYERS.items()) for p in prefixes
+             if module == p or module.startswith(p + ".")]  # fmt: skip
+    assert ranks, f"{module} has no layer in LAYERS (and no row in docs/architecture.md)"
+    return max(ranks)[1]
+
+
+def test_nothing_imports_up_the_layers_and_every_module_has_a_row():
+    graph = import_graph()
+    up = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if _layer(b) > _layer(a))
+    assert up == []
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    rows = {m for m in graph if m.count(".") == 1 or m in ("nir",)}
+    missing = sorted(m for m in rows if f"`{m.replace('.', '/')}" not in page)
+    assert missing == []

@@ -183,13 +183,13 @@ def test_every_config_option_instantiates(group, option, tiny_png):
 
         obj = build(cfg.data, "data")
     elif (group, option) == ("model", "auto"):  # a placeholder, resolved from the data: the 2-D photo's siren
-        from nir.run import resolve_auto_model
+        from nir.parts import resolve_auto_model
 
         cfg, _ = resolve_auto_model(cfg, {}, None)
         assert cfg.model._target_ == "nir.fields.Siren"
         obj = instantiate(cfg.model, in_dim=2, out_dim=3)
     elif (group, option) == ("sampling", "auto"):  # a placeholder, resolved from the signal and the transform
-        from nir.run import resolve_auto_sampling
+        from nir.parts import resolve_auto_sampling
 
         resolve_auto_sampling(cfg, Signal(values=torch.rand(5, 6, 1), bounds=((-1, 1), (-1, 1)), long_tailed=True))
         assert cfg.sampling._target_ == "nir.samplers.Uniform"  # this config's transform: identity

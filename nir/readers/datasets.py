@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from nir.errors import NirError, require
+from nir.signal import Signal, default_bounds
 
 ENGINES = {".nc": None, ".nc4": None, ".h5": "h5netcdf", ".hdf5": "h5netcdf", ".zarr": "zarr"}
 FORMATS = {".nc": "NetCDF", ".nc4": "NetCDF", ".h5": "HDF5", ".hdf5": "HDF5", ".zarr": "Zarr"}
@@ -160,8 +161,6 @@ def _plain(attrs: dict) -> dict:
 
 def axes_of(da: Any, name: str, bounds: Any) -> tuple[tuple[tuple[float, float], ...], list[dict]]:
     """The box of each dimension and what a saved field needs to write its coordinates back."""
-    from nir.signal import default_bounds
-
     axes: list[dict] = []
     box: list[tuple[float, float]] = []
     given = default_bounds(da.ndim, bounds) if bounds is not None else None
@@ -284,8 +283,6 @@ class VariableRows:
 
 def read_variable(path: Path, var: str | None, sel: dict | None, isel: dict | None, bounds: Any) -> Any:
     """A NetCDF / HDF5 / Zarr variable as a lazy long-tailed :class:`~nir.signal.Signal`."""
-    from nir.signal import Signal
-
     name = str(path)
     da, dropped = squeeze(select(open_dataset(path), name, var, sel, isel))
     box, axes = axes_of(da, name, bounds)

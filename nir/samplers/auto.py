@@ -7,10 +7,10 @@ LOG_SPACES = ("nir.transforms.Log", "nir.transforms.Asinh", "nir.transforms.Sign
 
 
 class Auto:
-    """A placeholder that :func:`nir.run.resolve_auto_sampling` replaces before anything is built."""
+    """A placeholder that :func:`nir.parts.resolve_auto_sampling` replaces before anything is built."""
 
     def __init__(self) -> None:  # pragma: no cover - resolved before building
-        raise RuntimeError("sampling=auto must be resolved with nir.run.resolve_auto_sampling before building")
+        raise RuntimeError("sampling=auto must be resolved with nir.parts.resolve_auto_sampling before building")
 
 
 def choose(long_tailed: bool, transform: str) -> tuple[str, str]:

@@ -1,0 +1,80 @@
+"""A run's settings, checked once: the stored form (``store``), the error bound (``bound``), the
+precision, and the job it runs in (one run, or one job of a Hydra multirun). :class:`Settings`
+holds them typed; :func:`nir.parts.build_parts` makes it once per run and every later step
+reads it from :class:`nir.parts.Parts`. Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nir.codec.storage import Store
+
+
+@dataclass(frozen=True)
+class Job:
+    """The Hydra job a run is (``hydra`` None outside Hydra): a multirun job or not, its swept
+    keys (a sweep's record, :mod:`nir.sweep`) and the overrides it was given (None: composed by hand)."""
+
+    multirun: bool = False
+    hydra: Any = None
+    swept: Sequence[str] = ()
+    task: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run was told beyond its parts: ``store`` (:class:`~nir.codec.storage.Store`), the
+    ``bound`` (:class:`~nir.codec.bound.Bound` or None), the resolved ``precision`` and the ``job``."""
+
+    store: Store
+    precision: str
+    bound: Any = None
+    job: Job = field(default_factory=Job)
+
+
+def store_of(cfg: DictConfig) -> Store:
+    """The ``store`` settings of a config, checked (one line for a setting that is not one)."""
+    return Store.of(OmegaConf.to_container(cfg.store, resolve=True) if "store" in cfg else {})
+
+
+def hydra_job() -> tuple[bool, Any]:
+    """(is this a multirun job, Hydra's config) — (False, None) outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return hc.mode == RunMode.MULTIRUN, hc
+    except Exception:
+        return False, None
+
+
+def job_of(overrides: Sequence[str] | None = None) -> Job:
+    """The job this process runs (``overrides``: the run's own, when given; else Hydra's)."""
+    from nir.sweep import read_swept
+
+    multirun, hc = hydra_job()
+    task = list(overrides) if overrides is not None else list(hc.overrides.task) if hc is not None else None
+    return Job(multirun, hc, read_swept(hc.sweep.dir) if multirun else [], task)
+
+
+def resolve_precision(precision: Any, accelerator: str) -> str:
+    """``"auto"``: ``bf16-mixed`` where the hardware has native bf16 (CUDA with bf16, or a CPU
+    with AMX / AVX512-BF16, where oneDNN runs bf16 matmuls natively), else ``"32"``.
+    Any other value is passed to Lightning unchanged."""
+    import torch
+
+    if str(precision) != "auto":
+        return str(precision)
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16-mixed" if native else "32"
