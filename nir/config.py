@@ -121,11 +121,34 @@ def _accepted(target: str) -> set[str] | None:
     return {p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
 
 
+@functools.cache
+def trainer_arguments() -> frozenset[str]:
+    """The keyword arguments of Lightning's ``Trainer``, read from its source file without
+    importing Lightning (7 s of a process's start on a 2-core machine, for a key check that a
+    refused command line or ``--cfg job`` need not pay); imported where the file cannot be read."""
+    import ast
+    import importlib.util
+    import inspect
+
+    spec = importlib.util.find_spec("pytorch_lightning")
+    try:
+        source = Path(spec.submodule_search_locations[0]) / "trainer" / "trainer.py"
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+                (init,) = [f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
+                a = init.args
+                return frozenset(x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs] if x.arg != "self")
+    except (AttributeError, IndexError, OSError, SyntaxError, TypeError, ValueError):
+        pass
+    import pytorch_lightning as pl
+
+    return frozenset(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+
+
 def check_keys(cfg: DictConfig) -> None:
     """Refuse keys nothing reads (``+trainer.max_step=5``, ``+lr=1``): top-level keys must be
     ``train.yaml``'s, ``trainer.*`` must be Lightning Trainer arguments and a component's keys
     its constructor's arguments. One line with the closest valid keys."""
-    import inspect
 
     base = yaml.safe_load((CONF_DIR / "train.yaml").read_text())
     known_top = (set(base) - {"defaults", "hydra"}) | set(groups()) - {"hydra"}
@@ -133,9 +156,7 @@ def check_keys(cfg: DictConfig) -> None:
         valid = sorted(known_top) + [k for k in config_keys(cfg) if k.split(".", 1)[0] in known_top]
         require(key in known_top, unknown_key_message(str(key), cfg, valid))
     if "trainer" in cfg:
-        import pytorch_lightning as pl
-
-        accepted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+        accepted = trainer_arguments()
         for key in cfg.trainer:
             require(key in accepted, unknown_key_message(f"trainer.{key}", cfg, [f"trainer.{a}" for a in accepted]))
     for group in groups():

@@ -219,31 +219,33 @@ def train_field(
     to after its last, and stops at a step boundary with a checkpoint on SIGTERM, SIGINT or
     SIGUSR1 (:class:`nir.faults.Interrupted`)."""
     t_start, t_wall0 = time.perf_counter(), time.time()
-    job = job_of(overrides)
-    choices = dict(choices) if choices is not None else dict(job.hydra.runtime.choices) if job.hydra else {}
-    cfg, signal = resolve_auto_model(cfg, choices, job.task)
-    line = preset_line(cfg, choices)
-    if line:
-        console.say(line)
-    with warnings.catch_warnings(), _quiet_lightning():  # Lightning's noise, silenced for this run only
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
-        run_dir = prepare_run_dir(cfg, run_dir)  # its key check imports Lightning, which adds filters
-        from nir.callbacks import InterruptCheckpoint
-        from nir.faults import SignalCatcher, run_lock, signals_to_catch
+    # the run's warning filters, and those its libraries' first imports add, end with the run
+    with warnings.catch_warnings():
+        job = job_of(overrides)
+        choices = dict(choices) if choices is not None else dict(job.hydra.runtime.choices) if job.hydra else {}
+        cfg, signal = resolve_auto_model(cfg, choices, job.task)
+        line = preset_line(cfg, choices)
+        if line:
+            console.say(line)
+        with _quiet_lightning():  # Lightning's noise, silenced for this run only
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
+            run_dir = prepare_run_dir(cfg, run_dir)  # its key check imports Lightning, which adds filters
+            from nir.callbacks import InterruptCheckpoint
+            from nir.faults import SignalCatcher, run_lock, signals_to_catch
 
-        with run_lock(run_dir, enabled=_first_process()), SignalCatcher(signals_to_catch()) as catcher:
-            if job.task is not None:
-                write_hydra_record(run_dir, cfg, job.task, job.hydra)
-            parts = build_parts(cfg, signal, job)
-            interrupt = InterruptCheckpoint(catcher, run_dir)
-            trainer, final_metrics = build_trainer(cfg, parts, run_dir, [interrupt, *callbacks], choices)
-            if trainer.is_global_zero:
-                print(console.start_line(int(cfg.batch_size), parts, trainer), flush=True)
-            final, steps = fit_with_guards(cfg, parts, trainer, final_metrics, run_dir, t_start)
-            metrics = collect_metrics(parts, trainer, final, steps, t_start, t_wall0)
-            if trainer.is_global_zero:
-                write_run(parts, metrics, run_dir)
+            with run_lock(run_dir, enabled=_first_process()), SignalCatcher(signals_to_catch()) as catcher:
+                if job.task is not None:
+                    write_hydra_record(run_dir, cfg, job.task, job.hydra)
+                parts = build_parts(cfg, signal, job)
+                interrupt = InterruptCheckpoint(catcher, run_dir)
+                trainer, final_metrics = build_trainer(cfg, parts, run_dir, [interrupt, *callbacks], choices)
+                if trainer.is_global_zero:
+                    print(console.start_line(int(cfg.batch_size), parts, trainer), flush=True)
+                final, steps = fit_with_guards(cfg, parts, trainer, final_metrics, run_dir, t_start)
+                metrics = collect_metrics(parts, trainer, final, steps, t_start, t_wall0)
+                if trainer.is_global_zero:
+                    write_run(parts, metrics, run_dir)
     return parts.field.cpu().eval(), metrics
 
 

@@ -303,7 +303,16 @@ def test_the_cycle_check_sees_a_cycle():
 LAYERS = {
     "base": ["nir.errors", "nir.allocator", "nir.components", "nir.checkpoint", "nir.figures"],
     "data": ["nir.signal", "nir.readers", "nir.synthetic", "nir.holdout"],
-    "model": ["nir.fields", "nir.transforms", "nir.losses", "nir.metrics", "nir.optim", "nir.steps", "nir.samplers"],
+    "model": [
+        "nir.fields",
+        "nir.decades",
+        "nir.transforms",
+        "nir.losses",
+        "nir.metrics",
+        "nir.optim",
+        "nir.steps",
+        "nir.samplers",
+    ],
     "codec": ["nir.codec"],
     "reuse": ["nir.field", "nir.faults"],
     "config": ["nir.config", "nir.records", "nir.sweep", "nir.settings", "nir.console"],

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nir.decades import decade_bin, decade_edges
 from nir.errors import require
-from nir.metrics import decade_bin, decade_edges
 
 
 class Decades:
