@@ -227,17 +227,18 @@ def train_field(
         line = preset_line(cfg, choices)
         if line:
             console.say(line)
-        with _quiet_lightning():  # Lightning's noise, silenced for this run only
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
-            run_dir = prepare_run_dir(cfg, run_dir)  # its key check imports Lightning, which adds filters
-            from nir.callbacks import InterruptCheckpoint
-            from nir.faults import SignalCatcher, run_lock, signals_to_catch
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
+        run_dir = prepare_run_dir(cfg, run_dir)
+        from nir.faults import SignalCatcher, run_lock, signals_to_catch
 
-            with run_lock(run_dir, enabled=_first_process()), SignalCatcher(signals_to_catch()) as catcher:
-                if job.task is not None:
-                    write_hydra_record(run_dir, cfg, job.task, job.hydra)
-                parts = build_parts(cfg, signal, job)
+        with run_lock(run_dir, enabled=_first_process()), SignalCatcher(signals_to_catch()) as catcher:
+            if job.task is not None:
+                write_hydra_record(run_dir, cfg, job.task, job.hydra)
+            parts = build_parts(cfg, signal, job)  # the input is read and checked before Lightning is imported
+            with _quiet_lightning():  # Lightning's noise, silenced for this run only
+                from nir.callbacks import InterruptCheckpoint
+
                 interrupt = InterruptCheckpoint(catcher, run_dir)
                 trainer, final_metrics = build_trainer(cfg, parts, run_dir, [interrupt, *callbacks], choices)
                 if trainer.is_global_zero:
@@ -258,7 +259,8 @@ def _first_process() -> bool:
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's info lines (GPU/TPU/AMP availability, a logger advert, "fit stopped") are
-    dropped for the run; nir prints its own :func:`start_line`. Warnings still show."""
+    dropped for the run; nir prints its own start line (:func:`nir.console.start_line`). Warnings
+    still show."""
     import pytorch_lightning  # noqa: F401 - imported first: its import sets these loggers' levels
 
     loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning_fabric")]

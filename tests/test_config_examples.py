@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,11 +28,23 @@ def _examples():
                 yield pytest.param(shlex.split(cmd), id=f"{path.relative_to(CONF_DIR)}: {cmd}")
 
 
-EXAMPLES = list(_examples())
+#: examples another test runs as written, with more checks: the example's arguments -> that test's file
+RUN_ELSEWHERE = {"-m hydra/launcher=parallel hydra.launcher.n_jobs=4": "test_sweeps.py"}
+ALL_EXAMPLES = list(_examples())
+EXAMPLES = [e for e in ALL_EXAMPLES if " ".join(e.values[0]) not in RUN_ELSEWHERE]
+
+
+def test_examples_run_elsewhere_are_run_there():
+    """The parallel launcher's example runs in tests/test_sweeps.py (two jobs that overlap, their
+    threads per job), not twice."""
+    found = {" ".join(e.values[0]) for e in ALL_EXAMPLES}
+    for example, where in RUN_ELSEWHERE.items():
+        assert example in found  # still the config's example
+        assert f'"{example}"' in (Path(__file__).parent / where).read_text()
 
 
 def test_the_config_comments_hold_examples():
-    assert len(EXAMPLES) >= 5  # the search, parallel and slurm presets' examples are collected
+    assert len(ALL_EXAMPLES) >= 5  # the search, parallel and slurm presets' examples are collected
 
 
 @pytest.mark.parametrize("args", EXAMPLES)
