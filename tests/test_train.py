@@ -291,3 +291,24 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tiny_png, tmp_p
 def test_compile_flag_must_be_boolean(tiny_png, tmp_path):
     with pytest.raises(NirError, match="compile must be true or false"):
         train(make_cfg(tiny_overrides(tiny_png) + ["compile=yes"]), tmp_path)
+
+
+def test_the_callbacks_are_the_ones_the_config_lists(tmp_path):
+    """conf/train.yaml's ``callbacks:`` in order; ``=null`` drops one, ``enabled: false`` (here
+    ``log.images=false``) leaves one out, a relative ``dirpath`` is inside the run directory, and
+    one added on the command line is built."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from nir.config import compose_config
+    from nir.trainer import configured_callbacks
+
+    names = lambda cbs: [type(c).__name__ for c in cbs]  # noqa: E731
+    cfg, _ = compose_config([])
+    cbs = configured_callbacks(cfg, tmp_path)
+    assert names(cbs) == ["DivergenceGuard", "ModelCheckpoint", "ReconstructionLogger", "MagnitudeLogger"]
+    assert cbs[1].dirpath == str(tmp_path / "checkpoints") and cbs[0].every == cfg.check_finite_every
+    cfg, _ = compose_config(["log.images=false", "callbacks.magnitudes=null", "check_finite_every=7",
+                             "+callbacks.extra._target_=nir.callbacks.MagnitudeLogger"])  # fmt: skip
+    cbs = configured_callbacks(cfg, tmp_path)
+    assert names(cbs) == ["DivergenceGuard", "ModelCheckpoint", "MagnitudeLogger"] and cbs[0].every == 7
+    assert isinstance(cbs[1], ModelCheckpoint)
