@@ -481,7 +481,7 @@ def from_compact(data: bytes, what: str, trusted: Iterable[str] = ()) -> Field:
 
 def compact_header_bytes(data: bytes, field: Field | None = None) -> int:
     """Bytes of a compact file that are not coded parameters (:func:`nir.codec.container.header_bytes`);
-    ``field``: the field it holds, when at hand (else built from the spec, to count its buffers)."""
+    ``field``: the field it holds, when at hand (else read from ``data``, to count its buffers)."""
     from nir.codec import container
 
     field = from_compact(data, "a compact field") if field is None else field

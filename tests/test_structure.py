@@ -337,3 +337,16 @@ def test_nothing_imports_up_the_layers_and_every_module_has_a_row():
     rows = {m for m in graph if m.count(".") == 1 or m in ("nir",)}
     missing = sorted(m for m in rows if f"`{m.replace('.', '/')}" not in page)
     assert missing == []
+
+
+def test_the_trainer_arguments_read_from_lightnings_source_are_its_signature():
+    """The key check reads ``Trainer.__init__``'s arguments from Lightning's source (no import);
+    they must be what the imported class takes."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    from nir.config import trainer_arguments
+
+    assert trainer_arguments() == frozenset(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    assert {"max_steps", "precision", "val_check_interval"} <= trainer_arguments()

@@ -192,7 +192,7 @@ def code_ints(k: np.ndarray, only: int | None = None) -> bytes:
     ANS under a quantised Laplace fitted to them, or zstd of their zigzag codes; the smaller);
     ``only``: that coder's id, where it applies."""
     asked = [c for c in RESIDUAL_CODERS if c.id == only]
-    coder, data = ints.smallest(asked, [k]) if ints.applies(asked, [k]) else ints.smallest(RESIDUAL_CODERS, [k])
+    coder, data = ints.smallest(asked, [k]) or ints.smallest(RESIDUAL_CODERS, [k])
     return bytes([coder.id]) + data
 
 

@@ -86,15 +86,11 @@ class Coder(Protocol):
     def decode(self, data: bytes, sizes: Sequence[int]) -> list[np.ndarray]: ...
 
 
-def smallest(coders: Sequence[Coder], streams: Sequence[np.ndarray]) -> tuple[Coder, bytes]:
-    """The coder of ``coders`` that codes ``streams`` smallest (the first of equals), and its bytes."""
-    options = [(c, c.encode(streams)) for c in coders]
-    return min(((c, b) for c, b in options if b is not None), key=lambda cb: len(cb[1]))
-
-
-def applies(coders: Sequence[Coder], streams: Sequence[np.ndarray]) -> bool:
-    """Does any of ``coders`` code ``streams`` (a coder may not apply, e.g. ANS to one symbol)?"""
-    return any(c.encode(streams) is not None for c in coders)
+def smallest(coders: Sequence[Coder], streams: Sequence[np.ndarray]) -> tuple[Coder, bytes] | None:
+    """The coder of ``coders`` that codes ``streams`` smallest (the first of equals), and its
+    bytes; None where none applies (a coder may not, e.g. ANS to a single symbol)."""
+    options = [(c, b) for c in coders if (b := c.encode(streams)) is not None]
+    return min(options, key=lambda cb: len(cb[1])) if options else None
 
 
 def coder_of(coders: Sequence[Coder], id: int, what: str) -> Coder:
@@ -239,7 +235,7 @@ def field_coders(bits: int | None) -> tuple[Coder, ...]:
     return (Packed(bits or 8), TensorAns(bits or 8), ByteZstd())
 
 
-CODERS = ("raw", "ans", "zstd")  # the names of field_coders(), in id order
+CODERS = tuple(c.name for c in field_coders(8))  # "raw", "ans", "zstd": the store byte's ids in order
 
 
 # ----------------------------------------------------------------------------- a residual's integers
