@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from nir.batches import TrainingData
 from nir.checkpoint import FORMAT
 from nir.codec import storage
+from nir.errors import require
 from nir.field import Field
 from nir.metrics import GridMetrics, MaxProjections, image_ssim
 from nir.optim import Adam
@@ -275,9 +276,14 @@ def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
         sub = bounds.Residual(back.bound, back.dtype, back.k[start : start + n],
                               back.exceptions[(back.exceptions >= start) & (back.exceptions < start + n)] - start,
                               back.values[(back.exceptions >= start) & (back.exceptions < start + n)])  # fmt: skip
-        err = np.abs(bounds.apply(pred, sub).astype(np.float64) - y.reshape(-1).astype(np.float64))
-        scale = np.maximum(np.abs(y.reshape(-1).astype(np.float64)), bound.floor) if bound.kind == "rel" else 1.0
-        worst = max(worst, float((err / scale).max()))
+        sub.missing = back.missing[(back.missing >= start) & (back.missing < start + n)] - start
+        y = y.reshape(-1).astype(np.float64)
+        got = bounds.apply(pred, sub).astype(np.float64)
+        kept = ~np.isnan(y)  # a missing sample is NaN in the answer, and nowhere else
+        require(np.array_equal(np.isnan(got), ~kept), "the bounded answer's NaN are not the signal's missing samples")
+        err = np.abs(got[kept] - y[kept])
+        scale = np.maximum(np.abs(y[kept]), bound.floor) if bound.kind == "rel" else 1.0
+        worst = max(worst, float((err / scale).max(initial=0.0)))
         start += n
     key = "max_rel_error" if bound.kind == "rel" else "max_abs_error"
     return {"bound": bound.describe(), key: worst, "bytes_residual": len(field.residual),

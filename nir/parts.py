@@ -209,8 +209,6 @@ def build_parts(cfg: DictConfig, signal: Any = None, job: Job | None = None) -> 
     from nir.codec.storage import StoredTraining
 
     bound = bound_of(cfg.get("bound"), float(data.stats.floor) or None)
-    require(bound is None or not signal.missing,
-            f"a bound needs every sample: the signal has {signal.missing:,} missing (NaN) samples; fill them or drop bound.*")  # fmt: skip
     module = FieldModule(
         field, loss, data, optim, max_steps=int(trainer_cfg.max_steps), compile=bool(cfg.compile),
         steps_per_call=steps_per_call(cfg), cuda_graph=cfg.get("cuda_graph", "auto"),

@@ -61,6 +61,41 @@ def test_the_residual_meets_the_bound_at_every_sample(shape, bound):
     assert measured == pytest.approx(worst) and worst <= B.MARGIN + 1e-6  # the cell leaves the margin
 
 
+@pytest.mark.parametrize("bound", [B.Bound("rel", 0.01, 1e-3), B.Bound("abs", 0.1), B.Bound("none", 0.0)])
+def test_missing_samples_are_nan_again_and_only_they(bound):
+    """NaN in the signal is a missing sample: no integer, NaN in the answer (a land mask: a
+    block; the rest scattered); every other sample within the bound."""
+    y = _hard_values((30, 40), 3).reshape(-1).astype(np.float64)
+    y[100:400] = np.nan
+    y[::53] = np.nan
+    pred = np.where(np.isnan(y), 7.0, y * 1.2).astype(np.float32)
+    residual, _ = B.build_residual([(pred[:500], y[:500]), (pred[500:], y[500:])], bound)
+    data = B.encode(residual)
+    back = B.apply(pred, B.decode(data, y.size))
+    assert np.array_equal(np.isnan(back), np.isnan(y))
+    kept = ~np.isnan(y)
+    ok, _ = _check(y[kept], back[kept], bound)
+    assert ok
+    if bound.kind == "none":  # no correction: the network's answer where a value is kept
+        assert np.array_equal(back[kept], pred[kept]) and len(data) < 19 + y.size // 16  # the mask: under half its raw bits
+    with pytest.raises(NirError, match="mask covers"):
+        B.decode(data, y.size + 64)
+
+
+def test_a_bounded_run_keeps_the_missing_samples_missing(tmp_path):
+    y = _hard_values((20, 30), 4)
+    y[3:6, 10:20] = np.nan
+    np.save(tmp_path / "in.npy", y)
+    compress_main([str(tmp_path / "in.npy"), str(tmp_path / "f.nir"), "--rel", "0.05", "--steps", "20"])
+    decompress_main([str(tmp_path / "f.nir"), str(tmp_path / "back.npy")])
+    back = np.load(tmp_path / "back.npy")
+    assert np.array_equal(np.isnan(back), np.isnan(y))
+    kept = ~np.isnan(y)
+    bound = B.decode(nir.load_field(tmp_path / "f.nir").residual, y.size).bound
+    ok, worst = _check(y[kept], back[kept], bound)
+    assert ok, worst
+
+
 @pytest.mark.parametrize("coder", [1, 2])
 def test_residual_integers_round_trip_exactly_with_each_coder(coder):
     rng = np.random.default_rng(coder)
@@ -133,15 +168,15 @@ def test_compress_and_decompress_in_fresh_processes(tmp_path):
         (["--rel", "-0.1"], "bound.rel must be a number > 0"),
         (["--abs", "0"], "bound.abs must be a number > 0"),
         (["--rel", "0.01", "--floor", "0"], "bound.floor must be a number > 0"),
-        (["--rel", "0.01", "nan"], "missing"),
+        (["--rel", "0.01", "inf"], "Inf values"),
         ([], "needs --rel, --abs or --ratio"),
     ],
 )
 def test_bad_inputs_are_one_line(args, message, tmp_path, capsys):
     y = _hard_values((300,), 0)
-    if "nan" in args:
-        args = [a for a in args if a != "nan"]
-        y[7] = np.nan
+    if "inf" in args:
+        args = [a for a in args if a != "inf"]
+        y[7] = np.inf
     np.save(tmp_path / "in.npy", y)
     with pytest.raises(SystemExit) as e:
         compress_main([str(tmp_path / "in.npy"), str(tmp_path / "out.nir"), *args, "--steps", "2"])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,14 +32,16 @@ from nir.codec.ints import RESIDUAL_CODERS
 from nir.errors import NirError, require
 
 MARGIN = 0.99
-KINDS = ("abs", "rel")
+#: ``none``: no correction, only the missing samples (a field under a byte budget that keeps NaN
+#: where its source had them: the chunk codec, :mod:`nir.codec.chunks`)
+KINDS = ("abs", "rel", "none")
 DTYPES = ("float32", "float64", "float16")
 
 
 @dataclass(frozen=True)
 class Bound:
-    """A point-wise bound: ``kind`` ``abs`` (``value`` = delta) or ``rel`` (``value`` = eps, with
-    ``floor`` f > 0)."""
+    """A point-wise bound: ``kind`` ``abs`` (``value`` = delta), ``rel`` (``value`` = eps, with
+    ``floor`` f > 0), or ``none`` (no bound: a residual that only marks missing samples)."""
 
     kind: str
     value: float
@@ -48,23 +50,25 @@ class Bound:
     @property
     def step(self) -> float:
         """The half-width D of the quantisation cell in g-space."""
-        return self.value if self.kind == "abs" else math.log1p(self.value)
+        return math.log1p(self.value) if self.kind == "rel" else self.value
 
     def g(self, y: np.ndarray) -> np.ndarray:
         """Linear below the floor, logarithmic above: ``g' = 1 / max(|y|, floor)``."""
-        if self.kind == "abs":
+        if self.kind != "rel":
             return y
         a = np.abs(y) / self.floor
         return np.sign(y) * np.where(a <= 1, a, 1 + np.log(np.maximum(a, 1)))
 
     def g_inv(self, z: np.ndarray) -> np.ndarray:
-        if self.kind == "abs":
+        if self.kind != "rel":
             return z
         a = np.abs(z)
         return np.sign(z) * self.floor * np.where(a <= 1, a, np.exp(np.maximum(a, 1) - 1))
 
     def allowed(self, y: np.ndarray) -> np.ndarray:
         """The largest error each sample may have."""
+        if self.kind == "none":
+            return np.full(y.shape, np.inf)
         if self.kind == "abs":
             return np.full(y.shape, self.value)
         return self.value * np.maximum(np.abs(y), self.floor)
@@ -112,7 +116,7 @@ def _cell(bound: Bound) -> float:
 def reconstruct(pred: np.ndarray, k: np.ndarray, bound: Bound) -> np.ndarray:
     """``g^-1(g(pred) + cell * k)`` in float64 (``pred``: the network's float32 answer)."""
     p = pred.astype(np.float64)
-    if bound.kind == "abs":
+    if bound.kind != "rel":
         return p + _cell(bound) * k
     return bound.g_inv(bound.g(p) + _cell(bound) * k)
 
@@ -120,47 +124,58 @@ def reconstruct(pred: np.ndarray, k: np.ndarray, bound: Bound) -> np.ndarray:
 def quantize(pred: np.ndarray, y: np.ndarray, bound: Bound) -> np.ndarray:
     """The residual's integers for a chunk (int64)."""
     p, t = pred.astype(np.float64), y.astype(np.float64)
+    if bound.kind == "none":
+        return np.zeros(t.shape, np.int64)
     return np.rint((bound.g(t) - bound.g(p)) / _cell(bound)).astype(np.int64)
 
 
 @dataclass
 class Residual:
-    """A residual as stored: the bound, the output dtype, the integers, and exceptions (flat
-    indices and their exact values) where the quantised value missed the bound."""
+    """A residual as stored: the bound, the output dtype, the integers, exceptions (flat indices
+    and their exact values) where the quantised value missed the bound, and the missing samples
+    (flat indices where the signal was NaN: NaN again in the bounded answer)."""
 
     bound: Bound
     dtype: str
     k: np.ndarray
     exceptions: np.ndarray
     values: np.ndarray
+    missing: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def empty(self) -> bool:
+        """No integers and no exceptions (the missing samples are coded apart)."""
         return not self.k.any() and not self.exceptions.size
 
 
 def build_residual(chunks, bound: Bound, dtype: str = "float32", n: int | None = None) -> tuple[Residual, float]:
     """The residual over ``chunks`` (an iterable of ``(pred, y)`` float arrays in grid order) and
     the largest error of the bounded reconstruction, measured in the output ``dtype`` (relative
-    to each sample's allowance, so <= 1 is the guarantee). ``n``: the total sample count, when
-    known (the integers are then written into one array, not gathered and joined)."""
+    to each sample's allowance, so <= 1 is the guarantee). A NaN in ``y`` is a missing sample:
+    no integer, NaN in the answer. ``n``: the total sample count, when known (the integers are
+    then written into one array, not gathered and joined)."""
     require(dtype in DTYPES, f"bounded output dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    ks, exc_idx, exc_val, worst, start = [], [], [], 0.0, 0
+    ks, exc_idx, exc_val, gaps, worst, start = [], [], [], [], 0.0, 0
     whole = np.empty(n, np.int64) if n is not None else None
     for pred, y in chunks:
         y = np.asarray(y, np.float64).reshape(-1)
-        require(np.isfinite(y).all(), "a bound needs finite values: the signal has NaN or infinite samples")
+        nan = np.isnan(y)
+        require(np.isfinite(y[~nan]).all(), "a bound needs finite values: the signal has infinite samples")
+        if nan.any():
+            gaps.append(np.flatnonzero(nan) + start)
+            y = np.where(nan, 0.0, y)
         k = quantize(np.asarray(pred).reshape(-1), y, bound)
+        k[nan] = 0
         back = reconstruct(np.asarray(pred).reshape(-1), k, bound).astype(dtype).astype(np.float64)
         y_out = y.astype(dtype).astype(np.float64)  # the value the output dtype can hold
         err = np.abs(back - y_out)
-        bad = ~(err <= bound.allowed(y_out))
+        bad = ~(err <= bound.allowed(y_out)) & ~nan
         if bad.any():
             k[bad] = 0
             exc_idx.append(np.flatnonzero(bad) + start)
             exc_val.append(y_out[bad])
-        ok = ~bad
-        if ok.any():
+        ok = ~bad & ~nan
+        if ok.any() and bound.kind != "none":
             worst = max(worst, float((err[ok] / bound.allowed(y_out)[ok]).max()))
         if whole is not None:
             whole[start : start + k.size] = k
@@ -174,15 +189,18 @@ def build_residual(chunks, bound: Bound, dtype: str = "float32", n: int | None =
         k = np.concatenate(ks) if ks else np.zeros(0, np.int64)
     idx = np.concatenate(exc_idx) if exc_idx else np.zeros(0, np.int64)
     val = np.concatenate(exc_val) if exc_val else np.zeros(0)
-    return Residual(bound, dtype, k, idx, val), worst
+    missing = np.concatenate(gaps) if gaps else np.zeros(0, np.int64)
+    return Residual(bound, dtype, k, idx, val, missing), worst
 
 
 def apply(pred: np.ndarray, residual: Residual) -> np.ndarray:
     """The bounded values: the network's ``pred`` (flat, grid order) corrected by the residual,
-    in the residual's output dtype."""
+    in the residual's output dtype (NaN at the missing samples)."""
     out = reconstruct(np.asarray(pred).reshape(-1), residual.k, residual.bound).astype(residual.dtype)
     if residual.exceptions.size:
         out[residual.exceptions] = residual.values.astype(residual.dtype)
+    if residual.missing.size:
+        out[residual.missing] = np.nan
     return out
 
 
@@ -202,11 +220,17 @@ def decode_ints(data: bytes, n: int) -> np.ndarray:
 
 
 def encode(residual: Residual) -> bytes:
-    """The residual as bytes: kind, dtype, value, floor, flags, exceptions, integers."""
+    """The residual as bytes: kind, dtype, value, floor, flags (bit 0: integers follow, bit 1: the
+    missing samples follow), [the missing samples' mask], [exceptions, integers]."""
     b = residual.bound
     head = struct.pack("<BBdd", KINDS.index(b.kind), DTYPES.index(residual.dtype), b.value, b.floor)
+    flags = (0 if residual.empty else 1) | (2 if residual.missing.size else 0)
+    out = head + bytes([flags])
+    if residual.missing.size:
+        mask = _mask_bytes(residual.missing, residual.k.size)
+        out += ints.varint(len(mask)) + mask
     if residual.empty:
-        return head + b"\x00"
+        return out
     coded = code_ints(residual.k)
     exc = residual.exceptions
     gaps = np.diff(np.concatenate([[-1], exc])).astype(np.uint64) if exc.size else np.zeros(0, np.uint64)
@@ -215,19 +239,42 @@ def encode(residual: Residual) -> bytes:
         + b"".join(ints.varint(int(g)) for g in gaps)
         + residual.values.astype("<f8").tobytes()
     )
-    return head + b"\x01" + body + coded
+    return out + body + coded
+
+
+def _mask_bytes(missing: np.ndarray, n: int) -> bytes:
+    """The missing samples as one bit each, zstd-coded (a land mask or a chunk's padding codes
+    to a few bytes)."""
+    import zstandard as zstd
+
+    mask = np.zeros(n, bool)
+    mask[missing] = True
+    return zstd.ZstdCompressor(level=19).compress(np.packbits(mask).tobytes())
+
+
+def _mask_of(data: bytes, n: int) -> np.ndarray:
+    import zstandard as zstd
+
+    bits = np.frombuffer(zstd.ZstdDecompressor().decompress(data, max_output_size=(n + 7) // 8), np.uint8)
+    require(bits.size == (n + 7) // 8, f"the missing samples' mask covers {8 * bits.size} samples, the grid has {n}")
+    return np.flatnonzero(np.unpackbits(bits, count=n))
 
 
 def decode(data: bytes, n: int) -> Residual:
     """The residual of ``n`` samples from :func:`encode`'s bytes."""
     try:
         kind, dt, value, floor = struct.unpack_from("<BBdd", data, 0)
-        bound = Bound(KINDS[kind], value, floor)
-        if data[18] == 0:
-            return Residual(bound, DTYPES[dt], np.zeros(n, np.int64), np.zeros(0, np.int64), np.zeros(0))
-        count, nexc = struct.unpack_from("<QI", data, 19)
+        bound, flags, pos = Bound(KINDS[kind], value, floor), data[18], 19
+        require(flags < 4, f"unknown residual flags {flags}")
+        missing = np.zeros(0, np.int64)
+        if flags & 2:
+            size, pos = ints.read_varint(data, pos)
+            missing, pos = _mask_of(data[pos : pos + size], n), pos + size
+        if not flags & 1:
+            return Residual(bound, DTYPES[dt], np.zeros(n, np.int64), np.zeros(0, np.int64), np.zeros(0), missing)
+        count, nexc = struct.unpack_from("<QI", data, pos)
         require(count == n, f"residual covers {count} samples, the grid has {n}")
-        pos, gaps = 31, []
+        pos, gaps = pos + 12, []
         for _ in range(nexc):
             gap, pos = ints.read_varint(data, pos)
             gaps.append(gap)
@@ -239,4 +286,4 @@ def decode(data: bytes, n: int) -> Residual:
         raise
     except Exception as e:
         raise NirError(f"the residual is corrupt ({type(e).__name__}); compress again") from None
-    return Residual(bound, DTYPES[dt], k, exc, values)
+    return Residual(bound, DTYPES[dt], k, exc, values, missing)
