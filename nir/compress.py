@@ -140,7 +140,9 @@ def info(path: str | Path) -> str:
     if field.residual is not None:
         r = bounds.decode(field.residual, math.prod(spec["shape"]) * spec["channels"])
         b = r.bound
-        what = {"rel": f"relative {b.value:g}, floor {b.floor:.4g}", "abs": f"absolute {b.value:g}", "none": "none"}[b.kind]
+        what = {"rel": f"relative {b.value:g}, floor {b.floor:.4g}", "abs": f"absolute {b.value:g}", "none": "none"}[
+            b.kind
+        ]
         missing = f", {r.missing.size:,} missing samples" if r.missing.size else ""
         lines.append(
             f"bound: {what} (on the grid; {'empty residual' if r.empty else f'{r.exceptions.size} exceptions'}{missing})"

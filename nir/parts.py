@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from nir.codec.budget import fit_to_budget
 from nir.config import build, compose_config, kwargs_of
 from nir.console import announce_signal, say
-from nir.errors import NirError, require
+from nir.errors import NirError
 from nir.settings import Job, Settings, resolve_precision, store_of
 
 if TYPE_CHECKING:

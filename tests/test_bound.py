@@ -77,7 +77,9 @@ def test_missing_samples_are_nan_again_and_only_they(bound):
     ok, _ = _check(y[kept], back[kept], bound)
     assert ok
     if bound.kind == "none":  # no correction: the network's answer where a value is kept
-        assert np.array_equal(back[kept], pred[kept]) and len(data) < 19 + y.size // 16  # the mask: under half its raw bits
+        assert (
+            np.array_equal(back[kept], pred[kept]) and len(data) < 19 + y.size // 16
+        )  # the mask: under half its raw bits
     with pytest.raises(NirError, match="mask covers"):
         B.decode(data, y.size + 64)
 
