@@ -4,12 +4,13 @@ training framework (docs/bounded.md).
     nir-compress IN.npy OUT.nir --rel 0.01        # every value within 1 % (below the floor: 1 % of it)
     nir-compress IN.nc OUT.nir --abs 0.5 --var t2m
     nir-compress IN.npy OUT.nir --ratio 100       # a byte budget, no bound
+    nir-compress IN.zarr OUT.zarr --rel 0.01      # a chunked store, chunk by chunk on Dask (docs/ecosystem.md)
     nir-compress --info OUT.nir
     nir-decompress OUT.nir BACK.npy               # the grid in the input's shape and dtype
 
 Compression is a ``nir-train`` run of the input (``data=array``: ``.npy``, ``.npz``, NetCDF,
 HDF5, Zarr) with ``bound.*`` and ``size.ratio`` set, in a temporary run directory; its
-``field.nir`` is the output. The network's size for a bound is :data:`NETWORK_RATIO` of the
+``field.nir`` is the output. The network's size for a bound is :data:`~nir.settings.NETWORK_RATIO` of the
 input unless ``--ratio`` says otherwise (the rule and its measurement: docs/bounded.md).
 """
 
@@ -24,17 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from nir.errors import cli_errors, require
-
-#: the network's budget under a bound: the input's float32 bytes / NETWORK_RATIO, at least
-#: MIN_NETWORK_BYTES (the rule and what scripts/bench_bounded.py measured: docs/bounded.md)
-NETWORK_RATIO = 100
-MIN_NETWORK_BYTES = 1000
+from nir.settings import MIN_NETWORK_BYTES, NETWORK_RATIO, fit_overrides
 
 
 def compress_main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="nir-compress", description="Compress an array into a nir field file (.nir).")
     ap.add_argument("input", help=".npy / .npz / .nc / .h5 / .zarr (what data=array reads), or the .nir for --info")
-    ap.add_argument("output", nargs="?", help="the .nir file to write")
+    ap.add_argument("output", nargs="?", help="the .nir file to write, or a .zarr store (IN is then a .zarr store)")
     bound = ap.add_mutually_exclusive_group()
     bound.add_argument("--rel", type=float, help="point-wise relative bound: |y' - y| <= rel * max(|y|, floor)")
     bound.add_argument("--abs", type=float, help="point-wise absolute bound: |y' - y| <= abs")
@@ -47,6 +44,9 @@ def compress_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", help="the network: a model preset (default: model=auto's choice for the data)")
     ap.add_argument("--var", help="the variable of a NetCDF / HDF5 / Zarr file")
     ap.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    ap.add_argument("--chunks", help="a store's chunks: 64,64,64 or time=1,lat=90 (default: the input's)")
+    ap.add_argument("--workers", type=int, help="a store: the LocalCluster's worker processes (default: one per core)")
+    ap.add_argument("--scheduler", help="a store: an existing Dask cluster's scheduler address (tcp://host:8786)")
     ap.add_argument(
         "--info", action="store_true", help="describe a .nir file: shape, bound, floor, bytes by part, network"
     )
@@ -58,9 +58,23 @@ def compress_main(argv: list[str] | None = None) -> None:
         require(args.output is not None, "nir-compress needs an output file: nir-compress IN OUT.nir --rel 0.01")
         require(args.rel is not None or args.abs is not None or args.ratio is not None,
                 "nir-compress needs --rel, --abs or --ratio (a bound, or a byte budget)")  # fmt: skip
+        if Path(args.output).suffix == ".zarr":
+            print(_compress_store(args))
+            return
         line = compress(args.input, args.output, rel=args.rel, abs_=args.abs, floor=args.floor, ratio=args.ratio,
                         preset=args.preset, var=args.var, steps=args.steps)  # fmt: skip
         print(line)
+
+
+def _compress_store(args: argparse.Namespace) -> str:
+    from nir.codec.chunks import Nir
+    from nir.stores import compress_store
+
+    require(args.workers is None or args.workers >= 1, f"--workers must be >= 1, got {args.workers}")
+    require(args.workers is None or args.scheduler is None, "give --workers (a local cluster) or --scheduler, not both")
+    codec = Nir(rel=args.rel, abs=args.abs, ratio=args.ratio, floor=args.floor, preset=args.preset, steps=args.steps)
+    return compress_store(args.input, args.output, codec, var=args.var, chunks=args.chunks,
+                          scheduler=args.scheduler, workers=args.workers)  # fmt: skip
 
 
 def compress(
@@ -81,19 +95,10 @@ def compress(
 
     output = Path(output)
     require(output.suffix == ".nir", f"nir-compress writes a .nir file, got {str(output)!r}")
-    overrides = ["log.images=false"]
-    overrides += [f"bound.rel={rel}"] if rel is not None else []
-    overrides += [f"bound.abs={abs_}"] if abs_ is not None else []
-    overrides += [f"bound.floor={floor}"] if floor is not None else []
     bounded = rel is not None or abs_ is not None
-    if ratio is not None:
-        overrides.append(f"size.ratio={ratio}")
-    elif bounded:
-        overrides.append(f"size.bytes={max(MIN_NETWORK_BYTES, int(4 * _values(input, var) / NETWORK_RATIO))}")
-    overrides += [f"model={preset}"] if preset else []
+    values = _values(input, var) if bounded and ratio is None else 0
+    overrides = fit_overrides(values, rel, abs_, floor, ratio, preset, steps, quiet)
     overrides += [f"data.var={var}"] if var else []
-    overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"] if steps else []
-    overrides += ["trainer.enable_progress_bar=false"] if quiet else []
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nir-compress-") as tmp:
         _, m = nir.fit(str(input), overrides, run_dir=Path(tmp) / "run")

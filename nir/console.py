@@ -108,6 +108,6 @@ def summary(metrics: dict[str, Any], run_dir: Path, data_range: float) -> str:
         + (magnitude_line(metrics) if worst is not None else "")
         + bound_line(metrics)
         + heldout_line(metrics)
-        + f"run directory: {run_dir}\n"
-        f"look at it:    tensorboard --logdir {run_dir}"
+        + f"run directory: {run_dir}"
+        + (f"\nlook at it:    tensorboard --logdir {run_dir}" if (run_dir / "tb").is_dir() else "")
     )

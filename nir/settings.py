@@ -78,3 +78,42 @@ def resolve_precision(precision: Any, accelerator: str) -> str:
     except (AttributeError, RuntimeError):
         native = False
     return "bf16-mixed" if native else "32"
+
+
+# ----------------------------------------------------------------------------- a compression's run
+#: the network's budget under a bound: the input's float32 bytes / NETWORK_RATIO, at least
+#: MIN_NETWORK_BYTES (the rule and what scripts/bench_bounded.py measured: docs/bounded.md)
+NETWORK_RATIO = 100
+MIN_NETWORK_BYTES = 1000
+
+
+#: what a compression run needs of nir-train's outputs: the field, not its TensorBoard events,
+#: images or checkpoints (the run directory is temporary)
+LEAN = ["log.images=false", "log.tensorboard=false", "callbacks.checkpoint=null", "+trainer.enable_checkpointing=false"]
+
+
+def fit_overrides(
+    values: int,
+    rel: float | None = None,
+    abs_: float | None = None,
+    floor: float | None = None,
+    ratio: float | None = None,
+    preset: str | None = None,
+    steps: int | None = None,
+    quiet: bool = False,
+) -> list[str]:
+    """The ``nir.fit`` overrides of a compression (``nir-compress``, the chunk codec): the bound,
+    the network's budget (``ratio``, else :data:`NETWORK_RATIO` of the input's ``values`` under a
+    bound), the preset and steps; ``quiet``: no progress display."""
+    overrides = list(LEAN)
+    overrides += [f"bound.rel={rel}"] if rel is not None else []
+    overrides += [f"bound.abs={abs_}"] if abs_ is not None else []
+    overrides += [f"bound.floor={floor}"] if floor is not None else []
+    if ratio is not None:
+        overrides.append(f"size.ratio={ratio}")
+    elif rel is not None or abs_ is not None:
+        overrides.append(f"size.bytes={max(MIN_NETWORK_BYTES, int(4 * values / NETWORK_RATIO))}")
+    overrides += [f"model={preset}"] if preset else []
+    overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"] if steps else []
+    overrides += ["trainer.enable_progress_bar=false"] if quiet else []
+    return overrides

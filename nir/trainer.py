@@ -108,7 +108,7 @@ def _logger_and_final_metrics(cfg: DictConfig, parts: Parts, run_dir: Path, choi
     logger = NirTensorBoardLogger(
         save_dir=str(run_dir), name="tb", version=version, default_hp_metric=False,
         steps_per_call=parts.module.loop.k,
-    )  # fmt: skip
+    ) if cfg.log.get("tensorboard", True) else False  # fmt: skip
     extra = ["hp/psnr_log", "hp/worst_decade_median"] if parts.signal.long_tailed else []
     extra += ["hp/ssim"] if parts.signal.is_image else []
     extra += ["hp/psnr_heldout", "hp/psnr_train"] if parts.data.holdout is not None else []
