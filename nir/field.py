@@ -193,8 +193,18 @@ class Field(nn.Module):
         require(self.residual is not None, "this field has no residual: train it with bound.rel or bound.abs")
         if pred is None:
             pred = self._network_grid()
-        n = math.prod(self.spec["shape"]) * self.channels
-        return bound.apply(pred.reshape(-1), bound.decode(self.residual, n))
+        return bound.apply(pred.reshape(-1), self._decoded_residual())
+
+    def _decoded_residual(self) -> Any:
+        """The residual decoded once per field (the xarray backend reads a field selection by
+        selection); decoded again when ``residual`` is replaced."""
+        from nir.codec import bound
+
+        cached = getattr(self, "_residual_cache", None)
+        if cached is None or cached[0] is not self.residual:
+            n = math.prod(self.spec["shape"]) * self.channels
+            cached = self._residual_cache = (self.residual, bound.decode(self.residual, n))
+        return cached[1]
 
     def _network_grid(self) -> Any:
         residual, self.residual = self.residual, None
@@ -202,6 +212,28 @@ class Field(nn.Module):
             return self.sample().numpy()
         finally:
             self.residual = residual
+
+    def grid_values(self, index: Any, chunk: int = 65536) -> Any:
+        """The field at flat indices of its training grid (row-major over the axes, as
+        :meth:`sample`'s rows): a numpy array ``(len(index), channels)``, at the training
+        coordinates themselves, so a bounded field meets its bound there (in the source's
+        dtype; float32 otherwise). What the xarray backend (:mod:`nir.backend`) reads a
+        selection with: only the asked samples are evaluated."""
+        import numpy as np
+
+        from nir.codec import bound
+
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64).reshape(-1))
+        grid = Grid(self.spec["shape"], self.spec["bounds"], self.training_positions()).to(self.bounds.device)
+        out = np.empty((idx.numel(), self.channels), np.float32)
+        with torch.no_grad():
+            for start in range(0, idx.numel(), chunk):
+                coords = grid.coords(idx[start : start + chunk].to(self.bounds.device))
+                out[start : start + chunk] = self(coords).float().cpu().numpy()
+        if self.residual is None:
+            return out
+        flat = (idx.numpy()[:, None] * self.channels + np.arange(self.channels)).reshape(-1)
+        return bound.apply(out.reshape(-1), self._decoded_residual(), flat).reshape(out.shape)
 
     def to_xarray(self, **coords: Any) -> Any:
         """The field on a grid as an ``xarray.DataArray`` with the source's dimension names,
@@ -477,6 +509,17 @@ def from_compact(data: bytes, what: str, trusted: Iterable[str] = ()) -> Field:
     field = _rebuild(c.spec, lambda: c.state(_template(c.spec, trusted=trusted)), what, trusted)
     field.residual = c.residual
     return field
+
+
+def with_residual(data: bytes, residual: bytes | None, what: str = "a compact field") -> bytes:
+    """The compact file ``data`` with ``residual`` in place of its own (the same network, stored
+    as it was: precision, scales and coder)."""
+    from nir.codec import container
+    from nir.codec.ints import CODERS
+
+    c = container.read(data, what)
+    template = _template(c.spec)
+    return container.encode(c.spec, c.state(template), template, c.dtype, c.int8_scale, CODERS[c.coder], residual)
 
 
 def compact_header_bytes(data: bytes, field: Field | None = None) -> int:

@@ -193,14 +193,22 @@ def build_residual(chunks, bound: Bound, dtype: str = "float32", n: int | None =
     return Residual(bound, dtype, k, idx, val, missing), worst
 
 
-def apply(pred: np.ndarray, residual: Residual) -> np.ndarray:
+def apply(pred: np.ndarray, residual: Residual, index: np.ndarray | None = None) -> np.ndarray:
     """The bounded values: the network's ``pred`` (flat, grid order) corrected by the residual,
-    in the residual's output dtype (NaN at the missing samples)."""
-    out = reconstruct(np.asarray(pred).reshape(-1), residual.k, residual.bound).astype(residual.dtype)
-    if residual.exceptions.size:
-        out[residual.exceptions] = residual.values.astype(residual.dtype)
-    if residual.missing.size:
-        out[residual.missing] = np.nan
+    in the residual's output dtype (NaN at the missing samples). ``index``: the flat grid indices
+    ``pred`` answers (a selection, as the xarray backend reads it); None: the whole grid."""
+    pred = np.asarray(pred).reshape(-1)
+    k = residual.k if index is None else residual.k[index]
+    out = reconstruct(pred, k, residual.bound).astype(residual.dtype)
+    for where, value in ((residual.exceptions, residual.values), (residual.missing, np.nan)):
+        if not where.size:
+            continue
+        if index is None:
+            out[where] = value if np.isscalar(value) else value.astype(residual.dtype)
+            continue
+        at = np.minimum(np.searchsorted(where, index), where.size - 1)  # ``where`` is sorted
+        hit = where[at] == index
+        out[hit] = value if np.isscalar(value) else value[at[hit]].astype(residual.dtype)
     return out
 
 
