@@ -316,7 +316,7 @@ def describe(signal: Any) -> str | None:
     return f"data: {signal.meta['var']} from {Path(signal.meta['path']).name}: " + "; ".join(parts)
 
 
-def _dims(spec: dict) -> list[dict]:
+def dims_of(spec: dict) -> list[dict]:
     meta = spec.get("meta", {})
     d = len(spec["bounds"])
     return meta.get("dims") or [
@@ -329,7 +329,7 @@ def grid_of(spec: dict, coords: dict) -> tuple[list[int], list[tuple[float, floa
     the training grid (the file's own positions where its coordinate is not uniform), a number
     of samples over the training box, or given coordinate values (uniform ones as their cell
     box; any other ascending or descending values as positions)."""
-    dims = _dims(spec)
+    dims = dims_of(spec)
     names = [ax["name"] for ax in dims]
     unknown = [k for k in coords if k not in names]
     require(not unknown, f"to_xarray: {', '.join(unknown)} is not a dimension of this field ({', '.join(names)})")
@@ -355,32 +355,45 @@ def grid_of(spec: dict, coords: dict) -> tuple[list[int], list[tuple[float, floa
     return shape, box, (positions if any(p is not None for p in positions) else None)
 
 
-def as_dataarray(spec: dict, values: Any, box: Sequence, positions: Sequence[Any] | None = None) -> Any:
-    """Sampled values ``(*shape, 1)`` on ``box`` as a DataArray: the source's dimension names,
-    coordinates on the cell centres or at ``positions`` (in the file's order and units),
-    attributes, and the source's size-1 dimensions put back."""
+def coordinates(
+    spec: dict, box: Sequence, positions: Sequence[Any] | None = None, shape: Sequence[int] | None = None
+) -> tuple[dict, list[str]]:
+    """The coordinates of a grid on ``box`` (``shape``: the training grid's when None) in the
+    source's terms: per dimension name its coordinate (on the cell centres or at ``positions``,
+    in the file's order, type and units; the size-1 dimensions' too), and the dimension names
+    in the file's order."""
     xr = xarray()
-    meta = spec.get("meta", {})
-    dims = _dims(spec)
-    v = np.asarray(values)[..., 0]
-    out_coords = {}
-    for k, (ax, (lo, hi)) in enumerate(zip(dims, box)):
-        n = v.shape[k]
+    dims = dims_of(spec)
+    shape = spec["shape"] if shape is None else shape
+    coords, names = {}, [ax["name"] for ax in dims]
+    for k, (ax, (lo, hi), n) in enumerate(zip(dims, box, shape)):
         placed = positions[k] if positions else None
         centres = np.asarray(placed, np.float64) if placed is not None else lo + (np.arange(n) + 0.5) * (hi - lo) / n
-        if ax.get("descending"):
-            centres, v = centres[::-1], np.flip(v, k)
-        c, attrs = _coordinate(ax, centres)
+        c, attrs = _coordinate(ax, centres[::-1] if ax.get("descending") else centres)
         if c is not None:
-            out_coords[ax["name"]] = xr.Variable(ax["name"], c, attrs)
-    name = meta.get("var", meta.get("signal", "field"))
-    out = xr.DataArray(np.ascontiguousarray(v), dims=[ax["name"] for ax in dims], coords=out_coords, name=name, attrs=meta.get("attrs", {}))  # fmt: skip
-    for sq in meta.get("squeezed", []):  # size-1 dimensions: dropped from the box, written back
+            coords[ax["name"]] = xr.Variable(ax["name"], c, attrs)
+    for sq in spec.get("meta", {}).get("squeezed", []):  # size-1 dimensions: dropped from the box, put back
+        names.insert(int(sq["axis"]), sq["name"])
         c, attrs = _coordinate(sq, np.asarray([sq.get("value", 0.0)], np.float64))
-        out = out.expand_dims({sq["name"]: 1}, axis=int(sq["axis"]))
         if c is not None:
-            out = out.assign_coords({sq["name"]: xr.Variable(sq["name"], c, attrs)})
-    return out
+            coords[sq["name"]] = xr.Variable(sq["name"], c, attrs)
+    return coords, names
+
+
+def as_dataarray(spec: dict, values: Any, box: Sequence, positions: Sequence[Any] | None = None) -> Any:
+    """Sampled values ``(*shape, 1)`` on ``box`` as a DataArray: the source's dimension names,
+    coordinates (:func:`coordinates`) and attributes, and the source's size-1 dimensions put back."""
+    xr = xarray()
+    meta = spec.get("meta", {})
+    v = np.asarray(values)[..., 0]
+    for k, ax in enumerate(dims_of(spec)):
+        if ax.get("descending"):
+            v = np.flip(v, k)
+    coords, names = coordinates(spec, box, positions, v.shape)
+    for axis in sorted(int(sq["axis"]) for sq in meta.get("squeezed", [])):
+        v = np.expand_dims(v, axis)
+    name = meta.get("var", meta.get("signal", "field"))
+    return xr.DataArray(np.ascontiguousarray(v), dims=names, coords=coords, name=name, attrs=meta.get("attrs", {}))
 
 
 def _coordinate(ax: dict, centres: np.ndarray) -> tuple[Any, dict]:
