@@ -193,18 +193,8 @@ class Field(nn.Module):
         require(self.residual is not None, "this field has no residual: train it with bound.rel or bound.abs")
         if pred is None:
             pred = self._network_grid()
-        return bound.apply(pred.reshape(-1), self._decoded_residual())
-
-    def _decoded_residual(self) -> Any:
-        """The residual decoded once per field (the xarray backend reads a field selection by
-        selection); decoded again when ``residual`` is replaced."""
-        from nir.codec import bound
-
-        cached = getattr(self, "_residual_cache", None)
-        if cached is None or cached[0] is not self.residual:
-            n = math.prod(self.spec["shape"]) * self.channels
-            cached = self._residual_cache = (self.residual, bound.decode(self.residual, n))
-        return cached[1]
+        n = math.prod(self.spec["shape"]) * self.channels
+        return bound.apply(pred.reshape(-1), bound.decode(self.residual, n))
 
     def _network_grid(self) -> Any:
         residual, self.residual = self.residual, None
@@ -217,8 +207,9 @@ class Field(nn.Module):
         """The field at flat indices of its training grid (row-major over the axes, as
         :meth:`sample`'s rows): a numpy array ``(len(index), channels)``, at the training
         coordinates themselves, so a bounded field meets its bound there (in the source's
-        dtype; float32 otherwise). What the xarray backend (:mod:`nir.backend`) reads a
-        selection with: only the asked samples are evaluated."""
+        dtype; float32 otherwise). What the xarray backend (:mod:`nir.backend`) and the Zarr
+        codec's partial decode read a selection with: only the asked samples are evaluated, and
+        only the stretches of the residual that hold them are decoded."""
         import numpy as np
 
         from nir.codec import bound
@@ -233,7 +224,8 @@ class Field(nn.Module):
         if self.residual is None:
             return out
         flat = (idx.numpy()[:, None] * self.channels + np.arange(self.channels)).reshape(-1)
-        return bound.apply(out.reshape(-1), self._decoded_residual(), flat).reshape(out.shape)
+        residual = bound.decode(self.residual, math.prod(self.spec["shape"]) * self.channels, flat)
+        return bound.apply(out.reshape(-1), residual, flat).reshape(out.shape)
 
     def to_xarray(self, **coords: Any) -> Any:
         """The field on a grid as an ``xarray.DataArray`` with the source's dimension names,
@@ -466,7 +458,7 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
             if isinstance(states, dict)
             else {}
         )
-        return _rebuild(ckpt["nir_spec"], lambda: state, f"checkpoint {str(p)!r}", trusted).to(device).eval()
+        return _rebuild(ckpt["nir_spec"], lambda f: state, f"checkpoint {str(p)!r}", trusted).to(device).eval()
     from nir.codec import container
 
     if container.is_compact(p):
@@ -488,15 +480,16 @@ def load_field(path: str | Path, device: str | torch.device = "cpu", trusted: It
         spec = json.loads(meta["nir_spec"])
     except ValueError:
         raise NirError(f"{what} is corrupt: its spec is not valid JSON; save the field again") from None
-    return _rebuild(spec, lambda: decode(load_file(str(p))), what, trusted).to(device).eval()
+    return _rebuild(spec, lambda f: decode(load_file(str(p))), what, trusted).to(device).eval()
 
 
-def _template(spec: dict[str, Any], field: Any = None, trusted: Iterable[str] = ()) -> Any:
+def _template(spec: dict[str, Any], field: Any = None, trusted: Iterable[str] = (), fresh: Any = None) -> Any:
     """The container's :class:`~nir.codec.container.Template` of ``spec`` (``field``: a field
-    with the spec's structure, whose parameters' names are used; the fresh state is the spec's own)."""
+    with the spec's structure, whose parameters' names are used; the fresh state is the spec's own:
+    ``fresh``, a field just built from ``spec`` and not trained, saves building another)."""
     from nir.codec.container import Template
 
-    fresh = Field.from_spec(spec, trusted)
+    fresh = Field.from_spec(spec, trusted) if fresh is None else fresh
     names = field if field is not None else fresh
     return Template(fresh.state_dict(), frozenset(name for name, _ in names.named_parameters()))
 
@@ -506,7 +499,7 @@ def from_compact(data: bytes, what: str, trusted: Iterable[str] = ()) -> Field:
     from nir.codec import container
 
     c = container.read(data, what)
-    field = _rebuild(c.spec, lambda: c.state(_template(c.spec, trusted=trusted)), what, trusted)
+    field = _rebuild(c.spec, lambda f: c.state(_template(c.spec, f, trusted, fresh=f)), what, trusted)
     field.residual = c.residual
     return field
 
@@ -533,7 +526,8 @@ def compact_header_bytes(data: bytes, field: Field | None = None) -> int:
 
 
 def _rebuild(spec: Any, state: Any, what: str, trusted: Iterable[str]) -> Field:
-    """The field of ``spec`` with the weights ``state()``; anything that does not fit (a spec
+    """The field of ``spec`` with the weights ``state(field)`` (``field``: the one just built,
+    not yet loaded); anything that does not fit (a spec
     that is not a nir spec, tensors missing, of the wrong shape or unreadable) is one line."""
     if not (isinstance(spec, dict) and {"network", "transform", "bounds"} <= set(spec)):
         raise NirError(f"{what} is corrupt: its spec is not a nir field spec; save the field again")
@@ -542,7 +536,7 @@ def _rebuild(spec: Any, state: Any, what: str, trusted: Iterable[str]) -> Field:
 
     try:
         field = Field.from_spec(spec, trusted)
-        field.load_state_dict(state())
+        field.load_state_dict(state(field))
     except NirError:
         raise
     except Exception as e:  # a damaged spec or tensor section, a truncated file

@@ -120,6 +120,19 @@ def test_where_the_kernels_cannot_run_is_one_line(monkeypatch):
     assert "run on the CPU, not on cuda" in grid_numba.available(torch.device("cuda"))
 
 
+def test_the_kernels_are_checked_once_per_grid_layout_in_a_process(monkeypatch):
+    monkeypatch.setitem(encodings.KERNEL_FOR, "cpu", "numba")
+    monkeypatch.setattr(encodings, "_VERIFIED", {})
+    checks = []
+    real = encodings.GridEncoding._compare
+    monkeypatch.setattr(encodings.GridEncoding, "_compare", lambda self, *a: checks.append(1) or real(self, *a))
+    x = points(2)
+    for _ in range(3):  # a Zarr read rebuilds a chunk's field each time
+        assert pair(2, True, 5, kernel="auto")[1].backend_for(x.device) == "numba"
+    assert pair(2, True, 6, kernel="auto")[1].backend_for(x.device) == "numba"  # another layout
+    assert len(checks) == 2
+
+
 @pytest.mark.parametrize("kernel", ["triton", "numba"])
 @pytest.mark.parametrize("failure", ["raises", "disagrees"])
 def test_auto_never_uses_a_kernel_that_failed_its_first_run(kernel, failure, monkeypatch, caplog):
@@ -127,6 +140,7 @@ def test_auto_never_uses_a_kernel_that_failed_its_first_run(kernel, failure, mon
     kernel's autograd function raises, as a driver or compiler error would) or answers wrongly
     (a weight off): the torch path, one line saying why, the same answers as backend=torch."""
     monkeypatch.setitem(encodings.KERNEL_FOR, "cpu", kernel)
+    monkeypatch.setattr(encodings, "_VERIFIED", {})  # a fresh process: no verdict yet
     mod = grid_triton if kernel == "triton" else grid_numba
     real = mod.GridFunction.apply
 

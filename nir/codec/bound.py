@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nir.codec import ints
-from nir.codec.ints import RESIDUAL_CODERS
+from nir.codec.ints import RESIDUAL_CODERS, RESIDUAL_DECODERS
 from nir.errors import NirError, require
 
 MARGIN = 0.99
@@ -222,8 +222,10 @@ def code_ints(k: np.ndarray, only: int | None = None) -> bytes:
     return bytes([coder.id]) + data
 
 
-def decode_ints(data: bytes, n: int) -> np.ndarray:
-    (k,) = ints.coder_of(RESIDUAL_CODERS, data[0], "residual").decode(data[1:], [n])
+def decode_ints(data: bytes, n: int, wanted: np.ndarray | None = None) -> np.ndarray:
+    """The ``n`` integers; ``wanted`` (flat indices): only they need to be right (a blocked coder
+    decodes only the stretches holding them)."""
+    (k,) = ints.coder_of(RESIDUAL_DECODERS, data[0], "residual").decode(data[1:], [n], wanted)
     return k
 
 
@@ -268,8 +270,9 @@ def _mask_of(data: bytes, n: int) -> np.ndarray:
     return np.flatnonzero(np.unpackbits(bits, count=n))
 
 
-def decode(data: bytes, n: int) -> Residual:
-    """The residual of ``n`` samples from :func:`encode`'s bytes."""
+def decode(data: bytes, n: int, wanted: np.ndarray | None = None) -> Residual:
+    """The residual of ``n`` samples from :func:`encode`'s bytes; with ``wanted`` (flat indices)
+    its integers are right at those samples only (what :func:`apply` with ``index`` reads)."""
     try:
         kind, dt, value, floor = struct.unpack_from("<BBdd", data, 0)
         bound, flags, pos = Bound(KINDS[kind], value, floor), data[18], 19
@@ -289,7 +292,7 @@ def decode(data: bytes, n: int) -> Residual:
         exc = np.cumsum(np.array(gaps, np.int64)) - 1 if nexc else np.zeros(0, np.int64)
         values = np.frombuffer(data[pos : pos + 8 * nexc], "<f8").copy()
         pos += 8 * nexc
-        k = decode_ints(data[pos:], n)
+        k = decode_ints(data[pos:], n, wanted)
     except NirError:
         raise
     except Exception as e:

@@ -255,43 +255,123 @@ class ZigzagZstd:
         level = 19 if k.size <= 1_000_000 else 9
         return bytes([width]) + zstd.ZstdCompressor(level=level).compress(zz.astype(f"<u{width}").tobytes())
 
-    def decode(self, data: bytes, sizes: Sequence[int]) -> list[np.ndarray]:
+    def decode(self, data: bytes, sizes: Sequence[int], wanted: np.ndarray | None = None) -> list[np.ndarray]:
         import zstandard as zstd
 
-        (n,) = sizes
+        (n,) = sizes  # ``wanted``: one zstd frame, decoded whole
         width = data[0]
         raw = zstd.ZstdDecompressor().decompress(data[1:], max_output_size=width * n)
-        zz = np.frombuffer(raw, f"<u{width}").astype(np.uint64)
+        zz = np.frombuffer(raw, f"<u{width}")
         require(zz.size == n, "residual has the wrong number of samples")
-        return [(zz >> np.uint64(1)).astype(np.int64) ^ -(zz & np.uint64(1)).astype(np.int64)]
+        if wanted is None:
+            return [_unzigzag(zz)]
+        k = np.zeros(n, np.int64)  # calloc'd: the pages not written stay unmapped
+        k[wanted] = _unzigzag(zz[wanted])
+        return [k]
+
+
+def _unzigzag(zz: np.ndarray) -> np.ndarray:
+    """Zigzag codes (unsigned) -> int64, in place after one widening copy."""
+    z = zz.astype(np.uint64)
+    sign = (z & np.uint64(1)).view(np.int64)
+    np.negative(sign, out=sign)
+    z >>= np.uint64(1)
+    out = z.view(np.int64)
+    out ^= sign
+    return out
 
 
 class LaplaceAns:
     """One stream of int64 under a quantised Laplace fitted to it (its support and scale first);
-    only where the support is two or more integers and below 2^20."""
+    only where the support is two or more integers and below 2^20. Read only (files before
+    :class:`BlockedLaplaceAns`)."""
 
     id, name = 1, "ans"
 
     def encode(self, streams: Sequence[np.ndarray]) -> bytes | None:
-        import constriction
-
         (k,) = streams
-        top = int(np.abs(k).max()) if k.size else 0
-        if not 0 < top < (1 << 20):
+        model = _laplace_of(k)
+        if model is None:
             return None
-        scale = float(np.float32(max(float(np.abs(k).mean()), 0.05)))
-        coder = constriction.stream.stack.AnsCoder()
-        coder.encode_reverse(k.astype(np.int32), constriction.stream.model.QuantizedLaplace(-top, top, 0.0, scale))
-        return struct.pack("<If", top, scale) + coder.get_compressed().astype("<u4").tobytes()
+        return model[0] + _ans(k, model[1]).tobytes()
 
-    def decode(self, data: bytes, sizes: Sequence[int]) -> list[np.ndarray]:
+    def decode(self, data: bytes, sizes: Sequence[int], wanted: np.ndarray | None = None) -> list[np.ndarray]:
         import constriction
 
         (n,) = sizes
-        top, scale = struct.unpack_from("<If", data, 0)
+        model = _laplace_model(*struct.unpack_from("<If", data, 0))
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(data[8:], "<u4").astype(np.uint32))
-        model = constriction.stream.model.QuantizedLaplace(-top, top, 0.0, scale)
         return [coder.decode(model, n).astype(np.int64)]
 
 
-RESIDUAL_CODERS: tuple[Coder, ...] = (ZigzagZstd(), LaplaceAns())  # zstd first: it wins a tie
+#: samples per independently decodable stretch of a residual's integers: a read of part of a grid
+#: (the Zarr codec's partial decode, the xarray backend) decodes only the stretches it touches
+RESIDUAL_BLOCK = 4096
+
+
+class BlockedLaplaceAns:
+    """A residual's int64 under one quantised Laplace fitted to them all (its support and scale
+    first), coded in stretches of :data:`RESIDUAL_BLOCK` samples, each its own ANS stream (their
+    lengths in words as varints, then the words), so that a part decodes alone; the applicability
+    of :class:`LaplaceAns`."""
+
+    id, name = 3, "ans-blocks"
+
+    def encode(self, streams: Sequence[np.ndarray]) -> bytes | None:
+        (k,) = streams
+        model = _laplace_of(k)
+        if model is None:
+            return None
+        words = [_ans(k[s : s + RESIDUAL_BLOCK], model[1]) for s in range(0, k.size, RESIDUAL_BLOCK)]
+        head = model[0] + struct.pack("<I", RESIDUAL_BLOCK) + b"".join(varint(w.size) for w in words)
+        return head + b"".join(w.tobytes() for w in words)
+
+    def decode(self, data: bytes, sizes: Sequence[int], wanted: np.ndarray | None = None) -> list[np.ndarray]:
+        """The integers; with ``wanted`` (flat indices) only the stretches holding them are
+        decoded, the others left zero."""
+        import constriction
+
+        (n,) = sizes
+        top, scale, block = struct.unpack_from("<IfI", data, 0)
+        model, pos, lengths = _laplace_model(top, scale), 12, []
+        for _ in range(-(-n // block)):
+            size, pos = read_varint(data, pos)
+            lengths.append(size)
+        starts = pos + 4 * np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        require(int(starts[-1]) == len(data), "the residual's integers are truncated or damaged")
+        k = np.zeros(n, np.int64)
+        stretches = range(len(lengths)) if wanted is None else np.unique(np.asarray(wanted, np.int64) // block)
+        for b in stretches:
+            words = np.frombuffer(data[starts[b] : starts[b + 1]], "<u4").astype(np.uint32)
+            m = min(block, n - b * block)
+            k[b * block : b * block + m] = constriction.stream.stack.AnsCoder(words).decode(model, m)
+        return [k]
+
+
+def _laplace_of(k: np.ndarray) -> tuple[bytes, Any] | None:
+    """The quantised Laplace fitted to ``k`` (its header bytes and the model); None where ANS
+    does not apply (a single symbol, or a support of 2^20 or more)."""
+    top = int(np.abs(k).max()) if k.size else 0
+    if not 0 < top < (1 << 20):
+        return None
+    scale = float(np.float32(max(float(np.abs(k).mean()), 0.05)))
+    return struct.pack("<If", top, scale), _laplace_model(top, scale)
+
+
+def _laplace_model(top: int, scale: float) -> Any:
+    import constriction
+
+    return constriction.stream.model.QuantizedLaplace(-top, top, 0.0, scale)
+
+
+def _ans(k: np.ndarray, model: Any) -> np.ndarray:
+    import constriction
+
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(k.astype(np.int32), model)
+    return coder.get_compressed().astype("<u4")
+
+
+RESIDUAL_CODERS: tuple[Coder, ...] = (ZigzagZstd(), BlockedLaplaceAns())  # zstd first: it wins a tie
+#: every residual coder a file may name (LaplaceAns: files written before the blocked form)
+RESIDUAL_DECODERS: tuple[Coder, ...] = (*RESIDUAL_CODERS, LaplaceAns())

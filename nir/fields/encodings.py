@@ -29,6 +29,10 @@ log = logging.getLogger("nir")
 PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
 
 
+#: the kernels' verdicts per (kernel, device, grid layout) in this process (HashGridEncoding._verify)
+_VERIFIED: dict[tuple, str | None] = {}
+
+
 class UnitBox(nn.Module):
     """The signal's box ``bounds`` mapped onto [-1, 1] per axis, the domain the SIREN and Fourier
     initialisations assume, so a field trained in a file's units (degrees, metres, days) sees
@@ -229,9 +233,12 @@ class GridEncoding(nn.Module):
 
     def _verify(self, kernel: str, device: torch.device) -> str | None:
         """Run ``kernel`` once on a few points against the torch path (features, table and input
-        gradients); ``None`` if it agrees, else the reason (also logged, once)."""
-        verified = self.__dict__.setdefault("_verified", {})
-        key = (kernel, device.type)
+        gradients); ``None`` if it agrees, else the reason (also logged, once). The verdict holds
+        for every encoding of the same layout in the process (:data:`_VERIFIED`): a Zarr read
+        that rebuilds a chunk's field does not pay the check again."""
+        verified = _VERIFIED
+        key = (kernel, str(device), self.in_dim, self.n_features, tuple(self.resolutions), tuple(self.dense_levels),
+               tuple(self.embeddings.shape))  # fmt: skip
         if key not in verified:
             verified[key] = None
             try:
