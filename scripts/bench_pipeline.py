@@ -140,7 +140,7 @@ def report(args, rows: dict, access: dict, raw: int) -> str:
     chunks = (args.n // args.chunk) ** 3
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {r['bytes']:,} | {raw / r['bytes']:.1f} | {r['worst']:.3f} | {r['encode_s']:.1f} | "
+            f"| {name} | {r['bytes']:,} | {raw / r['bytes']:.1f} | {r['worst']:.4f} | {r['encode_s']:.1f} | "
             f"{chunks / r['encode_s']:.3g} | {raw / 1e6 / r['encode_s']:.3g} | {r['decode_s']:.2f} |"
         )
     lines += [

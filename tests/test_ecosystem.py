@@ -245,6 +245,19 @@ def test_a_zarr3_array_and_an_xarray_store_written_and_read_through_the_codec(tm
     assert read.v.attrs["units"] == "K" and within(read.v.values, x, abs_=0.05).all()
 
 
+def test_a_zarr2_store_uses_the_numcodecs_codec_and_reads_back_through_its_entry_point(tmp_path):
+    import zarr
+
+    x = long_tailed((14, 12), seed=12)
+    z = zarr.create_array(store=tmp_path / "v2.zarr", shape=x.shape, chunks=(14, 6), dtype="float32",
+                          zarr_format=2, compressors=Nir(rel=0.02, steps=STEPS), fill_value=np.nan)  # fmt: skip
+    z[:] = x
+    meta = json.loads((tmp_path / "v2.zarr" / ".zarray").read_text())
+    assert meta["compressor"] == {"id": "nir", "rel": 0.02, "steps": STEPS}  # found again by numcodecs.get_codec
+    floor = floor_of((tmp_path / "v2.zarr" / "0.0").read_bytes())
+    assert within(zarr.open_array(tmp_path / "v2.zarr", mode="r")[:], x, rel=0.02, floor=floor).all()
+
+
 def test_a_part_of_a_zarr_chunk_evaluates_only_its_samples_within_the_bound(tmp_path, monkeypatch):
     import zarr
 

@@ -1,12 +1,14 @@
 """nir as a chunk codec where scientists keep their data (docs/ecosystem.md): :class:`Nir`, a
-``numcodecs`` codec (``numcodecs.get_codec({"id": "nir", "rel": 0.01})``, a Zarr 2 compressor),
+``numcodecs`` codec (``numcodecs.get_codec({"id": "nir", "rel": 0.01})``, a Zarr format 2 compressor),
 registered by the ``numcodecs.codecs`` entry point; :mod:`nir.codec.zarr3` wraps it as a native
 Zarr 3 codec. A store written with them reads back wherever nir is installed.
 
 ``encode`` trains a field on the chunk (a ``nir.fit`` run with ``nir-compress``'s settings,
 :func:`nir.settings.fit_overrides`, in a temporary directory: no TensorBoard, no checkpoints,
 nothing printed; seeded, so the same chunk and settings give the same bytes on a machine) and
-returns the ``.nir`` file's bytes; NaN is a missing value, NaN again after ``decode``. Every
+returns the ``.nir`` file's bytes; NaN is a missing value, NaN again after ``decode``. (The bytes
+depend on torch's thread count too: another count may change the training's last bits, never
+the guarantee.) Every
 encoded chunk is decoded and checked against the input at every sample before it is returned
 (the bound, and NaN exactly where the input had them); a chunk whose training raises is tried
 once more, then stored losslessly (zstd, its own small header) with one warning naming it, as is
