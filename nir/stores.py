@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nir.codec.chunks import DTYPES, Nir, Report, encode_chunk
-from nir.errors import require
+from nir.errors import NirError, require
 
 
 def parse_chunks(text: str | None, dims: tuple[str, ...], default: tuple[int, ...]) -> tuple[int, ...]:
@@ -142,7 +142,8 @@ def _run(tasks, input, var, chunk, config, partial, scheduler, workers, progress
         env = {"OMP_NUM_THREADS": cores, "NUMBA_NUM_THREADS": cores, "MKL_NUM_THREADS": cores}
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, env=env)
     try:
-        with Client(scheduler or cluster) as client:
+        client = _client(Client, scheduler or cluster, scheduler)
+        with client:
             client.wait_for_workers(n if cluster is not None else 1)
             client.run(_preload, len(chunk), cluster is not None)  # once per worker, before the clock of the chunks
             start = time.perf_counter() - t
@@ -156,6 +157,16 @@ def _run(tasks, input, var, chunk, config, partial, scheduler, workers, progress
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _client(Client: Any, target: Any, scheduler: str | None) -> Any:
+    """A client of the local cluster, or of the one at ``scheduler`` (one line if it cannot be reached)."""
+    try:
+        return Client(target)
+    except (OSError, TimeoutError) as e:
+        if scheduler is None:
+            raise
+        raise NirError(f"cannot reach the Dask scheduler at {scheduler!r} ({e}); check --scheduler") from None
 
 
 def _preload(ndim: int, tune: bool) -> None:

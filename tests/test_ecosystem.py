@@ -449,6 +449,19 @@ def test_bad_store_arguments_are_one_line_and_write_nothing(store, tmp_path, cap
     assert not out.exists() and not (tmp_path / "out.zarr.partial").exists()
 
 
+def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(store, tmp_path, capsys):
+    import dask
+
+    from nir.compress import compress_main
+
+    out = tmp_path / "out.zarr"
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(SystemExit) as e:
+        compress_main([str(store[1]), str(out), "--rel", "0.01", "--var", "v", "--scheduler", "tcp://127.0.0.1:9"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'" in err and "\n" not in err
+    assert not out.exists() and not (tmp_path / "out.zarr.partial").exists()
+
+
 def test_an_existing_output_store_is_left_alone(store, tmp_path, capsys):
     from nir.compress import compress_main
 
