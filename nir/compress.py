@@ -29,7 +29,10 @@ from nir.settings import MIN_NETWORK_BYTES, NETWORK_RATIO, fit_overrides
 
 
 def compress_main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="nir-compress", description="Compress an array into a nir field file (.nir).")
+    ap = argparse.ArgumentParser(
+        prog="nir-compress",
+        description="Compress an array into a nir field file (.nir), or a Zarr store chunk by chunk into a Zarr store (.zarr).",
+    )
     ap.add_argument("input", help=".npy / .npz / .nc / .h5 / .zarr (what data=array reads), or the .nir for --info")
     ap.add_argument("output", nargs="?", help="the .nir file to write, or a .zarr store (IN is then a .zarr store)")
     bound = ap.add_mutually_exclusive_group()
@@ -61,6 +64,11 @@ def compress_main(argv: list[str] | None = None) -> None:
         if Path(args.output).suffix == ".zarr":
             print(_compress_store(args))
             return
+        store_only = [f"--{k}" for k in ("chunks", "workers", "scheduler") if getattr(args, k) is not None]
+        require(
+            not store_only,
+            f"{', '.join(store_only)}: for a .zarr output (a store chunk by chunk); {args.output!r} is one field",
+        )
         line = compress(args.input, args.output, rel=args.rel, abs_=args.abs, floor=args.floor, ratio=args.ratio,
                         preset=args.preset, var=args.var, steps=args.steps)  # fmt: skip
         print(line)

@@ -462,6 +462,15 @@ def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(store, tmp_path
     assert not out.exists() and not (tmp_path / "out.zarr.partial").exists()
 
 
+def test_store_options_with_a_single_field_output_are_one_line(store, tmp_path, capsys):
+    from nir.compress import compress_main
+
+    with pytest.raises(SystemExit) as e:
+        compress_main([str(store[1]), str(tmp_path / "f.nir"), "--rel", "0.01", "--var", "v", "--workers", "2"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "--workers: for a .zarr output" in err and not (tmp_path / "f.nir").exists()
+
+
 def test_an_existing_output_store_is_left_alone(store, tmp_path, capsys):
     from nir.compress import compress_main
 
