@@ -20,14 +20,13 @@ from typing import Any
 import numpy as np
 
 from nir.errors import NirError, require
+from nir.readers.datasets import dims_of
 
 try:
     from xarray.backends import BackendArray, BackendEntrypoint
     from xarray.core import indexing
 except ImportError as e:  # pragma: no cover - the sci extra brings xarray
     raise NirError(f"the xarray backend for .nir files needs xarray ({e}); pip install 'nir[sci]'") from None
-
-DTYPES = ("float16", "float32", "float64")
 
 
 class NirFieldArray(BackendArray):
@@ -39,15 +38,15 @@ class NirFieldArray(BackendArray):
         self.field = field
         spec = field.spec
         meta = spec.get("meta", {})
-        self.axes = _axes(spec)
+        self.axes = dims_of(spec)
         self.squeezed = {int(sq["axis"]) for sq in meta.get("squeezed", [])}
         shape = [int(n) for n in spec["shape"]]
         self.nir_shape = tuple(shape)
         for axis in sorted(self.squeezed):
             shape.insert(axis, 1)
         self.shape = (*shape, field.channels) if field.channels > 1 else tuple(shape)
-        dtype = meta.get("dtype", "float32") if field.residual is not None else "float32"
-        self.dtype = np.dtype(dtype if dtype in DTYPES else "float32")
+        # a bounded answer comes in the source's dtype; the network alone answers in float32
+        self.dtype = np.dtype(field.source_dtype if field.residual is not None else "float32")
         self.lock = threading.Lock()  # one evaluation of the network at a time
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -72,12 +71,6 @@ class NirFieldArray(BackendArray):
             out = np.expand_dims(out, axis)
         out = out.astype(self.dtype, copy=False)
         return out.squeeze(axis=tuple(drop)) if drop else out
-
-
-def _axes(spec: dict) -> list[dict]:
-    from nir.readers.datasets import dims_of
-
-    return dims_of(spec)
 
 
 def open_field_dataset(path: str | os.PathLike, drop_variables: Any = None) -> Any:

@@ -188,11 +188,7 @@ def decompress(input: str | Path, output: str | Path) -> Any:
 
     output = Path(output)
     require(output.suffix == ".npy", f"nir-decompress writes .npy, got {str(output)!r}")
-    field = load_field(input)
-    shape = tuple(field.spec["shape"]) + ((field.channels,) if field.channels > 1 else ())
-    dtype = field.spec.get("meta", {}).get("dtype", "float32")
-    values = field.bounded_values() if field.residual is not None else field.sample().numpy()
-    arr = np.asarray(values).reshape(shape).astype(dtype if dtype in ("float16", "float32", "float64") else "float32")
+    arr = load_field(input).grid_array()
 
     def write(f) -> None:
         np.save(f, arr)

@@ -203,6 +203,23 @@ class Field(nn.Module):
         finally:
             self.residual = residual
 
+    @property
+    def source_dtype(self) -> str:
+        """The source's float dtype (``meta.dtype``: float16 / float32 / float64; float32 for
+        anything else): what :meth:`grid_array` and a bounded answer are given in."""
+        dtype = self.spec.get("meta", {}).get("dtype", "float32")
+        return dtype if dtype in ("float16", "float32", "float64") else "float32"
+
+    def grid_array(self) -> Any:
+        """The field on its training grid as a numpy array in the source's shape (a trailing
+        channel axis for several channels) and :attr:`source_dtype`, bounded where the field has
+        a residual: what ``nir-decompress`` writes and the chunk codec decodes."""
+        import numpy as np
+
+        shape = tuple(self.spec["shape"]) + ((self.channels,) if self.channels > 1 else ())
+        values = self.bounded_values() if self.residual is not None else self.sample().numpy()
+        return np.asarray(values).reshape(shape).astype(self.source_dtype)
+
     def grid_values(self, index: Any, chunk: int = 65536) -> Any:
         """The field at flat indices of its training grid (row-major over the axes, as
         :meth:`sample`'s rows): a numpy array ``(len(index), channels)``, at the training

@@ -91,11 +91,11 @@ def compress_store(
     chunk = tuple(min(int(c), n) for c, n in zip(parse_chunks(chunks, tuple(map(str, da.dims)), tuple(stored)), shape))
     partial = output.with_name(output.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    _write_metadata(xr, ds, var, chunk, codec, partial)
     grid = [math.ceil(n / c) for n, c in zip(shape, chunk)]
     tasks = [tuple(int(i) for i in ix) for ix in np.ndindex(*grid)]
-    t = time.perf_counter()
     try:
+        _write_metadata(xr, ds, var, chunk, codec, partial)
+        t = time.perf_counter()
         reports, start = _run(
             tasks, str(input), var, chunk, codec.get_config(), str(partial), scheduler, workers, progress
         )
@@ -194,7 +194,7 @@ def compress_chunk(index, input, var, chunk, config, output, threads=None) -> tu
 
     if threads:
         torch.set_num_threads(threads)
-    codec = Nir(**{k: v for k, v in config.items() if k != "id"})
+    codec = Nir.from_config(config)
     da = open_dataset(Path(input))[var]
     region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunk, da.shape))
     block = np.asarray(da[region].values)

@@ -451,6 +451,7 @@ def test_bad_store_arguments_are_one_line_and_write_nothing(store, tmp_path, cap
 
 def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(store, tmp_path, capsys):
     import dask
+    import distributed  # noqa: F401 - loads its config first: set() must restore one key, not drop "distributed"
 
     from nir.compress import compress_main
 

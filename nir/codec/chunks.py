@@ -125,7 +125,8 @@ def encode_chunk(arr: np.ndarray, codec: Nir, name: str = "a chunk") -> tuple[by
     )
     arr = np.ascontiguousarray(arr)
     if np.isnan(arr).all():
-        return _lossless(arr), Report(0, 0.0, "missing everywhere")
+        data = _lossless(arr)
+        return data, Report(len(data), 0.0, "missing everywhere")
     require(
         np.isfinite(arr[~np.isnan(arr)]).all(),
         f"nir codec: {name} has Inf values; set them to NaN (missing) or clip them",
@@ -210,11 +211,7 @@ def decode_chunk(data: bytes) -> np.ndarray:
     require(head == FIELD, f"not a nir chunk (it starts with {head!r}): written by another codec, or damaged")
     from nir.field import from_compact
 
-    field = from_compact(bytes(data), "a nir chunk")
-    dtype = field.spec.get("meta", {}).get("dtype", "float32")
-    shape = tuple(field.spec["shape"])
-    values = field.bounded_values() if field.residual is not None else field.sample().numpy()
-    return np.asarray(values).reshape(shape).astype(dtype if dtype in DTYPES else "float32")
+    return from_compact(bytes(data), "a nir chunk").grid_array()
 
 
 def _lossless(arr: np.ndarray) -> bytes:

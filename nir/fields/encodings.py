@@ -29,7 +29,7 @@ log = logging.getLogger("nir")
 PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
 
 
-#: the kernels' verdicts per (kernel, device, grid layout) in this process (HashGridEncoding._verify)
+#: the kernels' verdicts per (kernel, device, grid layout) in this process (GridEncoding._verify)
 _VERIFIED: dict[tuple, str | None] = {}
 
 
