@@ -265,18 +265,16 @@ def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
     dtype = str(signal.meta.get("dtype", "float32"))
     dtype = dtype if dtype in bounds.DTYPES else "float32"
     n = signal.numel * signal.channels
-    residual, _ = bounds.build_residual(predictions_and_values(field, signal), bound, dtype, n)
+    shape = tuple(signal.shape) + ((signal.channels,) if signal.channels > 1 else ())
+    residual, _ = bounds.build_residual(predictions_and_values(field, signal), bound, dtype, n, shape)
     exceptions = int(residual.exceptions.size)
     field.residual = bounds.encode(residual)
-    del residual  # one copy of the integers at a time (compressing a 256^3 array: docs/bounded.md)
+    del residual  # one copy of the residual at a time (compressing a 256^3 array: docs/bounded.md)
     back = bounds.decode(field.residual, n)
     worst, start = 0.0, 0
     for pred, y in predictions_and_values(field, signal):
         n = pred.size
-        sub = bounds.Residual(back.bound, back.dtype, back.k[start : start + n],
-                              back.exceptions[(back.exceptions >= start) & (back.exceptions < start + n)] - start,
-                              back.values[(back.exceptions >= start) & (back.exceptions < start + n)])  # fmt: skip
-        sub.missing = back.missing[(back.missing >= start) & (back.missing < start + n)] - start
+        sub = back.part(start, start + n)
         y = y.reshape(-1).astype(np.float64)
         got = bounds.apply(pred, sub).astype(np.float64)
         kept = ~np.isnan(y)  # a missing sample is NaN in the answer, and nowhere else

@@ -27,9 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from nir.codec import ints
+from nir.codec import context, ints
 from nir.codec.ints import RESIDUAL_CODERS, RESIDUAL_DECODERS
 from nir.errors import NirError, require
+
+#: the residual coder id of :mod:`nir.codec.context` (ids 1-3: the plain integer coders of
+#: :mod:`nir.codec.ints`, what files before it hold, and what a residual too wide for it uses)
+CONTEXT = 4
 
 MARGIN = 0.99
 #: ``none``: no correction, only the missing samples (a field under a byte budget that keeps NaN
@@ -115,10 +119,18 @@ def _cell(bound: Bound) -> float:
 
 def reconstruct(pred: np.ndarray, k: np.ndarray, bound: Bound) -> np.ndarray:
     """``g^-1(g(pred) + cell * k)`` in float64 (``pred``: the network's float32 answer)."""
-    p = pred.astype(np.float64)
-    if bound.kind != "rel":
-        return p + _cell(bound) * k
-    return bound.g_inv(bound.g(p) + _cell(bound) * k)
+    return answer(pred, _cell(bound) * k, bound)
+
+
+def answer(pred: np.ndarray, offset: np.ndarray, bound: Bound, lattice: np.ndarray | None = None) -> np.ndarray:
+    """``g^-1(g(pred) + offset)`` in float64; where ``lattice`` is set the offset is the map
+    itself: ``g^-1(offset)``, no network."""
+    base = pred.astype(np.float64)
+    base = base if bound.kind != "rel" else bound.g(base)
+    if lattice is not None:
+        base = np.where(lattice, 0.0, base)
+    z = base + offset
+    return z if bound.kind != "rel" else bound.g_inv(z)
 
 
 def quantize(pred: np.ndarray, y: np.ndarray, bound: Bound) -> np.ndarray:
@@ -133,7 +145,13 @@ def quantize(pred: np.ndarray, y: np.ndarray, bound: Bound) -> np.ndarray:
 class Residual:
     """A residual as stored: the bound, the output dtype, the integers, exceptions (flat indices
     and their exact values) where the quantised value missed the bound, and the missing samples
-    (flat indices where the signal was NaN: NaN again in the bounded answer)."""
+    (flat indices where the signal was NaN: NaN again in the bounded answer).
+
+    Coded with context (:mod:`nir.codec.context`, every bounded residual since issue 37): ``k``
+    the coded integers, ``offset`` the decoded offsets in the map (float64 per sample, what the
+    answer adds to ``g(pred)``), ``lattice`` per sample where the offset is the map itself (a
+    block coded without the network; None: nowhere) and ``coded`` the context coder's bytes.
+    Otherwise (files before it): ``offset`` None, the answer adds ``cell * k``."""
 
     bound: Bound
     dtype: str
@@ -141,56 +159,90 @@ class Residual:
     exceptions: np.ndarray
     values: np.ndarray
     missing: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    offset: np.ndarray | None = None
+    lattice: np.ndarray | None = None
+    coded: bytes | None = None
 
     @property
     def empty(self) -> bool:
-        """No integers and no exceptions (the missing samples are coded apart)."""
-        return not self.k.any() and not self.exceptions.size
+        """No correction and no exceptions (the missing samples are coded apart): the network's
+        answer is the bounded one."""
+        if self.exceptions.size:
+            return False
+        if self.offset is not None:
+            return not self.offset.any() and (self.lattice is None or not self.lattice.any())
+        return not self.k.any()
+
+    def part(self, start: int, stop: int) -> Residual:
+        """The residual of flat samples ``start:stop`` (indices from ``start``)."""
+
+        def inside(where: np.ndarray) -> np.ndarray:
+            return (where >= start) & (where < stop)
+
+        cut = lambda a: None if a is None else a[start:stop]  # noqa: E731
+        return Residual(self.bound, self.dtype, self.k[start:stop] if self.k.size else self.k,
+                        self.exceptions[inside(self.exceptions)] - start, self.values[inside(self.exceptions)],
+                        self.missing[inside(self.missing)] - start, cut(self.offset), cut(self.lattice))  # fmt: skip
 
 
-def build_residual(chunks, bound: Bound, dtype: str = "float32", n: int | None = None) -> tuple[Residual, float]:
+def build_residual(
+    chunks, bound: Bound, dtype: str = "float32", n: int | None = None, shape: tuple[int, ...] | None = None
+) -> tuple[Residual, float]:
     """The residual over ``chunks`` (an iterable of ``(pred, y)`` float arrays in grid order) and
     the largest error of the bounded reconstruction, measured in the output ``dtype`` (relative
     to each sample's allowance, so <= 1 is the guarantee). A NaN in ``y`` is a missing sample:
-    no integer, NaN in the answer. ``n``: the total sample count, when known (the integers are
-    then written into one array, not gathered and joined)."""
+    no integer, NaN in the answer. ``n``: the total sample count, when known. ``shape``: the
+    grid's (row-major, a channel axis last; None: one axis): the context coder predicts each
+    sample from its decoded neighbours on it, and each block of it codes the network's residual
+    or the signal's own map, whichever is cheaper (:mod:`nir.codec.context`)."""
     require(dtype in DTYPES, f"bounded output dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    ks, exc_idx, exc_val, gaps, worst, start = [], [], [], [], 0.0, 0
-    whole = np.empty(n, np.int64) if n is not None else None
+    preds, ys, start = [], [], 0
     for pred, y in chunks:
         y = np.asarray(y, np.float64).reshape(-1)
         nan = np.isnan(y)
         require(np.isfinite(y[~nan]).all(), "a bound needs finite values: the signal has infinite samples")
-        if nan.any():
-            gaps.append(np.flatnonzero(nan) + start)
-            y = np.where(nan, 0.0, y)
-        k = quantize(np.asarray(pred).reshape(-1), y, bound)
-        k[nan] = 0
-        back = reconstruct(np.asarray(pred).reshape(-1), k, bound).astype(dtype).astype(np.float64)
-        y_out = y.astype(dtype).astype(np.float64)  # the value the output dtype can hold
-        err = np.abs(back - y_out)
-        bad = ~(err <= bound.allowed(y_out)) & ~nan
-        if bad.any():
-            k[bad] = 0
-            exc_idx.append(np.flatnonzero(bad) + start)
-            exc_val.append(y_out[bad])
-        ok = ~bad & ~nan
-        if ok.any() and bound.kind != "none":
-            worst = max(worst, float((err[ok] / bound.allowed(y_out)[ok]).max()))
-        if whole is not None:
-            whole[start : start + k.size] = k
-        else:
-            ks.append(k)
+        preds.append(np.asarray(pred, np.float32).reshape(-1))
+        ys.append(y)
         start += y.size
-    if whole is not None:
-        require(start == n, f"the residual covers {start} samples, expected {n}")
-        k = whole
+    require(n is None or start == n, f"the residual covers {start} samples, expected {n}")
+    pred = np.concatenate(preds) if preds else np.zeros(0, np.float32)
+    y = np.concatenate(ys) if ys else np.zeros(0)
+    del preds, ys
+    shape = tuple(shape) if shape is not None else (start,)
+    require(math.prod(shape) == start, f"the grid {shape} holds {math.prod(shape)} samples, the residual {start}")
+    nan = np.isnan(y)
+    missing = np.flatnonzero(nan)
+    y[nan] = 0.0
+    y_out = y.astype(dtype).astype(np.float64)  # the value the output dtype can hold
+    offset = lattice = coded = None
+    k = np.zeros(start, np.int64)
+    if bound.kind != "none" and start:
+        cell = _cell(bound)
+        own = bound.g(y)
+        net = own - (bound.g(pred.astype(np.float64)) if bound.kind == "rel" else pred.astype(np.float64))
+        modes = context.choose(net, own, shape, cell)
+        done = context.encode(net, own, modes, shape, cell)
+        del net, own
+        if done is not None:
+            coded, offset, k = done
+            lattice = context.lattice_mask(modes, shape)
+            lattice = lattice if lattice.any() else None
+            back = answer(pred, offset, bound, lattice)
+        else:  # too wide for the context coder: the plain integers
+            k = quantize(pred, y, bound)
+            back = reconstruct(pred, k, bound)
     else:
-        k = np.concatenate(ks) if ks else np.zeros(0, np.int64)
-    idx = np.concatenate(exc_idx) if exc_idx else np.zeros(0, np.int64)
-    val = np.concatenate(exc_val) if exc_val else np.zeros(0)
-    missing = np.concatenate(gaps) if gaps else np.zeros(0, np.int64)
-    return Residual(bound, dtype, k, idx, val, missing), worst
+        back = pred.astype(np.float64)
+    err = np.abs(back.astype(dtype).astype(np.float64) - y_out)
+    del back
+    allowed = bound.allowed(y_out)
+    bad = ~(err <= allowed) & ~nan
+    if offset is None:
+        k[bad | nan] = 0
+    idx = np.flatnonzero(bad)
+    ok = ~bad & ~nan
+    worst = float((err[ok] / allowed[ok]).max(initial=0.0)) if bound.kind != "none" else 0.0
+    return Residual(bound, dtype, k, idx, y_out[idx], missing, offset, lattice, coded), worst
 
 
 def apply(pred: np.ndarray, residual: Residual, index: np.ndarray | None = None) -> np.ndarray:
@@ -198,8 +250,12 @@ def apply(pred: np.ndarray, residual: Residual, index: np.ndarray | None = None)
     in the residual's output dtype (NaN at the missing samples). ``index``: the flat grid indices
     ``pred`` answers (a selection, as the xarray backend reads it); None: the whole grid."""
     pred = np.asarray(pred).reshape(-1)
-    k = residual.k if index is None else residual.k[index]
-    out = reconstruct(pred, k, residual.bound).astype(residual.dtype)
+    pick = (lambda a: a) if index is None else (lambda a: a[index])  # noqa: E731
+    if residual.offset is not None:
+        lattice = None if residual.lattice is None else pick(residual.lattice)
+        out = answer(pred, pick(residual.offset), residual.bound, lattice).astype(residual.dtype)
+    else:
+        out = reconstruct(pred, pick(residual.k), residual.bound).astype(residual.dtype)
     for where, value in ((residual.exceptions, residual.values), (residual.missing, np.nan)):
         if not where.size:
             continue
@@ -216,7 +272,7 @@ def apply(pred: np.ndarray, residual: Residual, index: np.ndarray | None = None)
 def code_ints(k: np.ndarray, only: int | None = None) -> bytes:
     """The integers behind one byte naming their coder (:data:`nir.codec.ints.RESIDUAL_CODERS`:
     ANS under a quantised Laplace fitted to them, or zstd of their zigzag codes; the smaller);
-    ``only``: that coder's id, where it applies."""
+    ``only``: that coder's id, where it applies. (A residual too wide for the context coder.)"""
     asked = [c for c in RESIDUAL_CODERS if c.id == only]
     coder, data = ints.smallest(asked, [k]) or ints.smallest(RESIDUAL_CODERS, [k])
     return bytes([coder.id]) + data
@@ -241,7 +297,7 @@ def encode(residual: Residual) -> bytes:
         out += ints.varint(len(mask)) + mask
     if residual.empty:
         return out
-    coded = code_ints(residual.k)
+    coded = bytes([CONTEXT]) + residual.coded if residual.coded is not None else code_ints(residual.k)
     exc = residual.exceptions
     gaps = np.diff(np.concatenate([[-1], exc])).astype(np.uint64) if exc.size else np.zeros(0, np.uint64)
     body = (
@@ -292,6 +348,10 @@ def decode(data: bytes, n: int, wanted: np.ndarray | None = None) -> Residual:
         exc = np.cumsum(np.array(gaps, np.int64)) - 1 if nexc else np.zeros(0, np.int64)
         values = np.frombuffer(data[pos : pos + 8 * nexc], "<f8").copy()
         pos += 8 * nexc
+        if data[pos] == CONTEXT:
+            offset, lattice = context.decode(data[pos + 1 :], n)
+            return Residual(bound, DTYPES[dt], np.zeros(0, np.int64), exc, values, missing, offset,
+                            lattice if lattice.any() else None)  # fmt: skip
         k = decode_ints(data[pos:], n, wanted)
     except NirError:
         raise

@@ -7,8 +7,10 @@ A coder is a small class with an ``id`` (the number a file stores to name it), a
 - the field's parameters (:data:`field_coders`, ids 0-2 in the store byte, :mod:`nir.codec.container`):
   :class:`Packed` (N bits per integer), :class:`TensorAns` (ANS under a model per tensor),
   :class:`ByteZstd` (one byte per integer, zstd);
-- a bounded field's residual (:data:`RESIDUAL_CODERS`, ids 1-2 in its first byte,
-  :mod:`nir.codec.bound`): :class:`LaplaceAns` and :class:`ZigzagZstd`.
+- a bounded field's residual (:data:`RESIDUAL_CODERS`, ids 1-3 in its first byte,
+  :mod:`nir.codec.bound`): :class:`ZigzagZstd`, :class:`BlockedLaplaceAns` (and the one-stream
+  :class:`LaplaceAns` of older files); the context coder (id 4) needs the grid and lives in
+  :mod:`nir.codec.context`.
 
 :func:`smallest` codes with each and keeps the smallest (the first on a tie, so the order of a
 family is part of the format); :func:`coder_of` finds a coder by its id, and an unknown id is one

@@ -1,0 +1,375 @@
+"""A bounded residual's integers coded with context (issue 37; docs/bounded.md).
+
+The grid is cut into blocks of about 4,096 samples (16^3 in 3-D, 64^2 in 2-D, 4,096 in 1-D).
+Each block codes one of two lattices, by the mode its cost estimate says is smallest:
+
+- the network's residual ``k = round((g(y) - g(p)) / cell)`` (the decoder answers
+  ``g^-1(g(p) + cell k)``), as it is (:data:`RAW`) or after the interpolation predictor
+  (:data:`NET`);
+- the signal's own map on the lattice ``v = round(g(y) / cell)`` (the decoder answers
+  ``g^-1(cell v)``, without the network), after the interpolation predictor (:data:`MAP`).
+
+Either way the answer is within half a cell of ``g(y)`` in the map, so the bound holds. ``v``
+never rounds the network's answer: another machine's float32 evaluation cannot move it.
+
+**The predictor** is SZ3's interpolation, on integers, over the whole grid: the first sample is
+the anchor; then for strides ``s`` from the largest power of two below the longest axis down to
+1, and for each axis in turn, the samples at odd multiples of ``s`` along it (at multiples of
+``s`` on the axes before, of ``2s`` on those after) are predicted from the decoded ones at
+``i +- s`` and ``i +- 3s`` that lie in the grid and in a block of the same lattice (a network
+block's neighbours are network residuals, a map block's are map values): cubic where all four
+are there, quadratic where one outer one is missing, linear from the two inner ones, the line
+through two on one side extended, a copy of one, or nothing (0). Integer arithmetic (floor
+division), so both sides agree exactly and the transform is lossless; a :data:`RAW` block codes
+its integers without the prediction.
+
+**The context** of each coded integer comes from decoded neighbours only: for a predicted
+sample the difference of its inner neighbours (how fast the signal changes there), for a raw
+residual their magnitudes, in log2 buckets; apart by the block's mode and for the finest stride.
+Each context has its own model, chosen by its coded size: a quantised Laplace (support and
+scale), the context's histogram, or its one value. One ANS stream (constriction), so a read of
+part of the grid decodes it all.
+
+Nothing here knows a bound or a network: streams are integer arrays on a grid.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from nir.codec.ints import read_varint, varint
+from nir.errors import require
+
+#: block modes: the network's residual as it is, after the predictor, the signal's map after it
+RAW, NET, MAP = 0, 1, 2
+MODES = (RAW, NET, MAP)
+#: samples per block (about)
+BLOCK_SAMPLES = 4096
+#: log2 buckets of a neighbour activity
+BUCKETS = 12
+#: contexts: the anchor, then (mode, finest stride or not, bucket)
+N_CONTEXTS = 1 + len(MODES) * 2 * BUCKETS
+#: the largest magnitude the coder takes (beyond it, the plain coders of nir.codec.ints)
+TOP = 1 << 20
+
+
+def block_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """The block's side per axis: about :data:`BLOCK_SAMPLES` samples, split evenly over the
+    axes longer than one sample (an axis of length 1 gets 1)."""
+    long = [n for n in shape if n > 1]
+    side = max(2, round(BLOCK_SAMPLES ** (1 / max(len(long), 1))))
+    return tuple(min(side, n) if n > 1 else 1 for n in shape)
+
+
+def block_count(shape: Sequence[int]) -> int:
+    return math.prod(-(-n // b) for n, b in zip(shape, block_shape(shape)))
+
+
+def per_sample(modes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Each sample's block mode (the grid's shape; blocks in C order over the grid of blocks)."""
+    block = block_shape(shape)
+    out = modes.reshape([-(-n // b) for n, b in zip(shape, block)])
+    for axis, b in enumerate(block):
+        out = np.repeat(out, b, axis=axis)
+    return out[tuple(slice(0, n) for n in shape)]
+
+
+def per_block_sum(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The sum of ``x`` (the grid's shape) over each block, in block order."""
+    block = block_shape(shape)
+    nb = [-(-n // b) for n, b in zip(shape, block)]
+    padded = np.zeros([c * b for c, b in zip(nb, block)], x.dtype)
+    padded[tuple(slice(0, n) for n in shape)] = x
+    split = padded.reshape([v for c, b in zip(nb, block) for v in (c, b)])
+    return split.sum(axis=tuple(range(1, 2 * len(shape), 2))).reshape(-1)
+
+
+def lattice_mask(modes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Per sample (flat), whether its block codes the map's lattice (no network)."""
+    return (per_sample(modes, shape) == MAP).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- the predictor
+def _steps(shape: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """The interpolation's steps for a grid of ``shape``: ``(level, stride, axis)``, coarse to
+    fine (level 0 is the finest stride)."""
+    s = 1 << max(0, math.ceil(math.log2(max(shape))) - 1) if max(shape) > 1 else 0
+    while s >= 1:
+        for axis in range(len(shape)):
+            if shape[axis] > s:
+                yield int(math.log2(s)), s, axis
+        s //= 2
+
+
+def _view(x: np.ndarray, s: int, axis: int) -> np.ndarray:
+    """The samples a step works on, the step's axis last: axes before it at multiples of ``s``,
+    after it at multiples of ``2s`` (a view of ``x``)."""
+    sl = tuple(slice(None) if a == axis else slice(0, None, s if a < axis else 2 * s) for a in range(x.ndim))
+    return np.moveaxis(x[sl], axis, -1)
+
+
+def _predict(v: np.ndarray, mode: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction at odd multiples of ``s`` on the last axis of ``v`` (the values decoded up
+    to this step) from its neighbours in blocks of the same lattice (``mode``: each sample's
+    block mode, same shape), and each target's activity (its context, in ``v``'s units).
+    Float64 additions, multiplications and divisions by powers of two only: every machine
+    computes the same bits."""
+    n = v.shape[-1]
+    t = np.arange(s, n, 2 * s)
+    m = mode[..., t]
+    lat = m == MAP
+
+    def near(offset: int) -> tuple[np.ndarray, np.ndarray]:
+        i = t + offset
+        inside = (i >= 0) & (i < n)
+        j = np.where(inside, i, t - s)
+        return v[..., j], inside & ((mode[..., j] == MAP) == lat)
+
+    (a, ha), (b, hb), (c, hc), (d, hd) = near(-3 * s), near(-s), near(s), near(3 * s)
+    pred = np.select(
+        [ha & hb & hc & hd, hb & hc & hd, ha & hb & hc, hb & hc, ha & hb, hc & hd, hb, hc],
+        [(9 * (b + c) - a - d) / 16, (3 * b + 6 * c - d) / 8, (6 * b + 3 * c - a) / 8,
+         (b + c) / 2, (3 * b - a) / 2, (3 * c - d) / 2, b, c],
+        0.0,
+    )  # fmt: skip
+    raw = m == RAW
+    spread = np.where(hb & hc, np.abs(c - b), np.where(ha & hb, np.abs(b - a), np.where(hc & hd, np.abs(c - d), 0)))
+    magnitude = np.where(hb, np.abs(b), 0) + np.where(hc, np.abs(c), 0)
+    return np.where(raw, 0.0, pred), np.where(raw, magnitude, spread)
+
+
+#: activity bucket edges, in cells (exact powers of two: comparisons only, no logarithm)
+EDGES = 0.25 * 2.0 ** np.arange(BUCKETS - 1)
+
+
+def _context(activity: np.ndarray, cell: float, level: int, mode: np.ndarray) -> np.ndarray:
+    bucket = np.searchsorted(EDGES * cell, activity, side="right")
+    return 1 + (mode.astype(np.int64) * 2 + (level > 0)) * BUCKETS + bucket
+
+
+def run(mode: np.ndarray, cell: float, step, values: np.ndarray | None = None) -> np.ndarray:
+    """The closed loop both sides run: the grid's values decoded step by step, the anchor first
+    (predicted by 0), then each step's samples predicted from the decoded ones
+    (:func:`_predict`) and decoded as ``prediction + cell * q``. ``step(q_or_none, contexts,
+    residual)`` gives each step's integers: the encoder rounds ``residual / cell`` (``values``:
+    the grid's true values, so the residual is known), the decoder reads them under the
+    contexts. Returns the decoded values (the grid's shape, float64)."""
+    x = np.zeros(mode.shape, np.float64)
+    origin = (0,) * x.ndim
+    want = None if values is None else values[origin].reshape(1)
+    x[origin] = cell * step(np.zeros(1, np.int64), want)[0]
+    for level, s, axis in _steps(x.shape):
+        v, m = _view(x, s, axis), _view(mode, s, axis)
+        pred, act = _predict(v, m, s)
+        ctx = _context(act, cell, level, m[..., s::2 * s])
+        want = None if values is None else (_view(values, s, axis)[..., s::2 * s] - pred).reshape(-1)
+        q = step(ctx.reshape(-1), want).reshape(pred.shape)
+        v[..., s::2 * s] = pred + cell * q
+    return x
+
+
+def quantise(values: np.ndarray, mode: np.ndarray, cell: float) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """The encoder's side of :func:`run`: the integers to code with their contexts, per step in
+    decoding order (flat), and the decoded values (what the decoder will answer, bit for bit)."""
+    steps = []
+
+    def step(ctx: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        q = np.rint(residual / cell).astype(np.int64)
+        steps.append((q, ctx))
+        return q
+
+    return steps, run(mode, cell, step, values)
+
+
+# ----------------------------------------------------------------------------- choosing modes
+def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: float) -> np.ndarray:
+    """Each block's mode (:data:`MODES`, blocks in C order) by an estimate of its coded size,
+    ``sum log2(1 + 2 |q|)`` over its integers, each mode's integers found as if the whole grid
+    had that mode: ``net`` the network's residual in the map, ``own`` the signal's map (None:
+    no map to code)."""
+    shape = tuple(shape)
+    costs = []
+    for x, mode in ((net, RAW), (net, NET), (own, MAP)):
+        if x is None:
+            continue
+        steps, _ = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell)
+        q = np.zeros(shape, np.int64)
+        q[(0,) * len(shape)] = steps[0][0][0]
+        for (level, s, axis), (qs, _) in zip(_steps(shape), steps[1:]):
+            target = _view(q, s, axis)[..., s::2 * s]
+            target[...] = qs.reshape(target.shape)
+        costs.append(per_block_sum(np.log2(1 + 2 * np.abs(q).astype(np.float64)), shape))
+    return np.argmin(np.stack(costs), axis=0).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- models
+def _laplace_bits(r: np.ndarray, top: int, scale: float) -> float:
+    """Bits of ``r`` under the quantised Laplace on ``[-top, top]`` (an estimate of constriction's)."""
+    vals, counts = np.unique(r, return_counts=True)
+    cdf = lambda x: 0.5 + 0.5 * np.sign(x) * -np.expm1(-np.abs(x) / scale)  # noqa: E731
+    p = cdf(vals + 0.5) - cdf(vals - 0.5)
+    mass = cdf(top + 0.5) - cdf(-top - 0.5)
+    return float(-(counts * np.log2(np.maximum(p / mass, 1e-300))).sum())
+
+
+def _fit(r: np.ndarray) -> bytes:
+    """The model of one context's integers as bytes: ``0`` + top + float32 scale (a Laplace), or
+    ``1`` + lowest (zigzag) + width + the counts (a histogram), whichever codes smaller; ``2`` +
+    the value (zigzag) where there is only one (no bits at all)."""
+    lo, hi = int(r.min()), int(r.max())
+    if lo == hi:
+        return b"\x02" + varint(_zigzag(lo))  # one value: nothing to code
+    top = max(abs(lo), abs(hi), 1)
+    scale = float(np.float32(max(float(np.abs(r).mean()), 0.05)))
+    laplace = b"\x00" + varint(top) + struct.pack("<f", scale)
+    lap_bytes = _laplace_bits(r, top, scale) / 8 + len(laplace)
+    if hi - lo < 4096:
+        counts = np.bincount(r - lo, minlength=hi - lo + 1)
+        p = counts[counts > 0] / r.size
+        table = b"\x01" + varint(_zigzag(lo)) + varint(hi - lo + 1) + b"".join(varint(int(c)) for c in counts)
+        hist_bytes = -float((counts[counts > 0] * np.log2(p)).sum()) / 8 + 0.6 * len(table)  # zstd takes ~40 %
+        if hist_bytes < lap_bytes:
+            return table
+    return laplace
+
+
+def _zigzag(n: int) -> int:
+    return 2 * n if n >= 0 else -2 * n - 1
+
+
+class _Model:
+    def __init__(self, data: bytes, pos: int) -> None:
+        import constriction
+
+        kind, pos = data[pos], pos + 1
+        self.model = None
+        if kind == 2:
+            z, pos = read_varint(data, pos)
+            self.offset = -(z >> 1) - 1 if z & 1 else z >> 1
+        elif kind == 0:
+            self.top, pos = read_varint(data, pos)
+            (self.scale,) = struct.unpack_from("<f", data, pos)
+            require(self.top < TOP and self.scale > 0, "the residual's context model is damaged")
+            self.model, self.offset = constriction.stream.model.QuantizedLaplace(-self.top, self.top, 0.0, self.scale), 0
+            pos += 4
+        else:
+            require(kind == 1, "the residual's context model is damaged")
+            z, pos = read_varint(data, pos)
+            width, pos = read_varint(data, pos)
+            require(width <= 4096, "the residual's context model is damaged")
+            counts = []
+            for _ in range(width):
+                c, pos = read_varint(data, pos)
+                counts.append(c)
+            counts = np.array(counts, np.float64)
+            require(counts.sum() > 0, "the residual's context model is damaged")
+            self.offset = -(z >> 1) - 1 if z & 1 else z >> 1
+            self.model = constriction.stream.model.Categorical(counts / counts.sum(), perfect=False)
+        self.end = pos
+
+
+# ----------------------------------------------------------------------------- the coder
+def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Sequence[int], cell: float
+           ) -> tuple[bytes, np.ndarray, np.ndarray] | None:  # fmt: skip
+    """The residual coded with context: ``net`` (flat) the network's residual in the map,
+    ``own`` the signal's map (None: every block is the network's), ``modes`` per block, ``cell``
+    the quantisation step. Returns the bytes, the decoded offsets (flat: what :func:`decode`
+    will answer, to add to ``g(pred)`` where the lattice mask is False and to 0 where it is
+    True) and the coded integers; None where an integer reaches :data:`TOP`."""
+    import constriction
+    import zstandard as zstd
+
+    shape = tuple(int(n) for n in shape)
+    require(math.prod(shape) == net.size and modes.size == block_count(shape), "the context coder needs the grid's shape")
+    mode = per_sample(modes, shape)
+    values = net.reshape(shape) if own is None else np.where(mode == MAP, own.reshape(shape), net.reshape(shape))
+    steps, decoded = quantise(values, mode, cell)
+    all_q = np.concatenate([q for q, _ in steps])
+    if all_q.size and int(np.abs(all_q).max()) >= TOP:
+        return None
+    all_c = np.concatenate([c for _, c in steps])
+    order = np.argsort(all_c, kind="stable")
+    edges = np.searchsorted(all_c[order], np.arange(N_CONTEXTS + 1))
+    models, side, used = {}, bytearray(), []
+    for ctx in range(N_CONTEXTS):
+        if edges[ctx + 1] > edges[ctx]:
+            data = _fit(all_q[order[edges[ctx] : edges[ctx + 1]]])
+            models[ctx], side = _Model(data, 0), side + data
+            used.append(ctx)
+    del all_c, order
+    head = bytearray(struct.pack("<d", cell) + varint(len(shape)))
+    for n in shape:
+        head += varint(n)
+    head += varint(len(used)) + b"".join(varint(c) for c in used)
+    for part in (modes.astype(np.uint8).tobytes(), bytes(side)):
+        packed = zstd.ZstdCompressor(level=19).compress(part)
+        head += varint(len(packed)) + packed
+    coder = constriction.stream.stack.AnsCoder()
+    for q, c in reversed(steps):  # a stack: the last encoded decodes first
+        o = np.argsort(c, kind="stable")
+        cs = c[o]
+        cuts = np.flatnonzero(np.diff(cs)) + 1
+        for lo, hi in reversed(list(zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [cs.size]])))):
+            m = models[int(cs[lo])]
+            if m.model is not None:
+                coder.encode_reverse((q[o[lo:hi]] - m.offset).astype(np.int32), m.model)
+    return bytes(head) + coder.get_compressed().astype("<u4").tobytes(), decoded.reshape(-1), all_q
+
+
+def decode(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded offsets (flat, float64) and the lattice mask (per sample: True where the
+    offset is the map itself, no network) from :func:`encode`'s bytes; a grid of ``n`` samples."""
+    import constriction
+    import zstandard as zstd
+
+    (cell,) = struct.unpack_from("<d", data, 0)
+    require(math.isfinite(cell) and cell > 0, "the residual's cell is damaged")
+    ndim, pos = read_varint(data, 8)
+    require(1 <= ndim <= 8, "the residual's grid is damaged")
+    shape = []
+    for _ in range(ndim):
+        m, pos = read_varint(data, pos)
+        shape.append(m)
+    require(math.prod(shape) == n, f"the residual's grid holds {math.prod(shape)} samples, the field has {n}")
+    count, pos = read_varint(data, pos)
+    used = []
+    for _ in range(count):
+        c, pos = read_varint(data, pos)
+        used.append(c)
+    parts = []
+    for limit in (block_count(shape), 1 << 26):
+        size, pos = read_varint(data, pos)
+        parts.append(zstd.ZstdDecompressor().decompress(data[pos : pos + size], max_output_size=limit))
+        pos += size
+    modes = np.frombuffer(parts[0], np.uint8)
+    require(modes.size == block_count(shape) and (modes <= MAP).all(), "the residual's block modes are damaged")
+    models, at = {}, 0
+    for ctx in used:
+        require(ctx < N_CONTEXTS, "the residual's context model is damaged")
+        models[ctx] = _Model(parts[1], at)
+        at = models[ctx].end
+    require((len(data) - pos) % 4 == 0, "the residual's integers are truncated or damaged")
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(data[pos:], "<u4").astype(np.uint32))
+    mode = per_sample(modes, shape)
+    x = run(mode, cell, _reader(coder, models))
+    return x.reshape(-1), (mode == MAP).reshape(-1)
+
+
+def _reader(coder: Any, models: dict[int, _Model]):
+    def step(ctx: np.ndarray, _: Any) -> np.ndarray:
+        out = np.zeros(ctx.size, np.int64)
+        o = np.argsort(ctx, kind="stable")
+        cs = ctx[o]
+        cuts = np.flatnonzero(np.diff(cs)) + 1
+        for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [cs.size]])):
+            require(int(cs[lo]) in models, "the residual's context model is damaged")
+            m = models[int(cs[lo])]
+            out[o[lo:hi]] = m.offset if m.model is None else coder.decode(m.model, int(hi - lo)).astype(np.int64) + m.offset
+        return out
+
+    return step
