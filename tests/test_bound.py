@@ -54,8 +54,10 @@ def test_the_residual_meets_the_bound_at_every_sample(shape, bound):
     pred = (y * (1 + 0.3 * rng.normal(size=y.shape))).astype(np.float32).reshape(-1)
     pred[::97] = rng.normal(size=pred[::97].size) * 100  # wild answers
     chunks = [(pred[:1000], y.reshape(-1)[:1000]), (pred[1000:], y.reshape(-1)[1000:])]
-    residual, worst = B.build_residual(chunks, bound)
-    back = B.decode(B.encode(residual), y.size)
+    residual, worst = B.build_residual(chunks, bound, shape=shape)
+    data = B.encode(residual)
+    assert data[19 + 12] == B.CONTEXT  # after the header and the sizes: the context coder's id
+    back = B.decode(data, y.size)
     ok, measured = _check(y, B.apply(pred, back), bound)
     assert ok, measured
     assert measured == pytest.approx(worst) and worst <= B.MARGIN + 1e-6  # the cell leaves the margin
@@ -239,3 +241,77 @@ def test_bound_settings_are_checked(tmp_path):
         nir.fit("peaks1d", ["data.n=64", "bound.rel=0.1", "bound.abs=0.1"], run_dir=tmp_path / "a", steps=2)
     with pytest.raises(NirError, match="bound.floor is set but neither"):
         nir.fit("peaks1d", ["data.n=64", "bound.floor=0.1"], run_dir=tmp_path / "b", steps=2)
+
+
+# ----------------------------------------------------------------------------- the context coder (issue 37)
+def _modes(shape, seed):
+    from nir.codec import context
+
+    return np.random.default_rng(seed).integers(0, 3, context.block_count(shape)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(5000,), (70, 90), (20, 33, 17), (6, 7, 9, 11)])
+def test_the_context_coder_decodes_what_the_encoder_answers_bit_for_bit(shape):
+    """The closed loop: the decoder's offsets equal the encoder's exactly (random, all-zero, one
+    spike, heavy-tailed values; blocks of every mode mixed), each within half a cell of its value."""
+    from nir.codec import context
+
+    rng = np.random.default_rng(len(shape))
+    n = int(np.prod(shape))
+    spike = np.zeros(n)
+    spike[n // 3] = 4e3
+    cases = {"random": rng.laplace(scale=3, size=n), "zeros": np.zeros(n), "spike": spike,
+             "heavy": rng.standard_cauchy(n).clip(-1e4, 1e4)}  # fmt: skip
+    cell = 0.37
+    for name, net in cases.items():
+        own = np.cumsum(rng.normal(size=n)) if name == "random" else net * 2
+        modes = _modes(shape, n)
+        data, offset, q = context.encode(net, own, modes, shape, cell)
+        back, lattice = context.decode(data, n)
+        assert np.array_equal(back, offset), name
+        assert np.array_equal(lattice, context.lattice_mask(modes, shape)), name
+        target = np.where(lattice, own, net)
+        assert np.abs(back - target).max() <= cell / 2 * (1 + 1e-12), name
+        if name == "zeros":
+            assert not q.any() and len(data) < 64 + context.block_count(shape), len(data)  # next to nothing
+
+
+def test_blocks_choose_the_cheaper_lattice():
+    """Where the network is exact the block codes its (zero) residual; where it is wild, the
+    signal's own map; a smooth signal without a network: the map after the predictor."""
+    from nir.codec import context
+
+    shape = (128, 128)
+    yy, xx = np.mgrid[0:128, 0:128] / 128.0
+    own = 40 * np.sin(3 * xx) * np.cos(2 * yy)
+    net = np.where(xx < 0.5, 0.0, np.random.default_rng(0).normal(size=shape) * 50)
+    modes = context.choose(net.reshape(-1), own.reshape(-1), shape, 0.01).reshape(2, 2)
+    assert (modes[:, 0] != context.MAP).all() and (modes[:, 1] == context.MAP).all(), modes
+
+
+def test_zeros_the_network_misses_cost_next_to_nothing():
+    """A mostly-zero field (80 % exact zeros, as X-ray counts are) where the network answers
+    small non-zero values everywhere: the zeros' blocks code the map (zero) instead."""
+    rng = np.random.default_rng(3)
+    y = np.where(rng.random((96, 96)) < 0.8, 0.0, np.exp(rng.normal(size=(96, 96)) * 2))
+    y[:48] = 0.0  # a half of nothing but zeros
+    pred = (np.abs(y) + rng.normal(size=y.shape) * 0.05).astype(np.float32)
+    bound = B.Bound("rel", 0.01, 1e-2)
+    residual, _ = B.build_residual([(pred.reshape(-1), y.reshape(-1))], bound, shape=y.shape)
+    data = B.encode(residual)
+    plain = len(B.code_ints(B.quantize(pred.reshape(-1), y.reshape(-1), bound)))
+    assert residual.lattice[: 48 * 96].all()  # the zero half: the map's lattice, not the network
+    assert len(data) < plain / 2, (len(data), plain)
+    ok, _ = _check(y, B.apply(pred, B.decode(data, y.size)), bound)
+    assert ok
+
+
+def test_a_damaged_context_residual_is_one_line():
+    y = _hard_values((40, 50), 5)
+    pred = (y * 1.1).astype(np.float32).reshape(-1)
+    residual, _ = B.build_residual([(pred, y.reshape(-1))], B.Bound("rel", 0.01, 1e-3), shape=y.shape)
+    data = B.encode(residual)
+    for bad in (data[:-5], data[:40] + bytes([255]) * 8 + data[48:]):
+        with pytest.raises(NirError, match="residual") as e:
+            B.decode(bad, y.size)
+        assert "\n" not in str(e.value)

@@ -57,8 +57,9 @@ def test_a_committed_compact_file_loads_to_its_values_and_saves_to_its_bytes(nam
     path = LEGACY / "nir" / f"{name}.nir"
     field = load_field(path)
     coords = torch.from_numpy(np.load(LEGACY / "coords.npy"))[:, : field.in_dim]
-    with torch.no_grad():
-        np.testing.assert_array_equal(field(coords).numpy(), np.load(LEGACY / "nir" / f"{name}.npy"))
+    with torch.no_grad():  # the parameters are exact (the bytes below); the float32 evaluation may differ in
+        # the last bit on another CPU's kernels (seen: 1.2e-7 relative on an AMX machine)
+        np.testing.assert_allclose(field(coords).numpy(), np.load(LEGACY / "nir" / f"{name}.npy"), rtol=1e-6, atol=1e-7)
     dtype, scale, coder = SAVED_WITH[name]
     assert field.save(tmp_path / "again.nir", dtype, scale, coder=coder).read_bytes() == path.read_bytes()
 
@@ -67,5 +68,5 @@ def test_a_committed_bounded_file_answers_its_grid_and_saves_to_its_bytes(tmp_pa
     path = LEGACY / "nir" / "siren_bounded_rel.nir"
     field = load_field(path)
     assert field.residual is not None
-    np.testing.assert_array_equal(field.sample(), np.load(LEGACY / "nir" / "siren_bounded_rel.npy"))
+    np.testing.assert_allclose(field.sample(), np.load(LEGACY / "nir" / "siren_bounded_rel.npy"), rtol=1e-6, atol=1e-7)
     assert field.save(tmp_path / "again.nir", "float32").read_bytes() == path.read_bytes()

@@ -349,7 +349,10 @@ def decode(data: bytes, n: int, wanted: np.ndarray | None = None) -> Residual:
         values = np.frombuffer(data[pos : pos + 8 * nexc], "<f8").copy()
         pos += 8 * nexc
         if data[pos] == CONTEXT:
-            offset, lattice = context.decode(data[pos + 1 :], n)
+            try:
+                offset, lattice = context.decode(data[pos + 1 :], n)
+            except NirError as e:  # a varint's "truncated header" says too little here
+                raise NirError(str(e) if "residual" in str(e) else f"the residual is damaged ({e}); compress again") from None
             return Residual(bound, DTYPES[dt], np.zeros(0, np.int64), exc, values, missing, offset,
                             lattice if lattice.any() else None)  # fmt: skip
         k = decode_ints(data[pos:], n, wanted)
