@@ -162,7 +162,9 @@ def report(rows: list[dict]) -> str:
     for r in rows:
         for method in ("nir", *ANCHORS):
             m = r[method]
-            extra = f" (residual {m['residual']:,}; plain coder {m['plain']:,})" if method == "nir" and "plain" in m else ""
+            extra = (
+                f" (residual {m['residual']:,}; plain coder {m['plain']:,})" if method == "nir" and "plain" in m else ""
+            )
             lines.append(f"| {r['data']} | {100 * r['eps']:g} % | {method} | {m['bytes']:,}{extra} | "
                          f"{r['raw'] / m['bytes']:.3g} | {m['max_rel'] / r['eps']:.3f} | {m['compress_s']:.2f} s | "
                          f"{m['decompress_s']:.3f} s |")  # fmt: skip

@@ -250,7 +250,7 @@ def apply(pred: np.ndarray, residual: Residual, index: np.ndarray | None = None)
     in the residual's output dtype (NaN at the missing samples). ``index``: the flat grid indices
     ``pred`` answers (a selection, as the xarray backend reads it); None: the whole grid."""
     pred = np.asarray(pred).reshape(-1)
-    pick = (lambda a: a) if index is None else (lambda a: a[index])  # noqa: E731
+    pick = (lambda a: a) if index is None else (lambda a: a[index])
     if residual.offset is not None:
         lattice = None if residual.lattice is None else pick(residual.lattice)
         out = answer(pred, pick(residual.offset), residual.bound, lattice).astype(residual.dtype)
@@ -352,7 +352,9 @@ def decode(data: bytes, n: int, wanted: np.ndarray | None = None) -> Residual:
             try:
                 offset, lattice = context.decode(data[pos + 1 :], n)
             except NirError as e:  # a varint's "truncated header" says too little here
-                raise NirError(str(e) if "residual" in str(e) else f"the residual is damaged ({e}); compress again") from None
+                raise NirError(
+                    str(e) if "residual" in str(e) else f"the residual is damaged ({e}); compress again"
+                ) from None
             return Residual(bound, DTYPES[dt], np.zeros(0, np.int64), exc, values, missing, offset,
                             lattice if lattice.any() else None)  # fmt: skip
         k = decode_ints(data[pos:], n, wanted)

@@ -166,14 +166,16 @@ def run(mode: np.ndarray, cell: float, step, values: np.ndarray | None = None) -
     for level, s, axis in _steps(x.shape):
         v, m = _view(x, s, axis), _view(mode, s, axis)
         pred, act = _predict(v, m, s)
-        ctx = _context(act, cell, level, m[..., s::2 * s])
-        want = None if values is None else (_view(values, s, axis)[..., s::2 * s] - pred).reshape(-1)
+        ctx = _context(act, cell, level, m[..., s :: 2 * s])
+        want = None if values is None else (_view(values, s, axis)[..., s :: 2 * s] - pred).reshape(-1)
         q = step(ctx.reshape(-1), want).reshape(pred.shape)
-        v[..., s::2 * s] = pred + cell * q
+        v[..., s :: 2 * s] = pred + cell * q
     return x
 
 
-def quantise(values: np.ndarray, mode: np.ndarray, cell: float) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+def quantise(
+    values: np.ndarray, mode: np.ndarray, cell: float
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """The encoder's side of :func:`run`: the integers to code with their contexts, per step in
     decoding order (flat), and the decoded values (what the decoder will answer, bit for bit)."""
     steps = []
@@ -200,8 +202,8 @@ def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: 
         steps, _ = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell)
         q = np.zeros(shape, np.int64)
         q[(0,) * len(shape)] = steps[0][0][0]
-        for (level, s, axis), (qs, _) in zip(_steps(shape), steps[1:]):
-            target = _view(q, s, axis)[..., s::2 * s]
+        for (_, s, axis), (qs, _) in zip(_steps(shape), steps[1:]):
+            target = _view(q, s, axis)[..., s :: 2 * s]
             target[...] = qs.reshape(target.shape)
         costs.append(per_block_sum(np.log2(1 + 2 * np.abs(q).astype(np.float64)), shape))
     return np.argmin(np.stack(costs), axis=0).astype(np.uint8)
@@ -255,7 +257,10 @@ class _Model:
             self.top, pos = read_varint(data, pos)
             (self.scale,) = struct.unpack_from("<f", data, pos)
             require(self.top < TOP and self.scale > 0, "the residual's context model is damaged")
-            self.model, self.offset = constriction.stream.model.QuantizedLaplace(-self.top, self.top, 0.0, self.scale), 0
+            self.model, self.offset = (
+                constriction.stream.model.QuantizedLaplace(-self.top, self.top, 0.0, self.scale),
+                0,
+            )
             pos += 4
         else:
             require(kind == 1, "the residual's context model is damaged")
@@ -285,7 +290,9 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
     import zstandard as zstd
 
     shape = tuple(int(n) for n in shape)
-    require(math.prod(shape) == net.size and modes.size == block_count(shape), "the context coder needs the grid's shape")
+    require(
+        math.prod(shape) == net.size and modes.size == block_count(shape), "the context coder needs the grid's shape"
+    )
     mode = per_sample(modes, shape)
     values = net.reshape(shape) if own is None else np.where(mode == MAP, own.reshape(shape), net.reshape(shape))
     steps, decoded = quantise(values, mode, cell)
@@ -369,7 +376,9 @@ def _reader(coder: Any, models: dict[int, _Model]):
         for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [cs.size]])):
             require(int(cs[lo]) in models, "the residual's context model is damaged")
             m = models[int(cs[lo])]
-            out[o[lo:hi]] = m.offset if m.model is None else coder.decode(m.model, int(hi - lo)).astype(np.int64) + m.offset
+            out[o[lo:hi]] = (
+                m.offset if m.model is None else coder.decode(m.model, int(hi - lo)).astype(np.int64) + m.offset
+            )
         return out
 
     return step
