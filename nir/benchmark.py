@@ -4,6 +4,7 @@ curves, and the writer of the generated sections of docs/. Not part of the train
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import statistics
 import tempfile
@@ -305,3 +306,141 @@ def signal_of(name: str) -> Any:
     preset, opts = data_overrides(name)
     cfg, _ = compose_config([f"data={preset}", *opts])
     return build(cfg.data, "data")
+
+
+# ----------------------------------------------------------------------------- real fields
+def _npy(path: Path, a: np.ndarray) -> tuple[Path, list[str]]:
+    np.save(path, a.astype(np.float32))
+    return path, []
+
+
+def _minus_median(a: np.ndarray) -> np.ndarray:
+    return a - np.float32(np.median(a))
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"the package {name!r} is not installed: pip install -e '.[realdata]'")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def fits_image(package: str, rel: str, hdu: int = 0) -> np.ndarray:
+    from astropy.io import fits
+
+    with fits.open(package_dir(package) / rel) as f:
+        return np.asarray(f[hdu].data, dtype=np.float32)
+
+
+def cdf_variable(rel: str, var: str) -> np.ndarray:
+    """A variable of a CDF file shipped by sunpy, its fill values as NaN (nir's missing values)."""
+    import cdflib
+
+    f = cdflib.CDF(str(package_dir("sunpy") / rel))
+    a = np.asarray(f.varget(var), dtype=np.float32)
+    fill = f.varattsget(var).get("FILLVAL")
+    if fill is not None:
+        a[a == np.float32(np.asarray(fill).reshape(-1)[0])] = np.nan
+    return a
+
+
+def name_ash(rel: str = "sample_data/NAME_output.txt") -> np.ndarray:
+    """A NAME III dispersion model output (the Eyjafjallajokull ash forecast): a header, column
+    titles, then one line per non-zero cell ``x, y, lon, lat, field1, field2, field3``
+    (1-based cell-centre indices) -> ``(fields, y, x)`` with zeros elsewhere."""
+    lines = (package_dir("iris_sample_data") / rel).read_text().splitlines()
+    head = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[:20] if ":" in ln)}
+    nx, ny, nf = int(head["X grid size"]), int(head["Y grid size"]), int(head["Number of fields"])
+    start = next(i for i, ln in enumerate(lines) if ln.strip().startswith("X grid,")) + 2
+    rows = np.array([[float(v) for v in ln.split(",")[: 4 + nf]] for ln in lines[start:] if ln.strip()])
+    out = np.zeros((nf, ny, nx), np.float32)
+    ix, iy = rows[:, 0].astype(int) - 1, rows[:, 1].astype(int) - 1
+    for f in range(nf):
+        out[f, iy, ix] = rows[:, 4 + f]
+    return out
+
+
+#: name -> (what it is, where it comes from, licence, writer of the file nir is given)
+#: real long-tailed fields that packages ship as test or sample data (the realdata extra; no
+#: download): name -> (description, source, licence, writer of the ``.npy`` or file to train on)
+REAL_FIELDS = {
+    "aia171": (
+        "solar EUV image (SDO/AIA 171 A, level 1, 128^2; 1 % of pixels <= 0)",
+        "sunpy: sunpy/data/test/aia_171_level1.fits",
+        "BSD-3-Clause (sunpy); SDO data are public",
+        lambda d: _npy(d / "aia171.npy", fits_image("sunpy", "data/test/aia_171_level1.fits")),
+    ),
+    "m13": (
+        "star cluster M13 (300^2), sky-subtracted (minus its median): noise around zero, stars to 3,500",
+        "astropy: astropy/io/fits/hdu/compressed/tests/data/m13.fits",
+        "BSD-3-Clause (astropy)",
+        lambda d: _npy(
+            d / "m13.npy", _minus_median(fits_image("astropy", "io/fits/hdu/compressed/tests/data/m13.fits"))
+        ),
+    ),
+    "rhessi": (
+        "solar hard X-ray image (RHESSI CLEAN, 64^2; 49 % of pixels below zero)",
+        "sunpy: sunpy/data/test/hsi_image_20101016_191218.fits",
+        "BSD-3-Clause (sunpy); RHESSI data are public",
+        lambda d: _npy(d / "rhessi.npy", fits_image("sunpy", "data/test/hsi_image_20101016_191218.fits")),
+    ),
+    "ions": (
+        "energetic ion flux (Solar Orbiter EPD/EPT, 39,784 time steps x 12 energy channels; 97 % zeros, fill values)",
+        "sunpy: sunpy/data/test/solo_L2_epd-ept-north-hcad_20200713_V02.cdf (read with cdflib)",
+        "BSD-3-Clause (sunpy); Solar Orbiter data are public",
+        lambda d: _npy(
+            d / "ions.npy", cdf_variable("data/test/solo_L2_epd-ept-north-hcad_20200713_V02.cdf", "Ion_Flux")
+        ),
+    ),
+    "ash": (
+        "volcanic ash air concentration (NAME III, 3 flight-level bands x 214 x 584; mostly zero, 14 decades)",
+        "iris-sample-data: sample_data/NAME_output.txt",
+        "Open Government Licence (iris-sample-data, Met Office)",
+        lambda d: _npy(d / "ash.npy", name_ash()),
+    ),
+    "electrons": (
+        "ionospheric electron density Ne (29 heights x 31 x 31; heights not uniform), NetCDF as shipped",
+        "iris-sample-data: sample_data/space_weather.nc",
+        "Open Government Licence (iris-sample-data, Met Office)",
+        lambda d: (package_dir("iris_sample_data") / "sample_data" / "space_weather.nc", ["data.var=Ne"]),
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- bounded compression
+def max_rel(pred: np.ndarray, y: np.ndarray, floor: float) -> float:
+    y = y.reshape(-1).astype(np.float64)
+    return float((np.abs(pred.reshape(-1).astype(np.float64) - y) / np.maximum(np.abs(y), floor)).max())
+
+
+def bounded_row(path: Path, eps: float, tmp: Path, ratio: float | None = None) -> dict:
+    """``nir-compress --rel eps`` of ``path`` (an ``.npy``) and back, measured: bytes (the
+    residual's apart, and 'plain': the same network with the residual coded as before issue 37),
+    the maximum relative error over every sample, the floor, compress and decompress times."""
+    import nir
+    from nir.compress import compress, decompress
+
+    out = tmp / f"{path.stem}_{eps}_{ratio}.nir"
+    t = time.perf_counter()
+    line = compress(path, out, rel=eps, ratio=ratio, quiet=True)
+    c_s = time.perf_counter() - t
+    t = time.perf_counter()
+    back = decompress(out, tmp / "back.npy")
+    d_s = time.perf_counter() - t
+    from nir.codec.bound import decode as decode_residual
+    from nir.field import compact_header_bytes
+
+    field = nir.load_field(out)
+    floor = decode_residual(field.residual, back.size).bound.floor
+    y = np.load(path)
+
+    data = out.read_bytes()
+    # the residual the coder before issue 37 stores for the same network: one Laplace, no context
+    from nir.codec import bound as B
+
+    bound = decode_residual(field.residual, back.size).bound
+    pred = field._network_grid().reshape(-1)
+    plain = len(data) - len(field.residual) + 31 + len(B.code_ints(B.quantize(pred, y.reshape(-1), bound)))
+    return {"bytes": out.stat().st_size, "residual": len(field.residual or b""), "plain": plain, "header": compact_header_bytes(data, field),
+            "max_rel": max_rel(back, y, floor), "floor": floor, "compress_s": c_s, "decompress_s": d_s,
+            "line": line, "network_ratio": ratio}  # fmt: skip

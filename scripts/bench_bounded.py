@@ -36,9 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-import nir
-from nir.benchmark import signal_of, write_section
-from nir.compress import compress, decompress
+from nir.benchmark import bounded_row as nir_row
+from nir.benchmark import max_rel, signal_of, write_section
 from nir.metrics import SignalStats
 
 DATA = ["lognormal3d", "sources3d", "peaks1d", "lognormal3d:n=128", "sources3d:n=128"]
@@ -46,11 +45,6 @@ BOUNDS = [0.001, 0.01, 0.1]
 #: the error-bounded compressors beside nir (TTHRESH has no point-wise mode: it cannot give the
 #: guarantee, so it has no row here)
 ANCHORS = ("SZ3", "SPERR", "EBCC", "ZFP")
-
-
-def max_rel(pred: np.ndarray, y: np.ndarray, floor: float) -> float:
-    y = y.reshape(-1).astype(np.float64)
-    return float((np.abs(pred.reshape(-1).astype(np.float64) - y) / np.maximum(np.abs(y), floor)).max())
 
 
 def codec_row(name: str, log: np.ndarray, y: np.ndarray, eps: float, floor: float) -> dict:
@@ -96,33 +90,6 @@ def codec_row(name: str, log: np.ndarray, y: np.ndarray, eps: float, floor: floa
         nbytes = len(stream)
     pred = np.power(10.0, back.astype(np.float64))
     return {"bytes": nbytes, "max_rel": max_rel(pred, y, floor), "compress_s": c_s, "decompress_s": d_s}
-
-
-def nir_row(path: Path, eps: float, tmp: Path, ratio: float | None = None) -> dict:
-    out = tmp / f"{path.stem}_{eps}_{ratio}.nir"
-    t = time.perf_counter()
-    line = compress(path, out, rel=eps, ratio=ratio, quiet=True)
-    c_s = time.perf_counter() - t
-    t = time.perf_counter()
-    back = decompress(out, tmp / "back.npy")
-    d_s = time.perf_counter() - t
-    from nir.codec.bound import decode as decode_residual
-    from nir.field import compact_header_bytes
-
-    field = nir.load_field(out)
-    floor = decode_residual(field.residual, back.size).bound.floor
-    y = np.load(path)
-
-    data = out.read_bytes()
-    # the residual the coder before issue 37 stores for the same network: one Laplace, no context
-    from nir.codec import bound as B
-
-    bound = decode_residual(field.residual, back.size).bound
-    pred = field._network_grid().reshape(-1)
-    plain = len(data) - len(field.residual) + 31 + len(B.code_ints(B.quantize(pred, y.reshape(-1), bound)))
-    return {"bytes": out.stat().st_size, "residual": len(field.residual or b""), "plain": plain, "header": compact_header_bytes(data, field),
-            "max_rel": max_rel(back, y, floor), "floor": floor, "compress_s": c_s, "decompress_s": d_s,
-            "line": line, "network_ratio": ratio}  # fmt: skip
 
 
 def bench(name: str, bounds: list[float], tmp: Path, search: list[float]) -> list[dict]:

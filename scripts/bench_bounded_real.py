@@ -24,11 +24,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_bounded import nir_row
-from bench_realdata import FIELDS
-
+from nir.benchmark import REAL_FIELDS as FIELDS
+from nir.benchmark import bounded_row as nir_row
 from nir.benchmark import write_section
 from nir.codec.bound import Bound
 

@@ -24,7 +24,6 @@ stored bytes and the wall time. Results go to ``--out`` (JSON lines) and a markd
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -35,93 +34,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit(f"bench_realdata: the package {name!r} is not installed; pip install -e '.[realdata]'")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def fits_image(package: str, rel: str, hdu: int = 0) -> np.ndarray:
-    from astropy.io import fits
-
-    with fits.open(package_dir(package) / rel) as f:
-        return np.asarray(f[hdu].data, dtype=np.float32)
-
-
-def cdf_variable(rel: str, var: str) -> np.ndarray:
-    """A variable of a CDF file shipped by sunpy, its fill values as NaN (nir's missing values)."""
-    import cdflib
-
-    f = cdflib.CDF(str(package_dir("sunpy") / rel))
-    a = np.asarray(f.varget(var), dtype=np.float32)
-    fill = f.varattsget(var).get("FILLVAL")
-    if fill is not None:
-        a[a == np.float32(np.asarray(fill).reshape(-1)[0])] = np.nan
-    return a
-
-
-def name_ash(rel: str = "sample_data/NAME_output.txt") -> np.ndarray:
-    """A NAME III dispersion model output (the Eyjafjallajokull ash forecast): a header, column
-    titles, then one line per non-zero cell ``x, y, lon, lat, field1, field2, field3``
-    (1-based cell-centre indices) -> ``(fields, y, x)`` with zeros elsewhere."""
-    lines = (package_dir("iris_sample_data") / rel).read_text().splitlines()
-    head = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[:20] if ":" in ln)}
-    nx, ny, nf = int(head["X grid size"]), int(head["Y grid size"]), int(head["Number of fields"])
-    start = next(i for i, ln in enumerate(lines) if ln.strip().startswith("X grid,")) + 2
-    rows = np.array([[float(v) for v in ln.split(",")[: 4 + nf]] for ln in lines[start:] if ln.strip()])
-    out = np.zeros((nf, ny, nx), np.float32)
-    ix, iy = rows[:, 0].astype(int) - 1, rows[:, 1].astype(int) - 1
-    for f in range(nf):
-        out[f, iy, ix] = rows[:, 4 + f]
-    return out
-
-
-#: name -> (what it is, where it comes from, licence, writer of the file nir is given)
-FIELDS = {
-    "aia171": (
-        "solar EUV image (SDO/AIA 171 A, level 1, 128^2; 1 % of pixels <= 0)",
-        "sunpy: sunpy/data/test/aia_171_level1.fits",
-        "BSD-3-Clause (sunpy); SDO data are public",
-        lambda d: _npy(d / "aia171.npy", fits_image("sunpy", "data/test/aia_171_level1.fits")),
-    ),
-    "m13": (
-        "star cluster M13 (300^2), sky-subtracted (minus its median): noise around zero, stars to 3,500",
-        "astropy: astropy/io/fits/hdu/compressed/tests/data/m13.fits",
-        "BSD-3-Clause (astropy)",
-        lambda d: _npy(
-            d / "m13.npy", _minus_median(fits_image("astropy", "io/fits/hdu/compressed/tests/data/m13.fits"))
-        ),
-    ),
-    "rhessi": (
-        "solar hard X-ray image (RHESSI CLEAN, 64^2; 49 % of pixels below zero)",
-        "sunpy: sunpy/data/test/hsi_image_20101016_191218.fits",
-        "BSD-3-Clause (sunpy); RHESSI data are public",
-        lambda d: _npy(d / "rhessi.npy", fits_image("sunpy", "data/test/hsi_image_20101016_191218.fits")),
-    ),
-    "ions": (
-        "energetic ion flux (Solar Orbiter EPD/EPT, 39,784 time steps x 12 energy channels; 97 % zeros, fill values)",
-        "sunpy: sunpy/data/test/solo_L2_epd-ept-north-hcad_20200713_V02.cdf (read with cdflib)",
-        "BSD-3-Clause (sunpy); Solar Orbiter data are public",
-        lambda d: _npy(
-            d / "ions.npy", cdf_variable("data/test/solo_L2_epd-ept-north-hcad_20200713_V02.cdf", "Ion_Flux")
-        ),
-    ),
-    "ash": (
-        "volcanic ash air concentration (NAME III, 3 flight-level bands x 214 x 584; mostly zero, 14 decades)",
-        "iris-sample-data: sample_data/NAME_output.txt",
-        "Open Government Licence (iris-sample-data, Met Office)",
-        lambda d: _npy(d / "ash.npy", name_ash()),
-    ),
-    "electrons": (
-        "ionospheric electron density Ne (29 heights x 31 x 31; heights not uniform), NetCDF as shipped",
-        "iris-sample-data: sample_data/space_weather.nc",
-        "Open Government Licence (iris-sample-data, Met Office)",
-        lambda d: (package_dir("iris_sample_data") / "sample_data" / "space_weather.nc", ["data.var=Ne"]),
-    ),
-}
+from nir.benchmark import REAL_FIELDS as FIELDS
 
 #: the choices the defaults made before issue 33, per field (loss=mse: every one reaches zero)
 BEFORE = {
@@ -132,15 +47,6 @@ BEFORE = {
     "ash": ["loss=mse", "model=hashgrid_lt3d", "sampling=uniform"],
     "electrons": [],  # refused before issue 33: its height coordinate is not uniform
 }
-
-
-def _npy(path: Path, a: np.ndarray) -> tuple[Path, list[str]]:
-    np.save(path, a.astype(np.float32))
-    return path, []
-
-
-def _minus_median(a: np.ndarray) -> np.ndarray:
-    return a - np.float32(np.median(a))
 
 
 def describe(a: np.ndarray) -> str:

@@ -113,7 +113,7 @@ def _view(x: np.ndarray, s: int, axis: int) -> np.ndarray:
     return np.moveaxis(x[sl], axis, -1)
 
 
-def _predict(v: np.ndarray, mode: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+def _predict(v: np.ndarray, mode: np.ndarray, s: int, cubic: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The prediction at odd multiples of ``s`` on the last axis of ``v`` (the values decoded up
     to this step) from its neighbours in blocks of the same lattice (``mode``: each sample's
     block mode, same shape), and each target's activity (its context, in ``v``'s units).
@@ -131,6 +131,8 @@ def _predict(v: np.ndarray, mode: np.ndarray, s: int) -> tuple[np.ndarray, np.nd
         return v[..., j], inside & ((mode[..., j] == MAP) == lat)
 
     (a, ha), (b, hb), (c, hc), (d, hd) = near(-3 * s), near(-s), near(s), near(3 * s)
+    if not cubic:  # the step's linear interpolation (SZ3's other choice): the inner neighbours only
+        ha, hd = np.zeros_like(ha), np.zeros_like(hd)
     pred = np.select(
         [ha & hb & hc & hd, hb & hc & hd, ha & hb & hc, hb & hc, ha & hb, hc & hd, hb, hc],
         [(9 * (b + c) - a - d) / 16, (3 * b + 6 * c - d) / 8, (6 * b + 3 * c - a) / 8,
@@ -152,22 +154,38 @@ def _context(activity: np.ndarray, cell: float, level: int, mode: np.ndarray) ->
     return 1 + (mode.astype(np.int64) * 2 + (level > 0)) * BUCKETS + bucket
 
 
-def run(mode: np.ndarray, cell: float, step, values: np.ndarray | None = None) -> np.ndarray:
+def run(
+    mode: np.ndarray, cell: float, step, values: np.ndarray | None = None, cubic: list[bool] | None = None
+) -> np.ndarray:
     """The closed loop both sides run: the grid's values decoded step by step, the anchor first
     (predicted by 0), then each step's samples predicted from the decoded ones
-    (:func:`_predict`) and decoded as ``prediction + cell * q``. ``step(q_or_none, contexts,
-    residual)`` gives each step's integers: the encoder rounds ``residual / cell`` (``values``:
-    the grid's true values, so the residual is known), the decoder reads them under the
-    contexts. Returns the decoded values (the grid's shape, float64)."""
+    (:func:`_predict`, cubic or linear by the step's entry in ``cubic``) and decoded as
+    ``prediction + cell * q``. ``step(contexts, residual)`` gives each step's integers: the
+    encoder rounds ``residual / cell`` (``values``: the grid's true values, so the residual is
+    known; it also chooses each step's interpolation by the smaller ``sum log2(1 + 2|q|)`` and
+    appends it to ``cubic``), the decoder reads them under the contexts. Returns the decoded
+    values (the grid's shape, float64)."""
     x = np.zeros(mode.shape, np.float64)
     origin = (0,) * x.ndim
     want = None if values is None else values[origin].reshape(1)
     x[origin] = cell * step(np.zeros(1, np.int64), want)[0]
-    for level, s, axis in _steps(x.shape):
+    cubic = [] if cubic is None else cubic
+    for i, (level, s, axis) in enumerate(_steps(x.shape)):
         v, m = _view(x, s, axis), _view(mode, s, axis)
-        pred, act = _predict(v, m, s)
+        if values is not None:
+            target = _view(values, s, axis)[..., s :: 2 * s]
+            options = []
+            for kind in (True, False):
+                pred, act = _predict(v, m, s, kind)
+                q = np.rint((target - pred) / cell)
+                options.append((float(np.log2(1 + 2 * np.abs(q)).sum()), not kind, kind, pred, act))
+            _, _, kind, pred, act = min(options, key=lambda o: o[:2])
+            cubic.append(kind)
+        else:
+            require(i < len(cubic), "the residual's interpolation choices are damaged")
+            pred, act = _predict(v, m, s, cubic[i])
         ctx = _context(act, cell, level, m[..., s :: 2 * s])
-        want = None if values is None else (_view(values, s, axis)[..., s :: 2 * s] - pred).reshape(-1)
+        want = None if values is None else (target - pred).reshape(-1)
         q = step(ctx.reshape(-1), want).reshape(pred.shape)
         v[..., s :: 2 * s] = pred + cell * q
     return x
@@ -175,17 +193,18 @@ def run(mode: np.ndarray, cell: float, step, values: np.ndarray | None = None) -
 
 def quantise(
     values: np.ndarray, mode: np.ndarray, cell: float
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, list[bool]]:
     """The encoder's side of :func:`run`: the integers to code with their contexts, per step in
-    decoding order (flat), and the decoded values (what the decoder will answer, bit for bit)."""
-    steps = []
+    decoding order (flat), the decoded values (what the decoder will answer, bit for bit) and
+    each step's interpolation (True: cubic)."""
+    steps, cubic = [], []
 
     def step(ctx: np.ndarray, residual: np.ndarray) -> np.ndarray:
         q = np.rint(residual / cell).astype(np.int64)
         steps.append((q, ctx))
         return q
 
-    return steps, run(mode, cell, step, values)
+    return steps, run(mode, cell, step, values, cubic), cubic
 
 
 # ----------------------------------------------------------------------------- choosing modes
@@ -199,7 +218,7 @@ def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: 
     for x, mode in ((net, RAW), (net, NET), (own, MAP)):
         if x is None:
             continue
-        steps, _ = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell)
+        steps, _, _ = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell)
         q = np.zeros(shape, np.int64)
         q[(0,) * len(shape)] = steps[0][0][0]
         for (_, s, axis), (qs, _) in zip(_steps(shape), steps[1:]):
@@ -295,7 +314,7 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
     )
     mode = per_sample(modes, shape)
     values = net.reshape(shape) if own is None else np.where(mode == MAP, own.reshape(shape), net.reshape(shape))
-    steps, decoded = quantise(values, mode, cell)
+    steps, decoded, cubic = quantise(values, mode, cell)
     all_q = np.concatenate([q for q, _ in steps])
     if all_q.size and int(np.abs(all_q).max()) >= TOP:
         return None
@@ -313,7 +332,7 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
     for n in shape:
         head += varint(n)
     head += varint(len(used)) + b"".join(varint(c) for c in used)
-    for part in (modes.astype(np.uint8).tobytes(), bytes(side)):
+    for part in (modes.astype(np.uint8).tobytes(), bytes(side), bytes(cubic)):
         packed = zstd.ZstdCompressor(level=19).compress(part)
         head += varint(len(packed)) + packed
     coder = constriction.stream.stack.AnsCoder()
@@ -349,7 +368,7 @@ def decode(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
         c, pos = read_varint(data, pos)
         used.append(c)
     parts = []
-    for limit in (block_count(shape), 1 << 26):
+    for limit in (block_count(shape), 1 << 26, 8 * 64):
         size, pos = read_varint(data, pos)
         parts.append(zstd.ZstdDecompressor().decompress(data[pos : pos + size], max_output_size=limit))
         pos += size
@@ -363,7 +382,7 @@ def decode(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
     require((len(data) - pos) % 4 == 0, "the residual's integers are truncated or damaged")
     coder = constriction.stream.stack.AnsCoder(np.frombuffer(data[pos:], "<u4").astype(np.uint32))
     mode = per_sample(modes, shape)
-    x = run(mode, cell, _reader(coder, models))
+    x = run(mode, cell, _reader(coder, models), cubic=[bool(b) for b in parts[2]])
     return x.reshape(-1), (mode == MAP).reshape(-1)
 
 
