@@ -220,11 +220,10 @@ def build_residual(
         cell = _cell(bound)
         own = bound.g(y)
         net = own - (bound.g(pred.astype(np.float64)) if bound.kind == "rel" else pred.astype(np.float64))
-        modes = context.choose(net, own, shape, cell)
-        done = context.encode(net, own, modes, shape, cell)
+        done = context.code(net, own, shape, cell)
         del net, own
         if done is not None:
-            coded, offset, k = done
+            coded, offset, k, modes = done
             lattice = context.lattice_mask(modes, shape)
             lattice = lattice if lattice.any() else None
             back = answer(pred, offset, bound, lattice)
