@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nir.errors import cli_errors, require
-from nir.settings import MIN_NETWORK_BYTES, NETWORK_RATIO, fit_overrides
+from nir.settings import MIN_NETWORK_BYTES, NETWORK_SHARE, fit_overrides
 
 
 def compress_main(argv: list[str] | None = None) -> None:
@@ -42,7 +42,7 @@ def compress_main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--ratio",
         type=float,
-        help=f"the network's budget as a compression ratio (under a bound, default: {NETWORK_RATIO}, at least {MIN_NETWORK_BYTES} bytes)",
+        help=f"the network's budget as a compression ratio (under a bound, default: {NETWORK_SHARE:.0%} of the bytes the bound needs without a network, at least {MIN_NETWORK_BYTES} bytes)",
     )
     ap.add_argument("--preset", help="the network: a model preset (default: model=auto's choice for the data)")
     ap.add_argument("--var", help="the variable of a NetCDF / HDF5 / Zarr file")
@@ -104,8 +104,7 @@ def compress(
     output = Path(output)
     require(output.suffix == ".nir", f"nir-compress writes a .nir file, got {str(output)!r}")
     bounded = rel is not None or abs_ is not None
-    values = _values(input, var) if bounded and ratio is None else 0
-    overrides = fit_overrides(values, rel, abs_, floor, ratio, preset, steps, quiet)
+    overrides = fit_overrides(rel, abs_, floor, ratio, preset, steps, quiet)
     overrides += [f"data.var={var}"] if var else []
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nir-compress-") as tmp:
@@ -120,15 +119,6 @@ def compress(
         + f", worst-decade median {m['worst_decade_median']:.3g}" * (m.get("worst_decade_median") is not None and not bounded)
         + f", {time.perf_counter() - t:.1f} s"
     )  # fmt: skip
-
-
-def _values(path: str | Path, var: str | None) -> int:
-    """The input's sample count (grid samples x channels), from the reader nir-train uses."""
-    from nir.config import build, compose_config
-
-    cfg, _ = compose_config(["data=array", f"data.path={path}", *([f"data.var={var}"] if var else [])])
-    signal = build(cfg.data, "data")
-    return signal.numel * signal.channels
 
 
 def info(path: str | Path) -> str:

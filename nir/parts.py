@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from nir.codec.budget import fit_to_budget
 from nir.config import build, compose_config, kwargs_of
 from nir.console import announce_signal, say
-from nir.errors import NirError
+from nir.errors import NirError, require
 from nir.settings import Job, Settings, resolve_precision, store_of
 
 if TYPE_CHECKING:
@@ -182,6 +182,9 @@ def build_parts(cfg: DictConfig, signal: Any = None, job: Job | None = None) -> 
     dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
     if cfg.model.get("bounds", "absent") is None:  # networks that cover a box (grids) get the signal's
         dims["bounds"] = [list(b) for b in signal.bounds]
+    shared = resolve_share(cfg, signal)
+    if shared:
+        say(shared)
     sized = fit_to_budget(
         cfg, signal, dims, store.dtype, lambda node, dtype: _candidate_bytes(cfg, node, dims, signal, store, dtype)
     )
@@ -216,6 +219,41 @@ def build_parts(cfg: DictConfig, signal: Any = None, job: Job | None = None) -> 
         stored=StoredTraining(store, int(trainer_cfg.max_steps), signal.numel * signal.channels, bound),
     )  # fmt: skip
     return Parts(signal, data, field, module, Settings(store, precision, bound, job or Job()), loss_option)
+
+
+def resolve_share(cfg: DictConfig, signal: Any) -> str | None:
+    """``size.share`` (under a bound): the network's budget as that share of the bytes the bound
+    needs without a network, estimated by the context coder on the signal's own map (seconds:
+    no training), at least :data:`nir.settings.MIN_NETWORK_BYTES`; set as ``size.bytes``. The
+    one line that says so (None without ``size.share``)."""
+    import numpy as np
+    from omegaconf import open_dict
+
+    from nir.codec import bound as bounds
+    from nir.codec import context
+    from nir.metrics import SignalStats
+    from nir.settings import MIN_NETWORK_BYTES
+
+    size = cfg.get("size") or {}
+    share = size.get("share")
+    if share is None:
+        return None
+    require(isinstance(share, (int, float)) and 0 < share < 1, f"size.share must be a number in (0, 1), got {share!r}")
+    require(size.get("bytes") is None and size.get("ratio") is None, "set one of size.bytes, size.ratio, size.share")
+    bound = bounds.bound_of(cfg.get("bound"), float(SignalStats.measure(signal).floor) or None)
+    require(
+        bound is not None, "size.share needs a bound (bound.rel or bound.abs): it is a share of what the bound costs"
+    )
+    y = signal.flat().double().numpy().reshape(-1)
+    own = bound.g(np.nan_to_num(y, nan=0.0))
+    shape = tuple(signal.shape) + ((signal.channels,) if signal.channels > 1 else ())
+    modes = np.full(context.block_count(shape), context.MAP, np.uint8)
+    coded = context.encode(own, own, modes, shape, 2 * bounds.MARGIN * bound.step)
+    estimate = len(coded[0]) if coded is not None else 4 * y.size
+    budget = max(MIN_NETWORK_BYTES, int(share * estimate))
+    with open_dict(cfg):
+        cfg.size.bytes, cfg.size.share = budget, None
+    return f"size: the bound needs about {estimate:,} bytes without a network -> network budget {budget:,} bytes ({share:g} of it, at least {MIN_NETWORK_BYTES:,}; size.share)"
 
 
 def steps_per_call(cfg: DictConfig) -> int:

@@ -81,9 +81,10 @@ def resolve_precision(precision: Any, accelerator: str) -> str:
 
 
 # ----------------------------------------------------------------------------- a compression's run
-#: the network's budget under a bound: the input's float32 bytes / NETWORK_RATIO, at least
-#: MIN_NETWORK_BYTES (the rule and what scripts/bench_bounded.py measured: docs/bounded.md)
-NETWORK_RATIO = 100
+#: the network's budget under a bound: this share of the bytes the bound needs without a network
+#: (the signal's own map through the context coder, estimated before training), at least
+#: MIN_NETWORK_BYTES (``size.share``; why: docs/bounded.md, "The network's size for a bound")
+NETWORK_SHARE = 0.01
 MIN_NETWORK_BYTES = 1000
 
 
@@ -93,7 +94,6 @@ LEAN = ["log.images=false", "log.tensorboard=false", "callbacks.checkpoint=null"
 
 
 def fit_overrides(
-    values: int,
     rel: float | None = None,
     abs_: float | None = None,
     floor: float | None = None,
@@ -103,8 +103,8 @@ def fit_overrides(
     quiet: bool = False,
 ) -> list[str]:
     """The ``nir.fit`` overrides of a compression (``nir-compress``, the chunk codec): the bound,
-    the network's budget (``ratio``, else :data:`NETWORK_RATIO` of the input's ``values`` under a
-    bound), the preset and steps; ``quiet``: no progress display."""
+    the network's budget (``ratio``, else :data:`NETWORK_SHARE` of what the bound costs without a
+    network), the preset and steps; ``quiet``: no progress display."""
     overrides = list(LEAN)
     overrides += [f"bound.rel={rel}"] if rel is not None else []
     overrides += [f"bound.abs={abs_}"] if abs_ is not None else []
@@ -112,7 +112,7 @@ def fit_overrides(
     if ratio is not None:
         overrides.append(f"size.ratio={ratio}")
     elif rel is not None or abs_ is not None:
-        overrides.append(f"size.bytes={max(MIN_NETWORK_BYTES, int(4 * values / NETWORK_RATIO))}")
+        overrides.append(f"size.share={NETWORK_SHARE}")
     overrides += [f"model={preset}"] if preset else []
     overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"] if steps else []
     overrides += ["trainer.enable_progress_bar=false"] if quiet else []

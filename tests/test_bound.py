@@ -316,3 +316,32 @@ def test_a_damaged_context_residual_is_one_line():
         with pytest.raises(NirError, match="residual") as e:
             B.decode(bad, y.size)
         assert "\n" not in str(e.value)
+
+
+def test_the_network_budget_under_a_bound_is_a_share_of_what_the_bound_costs(tmp_path):
+    """``size.share`` (nir-compress's default): the budget follows the bound's cost without a
+    network (a rough signal gets more than a smooth one of the same size, a looser bound less),
+    at least 1,000 bytes; without a bound, or outside (0, 1): one line."""
+    from nir.config import build, compose_config
+    from nir.parts import resolve_share
+
+    rng = np.random.default_rng(0)
+    smooth = np.exp(np.sin(np.linspace(0, 6, 96))[:, None] * np.cos(np.linspace(0, 4, 96))[None, :] * 4)
+    rough = np.exp(rng.normal(size=(96, 96)) * 2)
+    budgets = {}
+    for name, y, rel in (("smooth", smooth, 0.001), ("rough", rough, 0.001), ("rough_loose", rough, 0.1)):
+        np.save(tmp_path / f"{name}.npy", y.astype(np.float32))
+        cfg, _ = compose_config(
+            ["data=array", f"data.path={tmp_path / name}.npy", f"bound.rel={rel}", "size.share=0.5"]
+        )
+        line = resolve_share(cfg, build(cfg.data, "data"))
+        assert "without a network" in line and cfg.size.share is None
+        budgets[name] = cfg.size.bytes
+    assert budgets["rough"] > 2 * budgets["smooth"] >= 2000 and budgets["rough_loose"] < budgets["rough"] / 2
+    for overrides, message in (
+        (["size.share=0.5"], "needs a bound"),
+        (["bound.rel=0.01", "size.share=2"], "in \\(0, 1\\)"),
+    ):
+        cfg, _ = compose_config(["data=array", f"data.path={tmp_path / 'rough.npy'}", *overrides])
+        with pytest.raises(NirError, match=message):
+            resolve_share(cfg, build(cfg.data, "data"))

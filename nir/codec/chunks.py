@@ -152,9 +152,7 @@ def _train(arr: np.ndarray, codec: Nir) -> bytes:
     import nir
     from nir.settings import fit_overrides
 
-    overrides = fit_overrides(
-        arr.size, codec.rel, codec.abs, codec.floor, codec.ratio, codec.preset, codec.steps, quiet=True
-    )
+    overrides = fit_overrides(codec.rel, codec.abs, codec.floor, codec.ratio, codec.preset, codec.steps, quiet=True)
     with _TRAINING, tempfile.TemporaryDirectory(prefix="nir-chunk-") as tmp:
         path = Path(tmp) / "chunk.npy"
         np.save(path, arr)
