@@ -9,9 +9,10 @@ training framework (docs/bounded.md).
     nir-decompress OUT.nir BACK.npy               # the grid in the input's shape and dtype
 
 Compression is a ``nir-train`` run of the input (``data=array``: ``.npy``, ``.npz``, NetCDF,
-HDF5, Zarr) with ``bound.*`` and ``size.ratio`` set, in a temporary run directory; its
-``field.nir`` is the output. The network's size for a bound is :data:`~nir.settings.NETWORK_RATIO` of the
-input unless ``--ratio`` says otherwise (the rule and its measurement: docs/bounded.md).
+HDF5, Zarr) with ``bound.*`` and ``size.share`` (or ``size.ratio``) set, in a temporary run
+directory; its ``field.nir`` is the output. The network's size for a bound is
+:data:`~nir.settings.NETWORK_SHARE` of what the bound costs without a network unless ``--ratio``
+says otherwise (the rule and its measurement: docs/bounded.md).
 """
 
 from __future__ import annotations

@@ -225,8 +225,9 @@ class Field(nn.Module):
         :meth:`sample`'s rows): a numpy array ``(len(index), channels)``, at the training
         coordinates themselves, so a bounded field meets its bound there (in the source's
         dtype; float32 otherwise). What the xarray backend (:mod:`nir.backend`) and the Zarr
-        codec's partial decode read a selection with: only the asked samples are evaluated, and
-        only the stretches of the residual that hold them are decoded."""
+        codec's partial decode read a selection with: only the asked samples are evaluated (a
+        context-coded residual, since issue 37, is decoded whole; an older blocked one only in
+        the stretches that hold them)."""
         import numpy as np
 
         from nir.codec import bound

@@ -1,36 +1,35 @@
-"""A bounded residual's integers coded with context (issue 37; docs/bounded.md).
+"""A bounded residual coded with context (issue 37; docs/bounded.md).
 
 The grid is cut into blocks of about 4,096 samples (16^3 in 3-D, 64^2 in 2-D, 4,096 in 1-D).
-Each block codes one of two lattices, by the mode its cost estimate says is smallest:
+Each block codes one of two things, by its mode:
 
-- the network's residual ``k = round((g(y) - g(p)) / cell)`` (the decoder answers
-  ``g^-1(g(p) + cell k)``), as it is (:data:`RAW`) or after the interpolation predictor
-  (:data:`NET`);
-- the signal's own map on the lattice ``v = round(g(y) / cell)`` (the decoder answers
-  ``g^-1(cell v)``, without the network), after the interpolation predictor (:data:`MAP`).
+- the network's residual in the map, ``r = g(y) - g(p)``, as it is (:data:`RAW`: the integers
+  are ``round(r / cell)``) or after the interpolation predictor (:data:`NET`); the decoder
+  answers ``g^-1(g(p) + offset)``;
+- the signal's own map ``g(y)`` after the predictor, without the network (:data:`MAP`); the
+  decoder answers ``g^-1(offset)``.
 
-Either way the answer is within half a cell of ``g(y)`` in the map, so the bound holds. ``v``
-never rounds the network's answer: another machine's float32 evaluation cannot move it.
+**The predictor** is SZ3's interpolation run as a closed loop over the whole grid: the first
+sample is the anchor; then for strides ``s`` from the largest power of two below the longest
+axis down to 1, and for each axis in turn, the samples at odd multiples of ``s`` along it (at
+multiples of ``s`` on the axes before, of ``2s`` on those after) are predicted from the
+*decoded* ones at ``i +- s`` and ``i +- 3s`` that lie in the grid and in a block of the same kind
+(cubic, quadratic, linear or a copy, by which are there; each step cubic or linear, whichever
+codes smaller), and decode to ``prediction + cell * q`` with ``q = round((value - prediction) /
+cell)``: within half a cell of the value in every mode, so the bound holds. Float64 additions,
+multiplications and divisions by powers of two only, and comparisons for the contexts: every
+machine decodes the same bits. A :data:`RAW` block codes ``round(value / cell)``.
 
-**The predictor** is SZ3's interpolation, on integers, over the whole grid: the first sample is
-the anchor; then for strides ``s`` from the largest power of two below the longest axis down to
-1, and for each axis in turn, the samples at odd multiples of ``s`` along it (at multiples of
-``s`` on the axes before, of ``2s`` on those after) are predicted from the decoded ones at
-``i +- s`` and ``i +- 3s`` that lie in the grid and in a block of the same lattice (a network
-block's neighbours are network residuals, a map block's are map values): cubic where all four
-are there, quadratic where one outer one is missing, linear from the two inner ones, the line
-through two on one side extended, a copy of one, or nothing (0). Integer arithmetic (floor
-division), so both sides agree exactly and the transform is lossless; a :data:`RAW` block codes
-its integers without the prediction.
+**The context** of each coded integer comes from decoded samples only: the spread of its
+neighbours (predicted) or their magnitudes (raw) in log2 buckets of a quarter cell, the
+integers coded at its inner neighbours, the mode, and the finest stride or not. Each context
+(or, where few integers share it, its group) has a model chosen by its coded size: a quantised
+Laplace, its histogram, or its one value. One ANS stream (constriction): a read of part of the
+grid decodes all of it.
 
-**The context** of each coded integer comes from decoded neighbours only: for a predicted
-sample the difference of its inner neighbours (how fast the signal changes there), for a raw
-residual their magnitudes, in log2 buckets; apart by the block's mode and for the finest stride.
-Each context has its own model, chosen by its coded size: a quantised Laplace (support and
-scale), the context's histogram, or its one value. One ANS stream (constriction), so a read of
-part of the grid decodes it all.
-
-Nothing here knows a bound or a network: streams are integer arrays on a grid.
+:func:`code` chooses the modes (:func:`choose`'s estimate, or every block on the map, whichever
+codes smaller) and codes; :func:`decode` answers the offsets. Nothing here knows a network: the
+values are arrays on a grid.
 """
 
 from __future__ import annotations
