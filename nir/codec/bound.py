@@ -31,6 +31,8 @@ from nir.codec import context, ints
 from nir.codec.ints import RESIDUAL_CODERS, RESIDUAL_DECODERS
 from nir.errors import NirError, require
 
+#: samples per slice of the compression's final check
+CHECK = 1 << 20
 #: the residual coder id of :mod:`nir.codec.context` (ids 1-3: the plain integer coders of
 #: :mod:`nir.codec.ints`, what files before it hold, and what a residual too wide for it uses)
 CONTEXT = 4
@@ -213,7 +215,6 @@ def build_residual(
     nan = np.isnan(y)
     missing = np.flatnonzero(nan)
     y[nan] = 0.0
-    y_out = y.astype(dtype).astype(np.float64)  # the value the output dtype can hold
     offset = lattice = coded = None
     k = np.zeros(start, np.int64)
     if bound.kind != "none" and start:
@@ -226,22 +227,28 @@ def build_residual(
             coded, offset, k, modes = done
             lattice = context.lattice_mask(modes, shape)
             lattice = lattice if lattice.any() else None
-            back = answer(pred, offset, bound, lattice)
         else:  # too wide for the context coder: the plain integers
             k = quantize(pred, y, bound)
-            back = reconstruct(pred, k, bound)
-    else:
-        back = pred.astype(np.float64)
-    err = np.abs(back.astype(dtype).astype(np.float64) - y_out)
-    del back
-    allowed = bound.allowed(y_out)
-    bad = ~(err <= allowed) & ~nan
+    # the check, in slices (a 256^3 grid's float64 temporaries are 134 MB each)
+    bad, worst = np.zeros(start, bool), 0.0
+    for lo in range(0, start, CHECK):
+        sl = slice(lo, lo + CHECK)
+        if offset is not None:
+            back = answer(pred[sl], offset[sl], bound, None if lattice is None else lattice[sl])
+        else:
+            back = reconstruct(pred[sl], k[sl], bound) if bound.kind != "none" else pred[sl].astype(np.float64)
+        y_out = y[sl].astype(dtype).astype(np.float64)  # the value the output dtype can hold
+        err = np.abs(back.astype(dtype).astype(np.float64) - y_out)
+        allowed = bound.allowed(y_out)
+        bad[sl] = ~(err <= allowed) & ~nan[sl]
+        ok = ~bad[sl] & ~nan[sl]
+        if bound.kind != "none":
+            worst = max(worst, float((err[ok] / allowed[ok]).max(initial=0.0)))
     if offset is None:
         k[bad | nan] = 0
     idx = np.flatnonzero(bad)
-    ok = ~bad & ~nan
-    worst = float((err[ok] / allowed[ok]).max(initial=0.0)) if bound.kind != "none" else 0.0
-    return Residual(bound, dtype, k, idx, y_out[idx], missing, offset, lattice, coded), worst
+    y_out = y[idx].astype(dtype).astype(np.float64)
+    return Residual(bound, dtype, k, idx, y_out, missing, offset, lattice, coded), worst
 
 
 def apply(pred: np.ndarray, residual: Residual, index: np.ndarray | None = None) -> np.ndarray:

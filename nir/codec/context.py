@@ -161,15 +161,16 @@ def _context(activity: np.ndarray, cell: float, level: int, mode: np.ndarray, co
     coded at the two inner neighbours)."""
     bucket = np.searchsorted(EDGES * cell, activity, side="right")
     near = np.minimum(coded, 3) - (coded >= 2)  # 0 -> 0, 1-2 -> 1, 3+ -> 2
-    return 1 + ((mode.astype(np.int64) * 2 + (level > 0)) * BUCKETS + bucket) * Q_BUCKETS + near
+    return (1 + ((mode.astype(np.int64) * 2 + (level > 0)) * BUCKETS + bucket) * Q_BUCKETS + near).astype(np.uint8)
 
 
 def _coded_near(q: np.ndarray, s: int) -> np.ndarray:
-    """``|q|`` at ``i - s`` plus at ``i + s`` (where inside) for the targets on the last axis."""
+    """``min(|q|, 3)`` at ``i - s`` plus at ``i + s`` (where inside) for the targets on the last
+    axis (``q``: those magnitudes already)."""
     n = q.shape[-1]
     t = np.arange(s, n, 2 * s)
     right = np.where(t + s < n, t + s, t - s)
-    return np.abs(q[..., t - s]) + np.where(t + s < n, np.abs(q[..., right]), 0)
+    return q[..., t - s].astype(np.int64) + np.where(t + s < n, q[..., right], 0)
 
 
 def run(
@@ -186,10 +187,11 @@ def run(
     x = np.zeros(mode.shape, np.float64)
     origin = (0,) * x.ndim
     want = None if values is None else values[origin].reshape(1)
-    x[origin] = cell * step(np.zeros(1, np.int64), want)[0]
+    first = int(step(np.zeros(1, np.uint8), want)[0])
+    x[origin] = cell * first
     cubic = [] if cubic is None else cubic
-    coded = np.zeros(mode.shape, np.int64)  # each decoded sample's integer (the contexts' second half)
-    coded[origin] = np.rint(x[origin] / cell)
+    coded = np.zeros(mode.shape, np.uint8)  # min(|q|, 3) of each decoded sample (the contexts' second half)
+    coded[origin] = min(abs(first), 3)
     for i, (level, s, axis) in enumerate(_steps(x.shape)):
         v, m, cv = _view(x, s, axis), _view(mode, s, axis), _view(coded, s, axis)
         if values is not None:
@@ -208,7 +210,7 @@ def run(
         want = None if values is None else (target - pred).reshape(-1)
         q = step(ctx.reshape(-1), want).reshape(pred.shape)
         v[..., s :: 2 * s] = pred + cell * q
-        cv[..., s :: 2 * s] = q
+        cv[..., s :: 2 * s] = np.minimum(np.abs(q), 3)
     return x
 
 
@@ -221,7 +223,7 @@ def quantise(
     steps, cubic = [], []
 
     def step(ctx: np.ndarray, residual: np.ndarray) -> np.ndarray:
-        q = np.rint(residual / cell).astype(np.int64)
+        q = np.clip(np.rint(residual / cell), -TOP, TOP).astype(np.int32)  # TOP: too wide (the caller refuses)
         steps.append((q, ctx))
         return q
 
@@ -240,14 +242,19 @@ def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: 
         if x is None:
             continue
         steps, _, _ = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell)
-        q = np.zeros(shape, np.int64)
+        q = np.zeros(shape, np.int32)
         q[(0,) * len(shape)] = steps[0][0][0]
         for (_, s, axis), (qs, _) in zip(_steps(shape), steps[1:]):
             target = _view(q, s, axis)[..., s :: 2 * s]
             target[...] = qs.reshape(target.shape)
-        values, inverse, counts = np.unique(q, return_inverse=True, return_counts=True)
-        bits = -np.log2(counts / q.size)[inverse.reshape(shape)]  # each integer's cost under its mode's histogram
-        costs.append(per_block_sum(bits, shape))
+        del steps
+        low = int(q.min())
+        counts = np.bincount((q - low).reshape(-1))
+        bits = (-np.log2(np.maximum(counts, 1) / q.size)).astype(
+            np.float32
+        )  # each integer's cost under its mode's histogram
+        costs.append(per_block_sum(bits[q - low], shape))
+        del q
     costs = np.stack(costs)
     if own is not None:  # a block leaves the map only for a clear gain: the edges between kinds cost too
         costs[:-1] += LEAVE * costs[-1]
