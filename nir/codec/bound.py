@@ -199,17 +199,26 @@ def build_residual(
     or the signal's own map, whichever is cheaper (:mod:`nir.codec.context`)."""
     require(dtype in DTYPES, f"bounded output dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     preds, ys, start = [], [], 0
+    whole = (np.empty(n, np.float32), np.empty(n, np.float64)) if n is not None else None  # no join's copy
     for pred, y in chunks:
         y = np.asarray(y, np.float64).reshape(-1)
         nan = np.isnan(y)
         require(np.isfinite(y[~nan]).all(), "a bound needs finite values: the signal has infinite samples")
-        preds.append(np.asarray(pred, np.float32).reshape(-1))
-        ys.append(y)
+        pred = np.asarray(pred, np.float32).reshape(-1)
+        if whole is not None:
+            require(start + y.size <= n, f"the residual covers more than {n} samples")
+            whole[0][start : start + y.size], whole[1][start : start + y.size] = pred, y
+        else:
+            preds.append(pred)
+            ys.append(y)
         start += y.size
     require(n is None or start == n, f"the residual covers {start} samples, expected {n}")
-    pred = np.concatenate(preds) if preds else np.zeros(0, np.float32)
-    y = np.concatenate(ys) if ys else np.zeros(0)
-    del preds, ys
+    if whole is not None:
+        pred, y = whole
+    else:
+        pred = np.concatenate(preds) if preds else np.zeros(0, np.float32)
+        y = np.concatenate(ys) if ys else np.zeros(0)
+    del preds, ys, whole
     shape = tuple(shape) if shape is not None else (start,)
     require(math.prod(shape) == start, f"the grid {shape} holds {math.prod(shape)} samples, the residual {start}")
     nan = np.isnan(y)

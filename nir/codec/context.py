@@ -194,24 +194,35 @@ def run(
     coded[origin] = min(abs(first), 3)
     for i, (level, s, axis) in enumerate(_steps(x.shape)):
         v, m, cv = _view(x, s, axis), _view(mode, s, axis), _view(coded, s, axis)
-        if values is not None:
-            target = _view(values, s, axis)[..., s :: 2 * s]
-            options = []
-            for kind in (True, False):
-                pred, act = _predict(v, m, s, kind)
-                q = np.rint((target - pred) / cell)
-                options.append((float(np.log2(1 + 2 * np.abs(q)).sum()), not kind, kind, pred, act))
-            _, _, kind, pred, act = min(options, key=lambda o: o[:2])
-            cubic.append(kind)
-        else:
-            require(i < len(cubic), "the residual's interpolation choices are damaged")
-            pred, act = _predict(v, m, s, cubic[i])
-        ctx = _context(act, cell, level, m[..., s :: 2 * s], _coded_near(cv, s))
+        target = None if values is None else _view(values, s, axis)[..., s :: 2 * s]
+        parts = _slices(v.shape)
+        if values is not None:  # the encoder: cubic or linear, whichever codes the step smaller
+            costs = [0.0, 0.0]
+            for sl in parts:
+                for j, kind in enumerate((True, False)):
+                    pred, _ = _predict(v[sl], m[sl], s, kind)
+                    costs[j] += float(np.log2(1 + 2 * np.abs(np.rint((target[sl] - pred) / cell))).sum())
+            cubic.append(costs[0] <= costs[1])
+        require(i < len(cubic), "the residual's interpolation choices are damaged")
+        pred = np.empty(m[..., s :: 2 * s].shape)
+        ctx = np.empty(pred.shape, np.uint8)
+        for sl in parts:
+            pred[sl], act = _predict(v[sl], m[sl], s, cubic[i])
+            ctx[sl] = _context(act, cell, level, m[sl][..., s :: 2 * s], _coded_near(cv[sl], s))
         want = None if values is None else (target - pred).reshape(-1)
         q = step(ctx.reshape(-1), want).reshape(pred.shape)
         v[..., s :: 2 * s] = pred + cell * q
         cv[..., s :: 2 * s] = np.minimum(np.abs(q), 3)
     return x
+
+
+def _slices(shape: Sequence[int], limit: int = 1 << 19) -> list[tuple]:
+    """A step's view in slices of its first axis of about ``limit`` samples each (the
+    predictor's temporaries stay small; a 1-D view is one slice)."""
+    if len(shape) < 2:
+        return [(...,)]
+    per = max(1, limit // max(math.prod(shape[1:]), 1))
+    return [(slice(lo, lo + per),) for lo in range(0, shape[0], per)]
 
 
 def quantise(
