@@ -267,16 +267,16 @@ def test_the_context_coder_decodes_what_the_encoder_answers_bit_for_bit(shape):
         own = np.cumsum(rng.normal(size=n)) if name == "random" else net * 2
         modes = _modes(shape, n)
         data, offset, q = context.encode(net, own, modes, shape, cell)
-        back, lattice = context.decode(data, n)
+        back, on_map = context.decode(data, n)
         assert np.array_equal(back, offset), name
-        assert np.array_equal(lattice, context.lattice_mask(modes, shape)), name
-        target = np.where(lattice, own, net)
+        assert np.array_equal(on_map, context.map_mask(modes, shape)), name
+        target = np.where(on_map, own, net)
         assert np.abs(back - target).max() <= cell / 2 * (1 + 1e-12), name
         if name == "zeros":
             assert not q.any() and len(data) < 100 + context.block_count(shape), len(data)  # next to nothing
 
 
-def test_blocks_choose_the_cheaper_lattice():
+def test_blocks_choose_the_cheaper_kind():
     """Where the network is exact the block codes its (zero) residual; where it is wild, the
     signal's own map; a smooth signal without a network: the map after the predictor."""
     from nir.codec import context
@@ -301,7 +301,7 @@ def test_zeros_the_network_misses_cost_next_to_nothing():
     residual, _ = B.build_residual([(pred.reshape(-1), y.reshape(-1))], bound, shape=y.shape)
     data = B.encode(residual)
     plain = len(B.code_ints(B.quantize(pred.reshape(-1), y.reshape(-1), bound)))
-    assert residual.lattice[: 48 * 96].all()  # the zero half: the map's lattice, not the network
+    assert residual.on_map[: 48 * 96].all()  # the zero half: the map, not the network
     assert len(data) < plain / 2, (len(data), plain)
     ok, _ = _check(y, B.apply(pred, B.decode(data, y.size)), bound)
     assert ok

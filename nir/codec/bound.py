@@ -124,13 +124,13 @@ def reconstruct(pred: np.ndarray, k: np.ndarray, bound: Bound) -> np.ndarray:
     return answer(pred, _cell(bound) * k, bound)
 
 
-def answer(pred: np.ndarray, offset: np.ndarray, bound: Bound, lattice: np.ndarray | None = None) -> np.ndarray:
-    """``g^-1(g(pred) + offset)`` in float64; where ``lattice`` is set the offset is the map
+def answer(pred: np.ndarray, offset: np.ndarray, bound: Bound, on_map: np.ndarray | None = None) -> np.ndarray:
+    """``g^-1(g(pred) + offset)`` in float64; where ``on_map`` is set the offset is the map
     itself: ``g^-1(offset)``, no network."""
     base = pred.astype(np.float64)
     base = base if bound.kind != "rel" else bound.g(base)
-    if lattice is not None:
-        base = np.where(lattice, 0.0, base)
+    if on_map is not None:
+        base = np.where(on_map, 0.0, base)
     z = base + offset
     return z if bound.kind != "rel" else bound.g_inv(z)
 
@@ -151,7 +151,7 @@ class Residual:
 
     Coded with context (:mod:`nir.codec.context`, every bounded residual since issue 37): ``k``
     the coded integers, ``offset`` the decoded offsets in the map (float64 per sample, what the
-    answer adds to ``g(pred)``), ``lattice`` per sample where the offset is the map itself (a
+    answer adds to ``g(pred)``), ``on_map`` per sample where the offset is the map itself (a
     block coded without the network; None: nowhere) and ``coded`` the context coder's bytes.
     Otherwise (files before it): ``offset`` None, the answer adds ``cell * k``."""
 
@@ -162,7 +162,7 @@ class Residual:
     values: np.ndarray
     missing: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     offset: np.ndarray | None = None
-    lattice: np.ndarray | None = None
+    on_map: np.ndarray | None = None
     coded: bytes | None = None
 
     @property
@@ -172,7 +172,7 @@ class Residual:
         if self.exceptions.size:
             return False
         if self.offset is not None:
-            return not self.offset.any() and (self.lattice is None or not self.lattice.any())
+            return not self.offset.any() and (self.on_map is None or not self.on_map.any())
         return not self.k.any()
 
     def part(self, start: int, stop: int) -> Residual:
@@ -184,7 +184,7 @@ class Residual:
         cut = lambda a: None if a is None else a[start:stop]  # noqa: E731
         return Residual(self.bound, self.dtype, self.k[start:stop] if self.k.size else self.k,
                         self.exceptions[inside(self.exceptions)] - start, self.values[inside(self.exceptions)],
-                        self.missing[inside(self.missing)] - start, cut(self.offset), cut(self.lattice))  # fmt: skip
+                        self.missing[inside(self.missing)] - start, cut(self.offset), cut(self.on_map))  # fmt: skip
 
 
 def build_residual(
@@ -224,7 +224,7 @@ def build_residual(
     nan = np.isnan(y)
     missing = np.flatnonzero(nan)
     y[nan] = 0.0
-    offset = lattice = coded = None
+    offset = on_map = coded = None
     k = np.zeros(start, np.int64)
     if bound.kind != "none" and start:
         cell = _cell(bound)
@@ -234,8 +234,8 @@ def build_residual(
         del net, own
         if done is not None:
             coded, offset, k, modes = done
-            lattice = context.lattice_mask(modes, shape)
-            lattice = lattice if lattice.any() else None
+            on_map = context.map_mask(modes, shape)
+            on_map = on_map if on_map.any() else None
         else:  # too wide for the context coder: the plain integers
             k = quantize(pred, y, bound)
     # the check, in slices (a 256^3 grid's float64 temporaries are 134 MB each)
@@ -243,7 +243,7 @@ def build_residual(
     for lo in range(0, start, CHECK):
         sl = slice(lo, lo + CHECK)
         if offset is not None:
-            back = answer(pred[sl], offset[sl], bound, None if lattice is None else lattice[sl])
+            back = answer(pred[sl], offset[sl], bound, None if on_map is None else on_map[sl])
         else:
             back = reconstruct(pred[sl], k[sl], bound) if bound.kind != "none" else pred[sl].astype(np.float64)
         y_out = y[sl].astype(dtype).astype(np.float64)  # the value the output dtype can hold
@@ -257,7 +257,7 @@ def build_residual(
         k[bad | nan] = 0
     idx = np.flatnonzero(bad)
     y_out = y[idx].astype(dtype).astype(np.float64)
-    return Residual(bound, dtype, k, idx, y_out, missing, offset, lattice, coded), worst
+    return Residual(bound, dtype, k, idx, y_out, missing, offset, on_map, coded), worst
 
 
 def apply(pred: np.ndarray, residual: Residual, index: np.ndarray | None = None) -> np.ndarray:
@@ -267,8 +267,8 @@ def apply(pred: np.ndarray, residual: Residual, index: np.ndarray | None = None)
     pred = np.asarray(pred).reshape(-1)
     pick = (lambda a: a) if index is None else (lambda a: a[index])
     if residual.offset is not None:
-        lattice = None if residual.lattice is None else pick(residual.lattice)
-        out = answer(pred, pick(residual.offset), residual.bound, lattice).astype(residual.dtype)
+        on_map = None if residual.on_map is None else pick(residual.on_map)
+        out = answer(pred, pick(residual.offset), residual.bound, on_map).astype(residual.dtype)
     else:
         out = reconstruct(pred, pick(residual.k), residual.bound).astype(residual.dtype)
     for where, value in ((residual.exceptions, residual.values), (residual.missing, np.nan)):
@@ -365,13 +365,13 @@ def decode(data: bytes, n: int, wanted: np.ndarray | None = None) -> Residual:
         pos += 8 * nexc
         if data[pos] == CONTEXT:
             try:
-                offset, lattice = context.decode(data[pos + 1 :], n)
+                offset, on_map = context.decode(data[pos + 1 :], n)
             except NirError as e:  # a varint's "truncated header" says too little here
                 raise NirError(
                     str(e) if "residual" in str(e) else f"the residual is damaged ({e}); compress again"
                 ) from None
             return Residual(bound, DTYPES[dt], np.zeros(0, np.int64), exc, values, missing, offset,
-                            lattice if lattice.any() else None)  # fmt: skip
+                            on_map if on_map.any() else None)  # fmt: skip
         k = decode_ints(data[pos:], n, wanted)
     except NirError:
         raise

@@ -53,9 +53,9 @@ BLOCK_SAMPLES = 4096
 LEAVE = 0.1
 #: log2 buckets of a neighbour activity
 BUCKETS = 12
-#: contexts: the anchor, then (mode, finest stride or not, bucket)
 #: buckets of the coded integers' magnitudes at the inner neighbours: 0, 1-2, 3 or more
 Q_BUCKETS = 3
+#: contexts: the anchor, then (mode, finest stride or not, activity bucket, neighbour bucket)
 N_CONTEXTS = 1 + len(MODES) * 2 * BUCKETS * Q_BUCKETS
 #: a (mode, stride, activity) group with fewer integers than this shares one model over its
 #: neighbour buckets (a model's bytes would cost more than the split saves)
@@ -95,8 +95,8 @@ def per_block_sum(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return split.sum(axis=tuple(range(1, 2 * len(shape), 2))).reshape(-1)
 
 
-def lattice_mask(modes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Per sample (flat), whether its block codes the map's lattice (no network)."""
+def map_mask(modes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Per sample (flat), whether its block codes the signal's map (no network)."""
     return (per_sample(modes, shape) == MAP).reshape(-1)
 
 
@@ -121,7 +121,7 @@ def _view(x: np.ndarray, s: int, axis: int) -> np.ndarray:
 
 def _predict(v: np.ndarray, mode: np.ndarray, s: int, cubic: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The prediction at odd multiples of ``s`` on the last axis of ``v`` (the values decoded up
-    to this step) from its neighbours in blocks of the same lattice (``mode``: each sample's
+    to this step) from its neighbours in blocks of the same kind (``mode``: each sample's
     block mode, same shape), and each target's activity (its context, in ``v``'s units).
     Float64 additions, multiplications and divisions by powers of two only: every machine
     computes the same bits."""
@@ -347,7 +347,7 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
     """The residual coded with context: ``net`` (flat) the network's residual in the map,
     ``own`` the signal's map (None: every block is the network's), ``modes`` per block, ``cell``
     the quantisation step. Returns the bytes, the decoded offsets (flat: what :func:`decode`
-    will answer, to add to ``g(pred)`` where the lattice mask is False and to 0 where it is
+    will answer, to add to ``g(pred)`` where the map mask is False and to 0 where it is
     True) and the coded integers; None where an integer reaches :data:`TOP`."""
     import constriction
     import zstandard as zstd
@@ -418,7 +418,7 @@ def code(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: fl
 
 
 def decode(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The decoded offsets (flat, float64) and the lattice mask (per sample: True where the
+    """The decoded offsets (flat, float64) and the map mask (per sample: True where the
     offset is the map itself, no network) from :func:`encode`'s bytes; a grid of ``n`` samples."""
     import constriction
     import zstandard as zstd
