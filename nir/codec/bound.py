@@ -198,27 +198,8 @@ def build_residual(
     sample from its decoded neighbours on it, and each block of it codes the network's residual
     or the signal's own map, whichever is cheaper (:mod:`nir.codec.context`)."""
     require(dtype in DTYPES, f"bounded output dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    preds, ys, start = [], [], 0
-    whole = (np.empty(n, np.float32), np.empty(n, np.float64)) if n is not None else None  # no join's copy
-    for pred, y in chunks:
-        y = np.asarray(y, np.float64).reshape(-1)
-        nan = np.isnan(y)
-        require(np.isfinite(y[~nan]).all(), "a bound needs finite values: the signal has infinite samples")
-        pred = np.asarray(pred, np.float32).reshape(-1)
-        if whole is not None:
-            require(start + y.size <= n, f"the residual covers more than {n} samples")
-            whole[0][start : start + y.size], whole[1][start : start + y.size] = pred, y
-        else:
-            preds.append(pred)
-            ys.append(y)
-        start += y.size
-    require(n is None or start == n, f"the residual covers {start} samples, expected {n}")
-    if whole is not None:
-        pred, y = whole
-    else:
-        pred = np.concatenate(preds) if preds else np.zeros(0, np.float32)
-        y = np.concatenate(ys) if ys else np.zeros(0)
-    del preds, ys, whole
+    pred, y = _gather(chunks, n)
+    start = y.size
     shape = tuple(shape) if shape is not None else (start,)
     require(math.prod(shape) == start, f"the grid {shape} holds {math.prod(shape)} samples, the residual {start}")
     nan = np.isnan(y)
@@ -238,9 +219,43 @@ def build_residual(
             on_map = on_map if on_map.any() else None
         else:  # too wide for the context coder: the plain integers
             k = quantize(pred, y, bound)
-    # the check, in slices (a 256^3 grid's float64 temporaries are 134 MB each)
-    bad, worst = np.zeros(start, bool), 0.0
-    for lo in range(0, start, CHECK):
+    bad, worst = _check(pred, y, nan, bound, dtype, k, offset, on_map)
+    if offset is None:
+        k[bad | nan] = 0
+    idx = np.flatnonzero(bad)
+    y_out = y[idx].astype(dtype).astype(np.float64)
+    return Residual(bound, dtype, k, idx, y_out, missing, offset, on_map, coded), worst
+
+
+def _gather(chunks, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The network's answers (float32) and the signal (float64) of ``chunks`` as two flat arrays,
+    written into place when the count ``n`` is known (no join's copy); infinite values: one line."""
+    preds, ys, start = [], [], 0
+    whole = (np.empty(n, np.float32), np.empty(n, np.float64)) if n is not None else None
+    for pred, y in chunks:
+        y = np.asarray(y, np.float64).reshape(-1)
+        nan = np.isnan(y)
+        require(np.isfinite(y[~nan]).all(), "a bound needs finite values: the signal has infinite samples")
+        pred = np.asarray(pred, np.float32).reshape(-1)
+        if whole is not None:
+            require(start + y.size <= n, f"the residual covers more than {n} samples")
+            whole[0][start : start + y.size], whole[1][start : start + y.size] = pred, y
+        else:
+            preds.append(pred)
+            ys.append(y)
+        start += y.size
+    require(n is None or start == n, f"the residual covers {start} samples, expected {n}")
+    if whole is not None:
+        return whole
+    return (np.concatenate(preds) if preds else np.zeros(0, np.float32)), (np.concatenate(ys) if ys else np.zeros(0))
+
+
+def _check(pred, y, nan, bound: Bound, dtype: str, k, offset, on_map) -> tuple[np.ndarray, float]:
+    """Every sample's bounded answer against the signal in the output ``dtype``, in slices of
+    :data:`CHECK` (a 256^3 grid's float64 temporaries are 134 MB each): which miss the bound, and
+    the largest error relative to its allowance among the others."""
+    bad, worst = np.zeros(y.size, bool), 0.0
+    for lo in range(0, y.size, CHECK):
         sl = slice(lo, lo + CHECK)
         if offset is not None:
             back = answer(pred[sl], offset[sl], bound, None if on_map is None else on_map[sl])
@@ -253,11 +268,7 @@ def build_residual(
         ok = ~bad[sl] & ~nan[sl]
         if bound.kind != "none":
             worst = max(worst, float((err[ok] / allowed[ok]).max(initial=0.0)))
-    if offset is None:
-        k[bad | nan] = 0
-    idx = np.flatnonzero(bad)
-    y_out = y[idx].astype(dtype).astype(np.float64)
-    return Residual(bound, dtype, k, idx, y_out, missing, offset, on_map, coded), worst
+    return bad, worst
 
 
 def apply(pred: np.ndarray, residual: Residual, index: np.ndarray | None = None) -> np.ndarray:
