@@ -357,7 +357,12 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
         math.prod(shape) == net.size and modes.size == block_count(shape), "the context coder needs the grid's shape"
     )
     mode = per_sample(modes, shape)
-    values = net.reshape(shape) if own is None else np.where(mode == MAP, own.reshape(shape), net.reshape(shape))
+    if own is None or not (modes == MAP).any():
+        values = net.reshape(shape)
+    elif (modes == MAP).all():  # the common case: no copy
+        values = own.reshape(shape)
+    else:
+        values = np.where(mode == MAP, own.reshape(shape), net.reshape(shape))
     steps, decoded, cubic = quantise(values, mode, cell)
     all_q = np.concatenate([q for q, _ in steps])
     if all_q.size and int(np.abs(all_q).max()) >= TOP:
