@@ -149,7 +149,8 @@ class Residual:
     and their exact values) where the quantised value missed the bound, and the missing samples
     (flat indices where the signal was NaN: NaN again in the bounded answer).
 
-    Coded with context (:mod:`nir.codec.context`, every bounded residual since issue 37): ``k``
+    Coded with context (:mod:`nir.codec.context`, every bounded residual since issue 37 whose
+    integers stay below its limit): ``k``
     the coded integers, ``offset`` the decoded offsets in the map (float64 per sample, what the
     answer adds to ``g(pred)``), ``on_map`` per sample where the offset is the map itself (a
     block coded without the network; None: nowhere) and ``coded`` the context coder's bytes.

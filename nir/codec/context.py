@@ -128,13 +128,13 @@ def _predict(v: np.ndarray, mode: np.ndarray, s: int, cubic: bool = True) -> tup
     n = v.shape[-1]
     t = np.arange(s, n, 2 * s)
     m = mode[..., t]
-    lat = m == MAP
+    on_map = m == MAP
 
     def near(offset: int) -> tuple[np.ndarray, np.ndarray]:
         i = t + offset
         inside = (i >= 0) & (i < n)
         j = np.where(inside, i, t - s)
-        return v[..., j], inside & ((mode[..., j] == MAP) == lat)
+        return v[..., j], inside & ((mode[..., j] == MAP) == on_map)
 
     (a, ha), (b, hb), (c, hc), (d, hd) = near(-3 * s), near(-s), near(s), near(3 * s)
     if not cubic:  # the step's linear interpolation (SZ3's other choice): the inner neighbours only
@@ -243,10 +243,10 @@ def quantise(
 
 # ----------------------------------------------------------------------------- choosing modes
 def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: float) -> np.ndarray:
-    """Each block's mode (:data:`MODES`, blocks in C order) by an estimate of its coded size,
-    ``sum log2(1 + 2 |q|)`` over its integers, each mode's integers found as if the whole grid
-    had that mode: ``net`` the network's residual in the map, ``own`` the signal's map (None:
-    no map to code)."""
+    """Each block's mode (:data:`MODES`, blocks in C order) by an estimate of its coded size:
+    the bits of its integers under that mode's histogram, each mode's integers found as if the
+    whole grid had that mode, the network's modes charged :data:`LEAVE` of the map's cost;
+    ``net`` the network's residual in the map, ``own`` the signal's map (None: no map to code)."""
     shape = tuple(shape)
     costs = []
     for x, mode in ((net, RAW), (net, NET), (own, MAP)):
@@ -261,9 +261,7 @@ def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: 
         del steps
         low = int(q.min())
         counts = np.bincount((q - low).reshape(-1))
-        bits = (-np.log2(np.maximum(counts, 1) / q.size)).astype(
-            np.float32
-        )  # each integer's cost under its mode's histogram
+        bits = (-np.log2(np.maximum(counts, 1) / q.size)).astype(np.float32)  # an integer's cost, by value
         costs.append(per_block_sum(bits[q - low], shape))
         del q
     costs = np.stack(costs)
