@@ -1,6 +1,6 @@
 """nir: neural implicit representations (neural fields) for images and long-tailed fields.
 
-The public names load on first use (PEP 562), so ``import nir.config`` or ``nir-train --help``
+The public names load on first use (PEP 562), so ``import nir.run.config`` or ``nir-train --help``
 costs what those need, not torch and torchmetrics (about 5 s per process on a 2-core machine).
 """
 
@@ -11,20 +11,20 @@ from typing import TYPE_CHECKING, Any
 from nir.errors import NirError
 
 if TYPE_CHECKING:
-    from nir.field import Field, load_field
-    from nir.metrics import score
-    from nir.readers import read_array, read_image
-    from nir.signal import Grid, Signal
+    from nir.data.readers import read_array, read_image
+    from nir.data.signal import Grid, Signal
+    from nir.reuse.field import Field, load_field
+    from nir.training.metrics import score
 
 #: public name -> the module that defines it
 _LAZY = {
-    "Field": "nir.field",
-    "load_field": "nir.field",
-    "score": "nir.metrics",
-    "read_array": "nir.readers",
-    "read_image": "nir.readers",
-    "Grid": "nir.signal",
-    "Signal": "nir.signal",
+    "Field": "nir.reuse.field",
+    "load_field": "nir.reuse.field",
+    "score": "nir.training.metrics",
+    "read_array": "nir.data.readers",
+    "read_image": "nir.data.readers",
+    "Grid": "nir.data.signal",
+    "Signal": "nir.data.signal",
 }
 
 
@@ -39,16 +39,11 @@ def __getattr__(name: str) -> Any:
 
 
 def fit(*args, **kwargs):
-    """Train a field from Python; see :func:`nir.run.fit`."""
-    import warnings
+    """Train a field from Python with nir-train's configs; see :func:`nir.run.run.fit`."""
+    from nir.run import fit as _fit
 
-    with warnings.catch_warnings():  # the filters as found, those of the libraries' first imports included
-        from nir.run import fit as _fit
+    return _fit(*args, **kwargs)
 
-        return _fit(*args, **kwargs)
-
-
-fit.__doc__ = "Train a field from Python with nir-train's configs; see nir.run.fit."
 
 __all__ = ["Field", "Grid", "NirError", "Signal", "fit", "load_field", "read_array", "read_image", "score"]
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
-"""The one decade rule of the per-magnitude metric (:class:`nir.metrics.MagnitudeBins`) and the
-decade sampler (:mod:`nir.samplers.decades`): a sample is drawn in the decade it is scored in.
+"""The one decade rule of the per-magnitude metric (:class:`nir.training.metrics.MagnitudeBins`) and the
+decade sampler (:mod:`nir.data.samplers.decades`): a sample is drawn in the decade it is scored in.
 Plain torch, so a sampler needs no metrics library."""
 
 from __future__ import annotations

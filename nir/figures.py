@@ -1,7 +1,7 @@
 """The figures nir draws of a field being trained (matplotlib, headless): the reconstruction
 (images; 1-D profiles on a log axis; 3-D and 4-D central slices with exact maximum-intensity
 projections), the error map, and the per-decade quantiles. Pure drawing: the callbacks that log
-them to TensorBoard are in :mod:`nir.callbacks`; ``pl_module`` is a :class:`nir.module.FieldModule`."""
+them to TensorBoard are in :mod:`nir.training.callbacks`; ``pl_module`` is a :class:`nir.training.module.FieldModule`."""
 
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nir.allocator import tune_allocator
-from nir.benchmark import (
+from nir.fields import Siren
+from nir.interop.benchmark import (
     DEVICE_OVERRIDES,
     PlainLoop,
     cameraman256,
@@ -44,7 +45,6 @@ from nir.benchmark import (
     sync,
     write_section,
 )
-from nir.fields import Siren
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 
@@ -262,7 +262,7 @@ def main() -> None:
             "i.e. without host work per step: " + ", ".join(f"{p} {v}" for p, v in graphed.items()) + "."
         )
     out("")
-    from nir.config import compose_config
+    from nir.run.config import compose_config
 
     default = compose_config(DEVICE_OVERRIDES)[0]
     out(

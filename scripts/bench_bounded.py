@@ -4,7 +4,7 @@
 For each dataset and relative bound eps (0.1 %, 1 %, 10 %):
 
 - nir: ``nir-compress IN OUT --rel eps`` (the preset's network under the size rule of
-  nir/compress.py, plus the coded residual);
+  nir/interop/compress.py, plus the coded residual);
 - SZ3 (``pysz``): absolute bound ``log10(1 + eps)`` on log10 of the data, the same guarantee
   (|log10 y' - log10 y| <= log10(1 + eps) gives |y' - y| <= eps |y|);
 - ZFP (``zfpy``): fixed accuracy with the same tolerance on log10 of the data.
@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from nir.benchmark import bounded_row as nir_row
-from nir.benchmark import max_rel, signal_of, write_section
-from nir.metrics import SignalStats
+from nir.interop.benchmark import bounded_row as nir_row
+from nir.interop.benchmark import max_rel, signal_of, write_section
+from nir.training.metrics import SignalStats
 
 DATA = ["lognormal3d", "sources3d", "peaks1d", "lognormal3d:n=128", "sources3d:n=128"]
 BOUNDS = [0.001, 0.01, 0.1]

@@ -25,10 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nir.benchmark import REAL_FIELDS as FIELDS
-from nir.benchmark import bounded_row as nir_row
-from nir.benchmark import write_section
 from nir.codec.bound import Bound
+from nir.interop.benchmark import REAL_FIELDS as FIELDS
+from nir.interop.benchmark import bounded_row as nir_row
+from nir.interop.benchmark import write_section
 
 ANCHORS = ("SZ3", "SPERR", "EBCC")
 

@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 
 import nir
-from nir.benchmark import data_overrides, signal_of, write_section
-from nir.metrics import SignalStats
+from nir.interop.benchmark import data_overrides, signal_of, write_section
+from nir.training.metrics import SignalStats
 
 #: nir's setup per dataset: the preset as it ships (its defaults are nir's best), under the budget
 NIR = {"lognormal3d": [], "sources3d": [], "lognormal3d:n=128": [], "sources3d:n=128": [], "peaks1d": []}

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nir
-from nir.benchmark import write_section
 from nir.codec import ints, storage
+from nir.interop.benchmark import write_section
 
 
 def entropy_bytes(streams: list[np.ndarray], bits: int) -> float:

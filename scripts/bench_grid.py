@@ -30,11 +30,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nir import benchmark as bench
 from nir.allocator import tune_allocator
-from nir.config import compose_config
-from nir.readers import sample_image_path
-from nir.run import train_field
+from nir.data.readers import sample_image_path
+from nir.interop import benchmark as bench
+from nir.run.config import compose_config
+from nir.run.run import train_field
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 QUIET = ["trainer.enable_progress_bar=false", "log.images=false", "check_finite_every=0"]

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nir import benchmark as bench
+from nir.interop import benchmark as bench
 
 ROOT = Path(__file__).resolve().parent.parent
 SIREN = ["model.hidden_dim=256", "model.num_layers=3", "optim.lr=1e-4", "optim.schedule=constant"]
@@ -37,8 +37,8 @@ def nir_step_time(overrides: list[str], steps: int, run_dir: Path, device: str) 
     warm-up and graph capture excluded), and the run's metrics."""
     import pytorch_lightning as pl
 
-    from nir.config import compose_config
-    from nir.run import train_field
+    from nir.run.config import compose_config
+    from nir.run.run import train_field
 
     skip, points = max(30, steps // 10), []
 
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--large-only", action="store_true", help="GPU: only the batch-2^18 table")
     args = ap.parse_args()
     gpu = args.device == "cuda"
-    from nir.steps import AUTO_STEPS_PER_CALL
+    from nir.training.steps import AUTO_STEPS_PER_CALL
 
     k = args.k or max(AUTO_STEPS_PER_CALL[args.device], 16)  # the CPU's auto is 1: measure 16 against it
     batches = args.batches or ([64, 16384, 65536] if gpu else [64])

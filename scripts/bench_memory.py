@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     import pytorch_lightning  # noqa: F401  (imported before the baseline)
 
-    from nir.config import compose_config
-    from nir.run import train_field
+    from nir.run.config import compose_config
+    from nir.run.run import train_field
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="nir_mem_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -34,11 +34,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nir.benchmark import write_section
 from nir.codec.bound import Bound
-from nir.codec.chunks import Nir
-from nir.stores import compress_store
-from nir.synthetic import sources3d
+from nir.data.synthetic import sources3d
+from nir.interop.benchmark import write_section
+from nir.interop.chunks import Nir
+from nir.interop.stores import compress_store
 
 
 def max_rel(back: np.ndarray, y: np.ndarray, eps: float, floor: float) -> float:

@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nir.benchmark import REAL_FIELDS as FIELDS
+from nir.interop.benchmark import REAL_FIELDS as FIELDS
 
 #: the choices the defaults made before issue 33, per field (loss=mse: every one reaches zero)
 BEFORE = {
@@ -61,7 +61,7 @@ def describe(a: np.ndarray) -> str:
 
 def train(name: str, path: Path, extra: list[str], overrides: list[str], work: Path, tag: str) -> dict:
     run = work / f"{name}-{tag}"
-    cmd = [sys.executable, "-m", "nir.train", "data=array", f"data.path={path}", *extra, *overrides,
+    cmd = [sys.executable, "-m", "nir.cli.train", "data=array", f"data.path={path}", *extra, *overrides,
            f"hydra.run.dir={run}", "trainer.enable_progress_bar=false"]  # fmt: skip
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})

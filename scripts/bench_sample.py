@@ -26,8 +26,8 @@ import time
 
 import torch
 
-from nir.benchmark import matmul_ceiling
-from nir.field import Field
+from nir.interop.benchmark import matmul_ceiling
+from nir.reuse.field import Field
 
 MODELS = {
     "siren": {

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nir
-from nir.config import build, compose_config
+from nir.run.config import build, compose_config
 
 CASES = {
     "image (SIREN 3x256, 800 steps)": ("image", []),

@@ -41,8 +41,8 @@ CASES = {  # name: overrides (on top of trainer=gpu)
 
 
 def run(overrides: list[str], run_dir: Path) -> tuple[dict, float]:
-    from nir.config import compose_config
-    from nir.run import train_field
+    from nir.run.config import compose_config
+    from nir.run.run import train_field
 
     t = time.perf_counter()
     device = (

@@ -44,7 +44,7 @@ PY
 run() {  # name dir overrides...
   local name=$1 d=$2; shift 2
   echo "== $name $(date +%T)" >> "$LOG"
-  timeout 60 python3 -m nir.train trainer=gpu trainer.enable_progress_bar=false hydra.run.dir=$d "$@" >> "$LOG" 2>&1 && record "$name" $d
+  timeout 60 python3 -m nir.cli.train trainer=gpu trainer.enable_progress_bar=false hydra.run.dir=$d "$@" >> "$LOG" 2>&1 && record "$name" $d
 }
 if want steps; then
   echo "== steps: graph vs eager $(date +%T)" >> "$LOG"

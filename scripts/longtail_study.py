@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from nir.benchmark import write_section
+from nir.interop.benchmark import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = "mse,l1,huber,log_mse,log_huber,rel_l2,rel_l2_tcnn"
@@ -60,7 +60,7 @@ DECADES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
 
 def run_sweep(name: str, root: Path) -> float:
     sweep_dir = root / name
-    args = [sys.executable, "-m", "nir.train", "-m", *SWEEPS[name], *COMMON, f"hydra.sweep.dir={sweep_dir}"]
+    args = [sys.executable, "-m", "nir.cli.train", "-m", *SWEEPS[name], *COMMON, f"hydra.sweep.dir={sweep_dir}"]
     print("$", " ".join(args[1:]), flush=True)
     t = time.perf_counter()
     subprocess.run(args, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)

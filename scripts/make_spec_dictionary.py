@@ -29,8 +29,8 @@ def specs(tmp: Path) -> list[str]:
     import numpy as np
 
     from nir.codec.container import spec_text
-    from nir.config import CONF_DIR, compose_config
-    from nir.parts import build, build_field
+    from nir.run.config import CONF_DIR, compose_config
+    from nir.run.parts import build, build_field
 
     data_options = list(DATA)
     for shape in ARRAYS:

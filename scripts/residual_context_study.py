@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 import nir
 from nir.codec import bound as B
-from nir.settings import fit_overrides
-from nir.synthetic import sources3d
+from nir.data.synthetic import sources3d
+from nir.run.settings import fit_overrides
 
 
 def lorenzo(r: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from nir.config import CONF_DIR
+from nir.run.config import CONF_DIR
 
 warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The data pipeline (nir/batches.py): samplers, the training data on the device, statistics."""
+"""The data pipeline (nir/training/batches.py): samplers, the training data on the device, statistics."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from nir.batches import TrainingData
+from nir.data.samplers import IndexSampler
+from nir.data.signal import Signal
+from nir.data.synthetic import peaks1d
 from nir.errors import NirError
-from nir.losses import MSE, LogMSE, RelL2
-from nir.samplers import IndexSampler
-from nir.signal import Signal
-from nir.synthetic import peaks1d
+from nir.training.batches import TrainingData
+from nir.training.losses import MSE, LogMSE, RelL2
 from nir.transforms import Identity, Log, Softplus
 from tests.conftest import make_cfg, tiny_overrides
 
@@ -87,7 +87,7 @@ def test_statistics_of_a_run_are_sampled_once(tiny_png, tmp_path, monkeypatch):
         return real(self, *a, **k)
 
     monkeypatch.setattr(Signal, "fit_sample", counted)
-    from nir.run import train
+    from nir.run.run import train
 
     np.save(tmp_path / "a.npy", np.random.default_rng(0).lognormal(size=(20, 30)).astype(np.float32))
     ov = [o for o in tiny_overrides(tiny_png, steps=10) if not o.startswith("data.")]
@@ -102,7 +102,7 @@ def test_statistics_of_a_run_are_sampled_once(tiny_png, tmp_path, monkeypatch):
 
 
 def _bins(values: Tensor, data: TrainingData) -> Tensor:
-    from nir.metrics import MagnitudeBins
+    from nir.training.metrics import MagnitudeBins
 
     return MagnitudeBins(data.stats.floor, data.stats.absmax).bin_index(values.abs().amax(1))
 
@@ -116,7 +116,7 @@ def _long_tailed(n: int = 4000, seed: int = 0) -> Signal:
 
 
 def test_decade_batches_have_the_requested_shares():
-    from nir.samplers import Decades, DecadeSampler
+    from nir.data.samplers import Decades, DecadeSampler
 
     s = _long_tailed()
     data = TrainingData(s, Log(), LogMSE(), batch_size=700, sampling=Decades(alpha=0.0)).to(CPU)
@@ -131,7 +131,7 @@ def test_decade_batches_have_the_requested_shares():
 
 
 def test_a_decade_with_a_single_sample_is_drawn_in_every_batch():
-    from nir.samplers import Decades
+    from nir.data.samplers import Decades
 
     s = _long_tailed()
     data = TrainingData(s, Log(), LogMSE(), batch_size=700, sampling=Decades()).to(CPU)
@@ -141,7 +141,7 @@ def test_a_decade_with_a_single_sample_is_drawn_in_every_batch():
 
 
 def test_draws_within_a_decade_are_uniform():
-    from nir.samplers import DecadeSampler
+    from nir.data.samplers import DecadeSampler
 
     mag = torch.cat([torch.full((50,), 0.5), torch.full((1000,), 5.0)])  # decades 1e-1.. and 1e0..
     sampler = DecadeSampler(mag, [1e-2, 1e-1, 1.0, 10.0], batch_size=1000, alpha=0.0, seed=2)
@@ -156,7 +156,7 @@ def test_draws_within_a_decade_are_uniform():
 
 
 def test_tempered_shares_follow_count_to_the_alpha():
-    from nir.samplers import decade_slots
+    from nir.data.samplers import decade_slots
 
     counts = torch.tensor([0, 10, 100, 1000, 10000])
     assert decade_slots(counts, 400, 0.0).tolist() == [0, 100, 100, 100, 100]
@@ -167,7 +167,7 @@ def test_tempered_shares_follow_count_to_the_alpha():
 
 
 def test_decade_sampler_state_round_trips():
-    from nir.samplers import Decades
+    from nir.data.samplers import Decades
 
     s = _long_tailed()
     a = TrainingData(s, Log(), LogMSE(), batch_size=300, sampling=Decades()).to(CPU)
@@ -181,7 +181,7 @@ def test_decade_sampler_state_round_trips():
 
 
 def test_decade_sampling_refuses_images():
-    from nir.samplers import Decades
+    from nir.data.samplers import Decades
 
     img = Signal(torch.rand(8, 8, 3), ((-1.0, 1.0),) * 2)
     with pytest.raises(NirError, match="sampling=decades needs a long-tailed signal"):
@@ -191,9 +191,9 @@ def test_decade_sampling_refuses_images():
 def test_streamed_and_held_signals_get_the_same_decade_shares(tmp_path):
     """A memory-mapped signal streamed through a small block cache is balanced over the cached
     samples: with every decade in every block, each batch has the held sampler's shares."""
-    from nir.batches import BlockCache
-    from nir.readers import read_array
-    from nir.samplers import Decades
+    from nir.data.readers import read_array
+    from nir.data.samplers import Decades
+    from nir.training.batches import BlockCache
 
     rng = np.random.default_rng(5)
     np.save(tmp_path / "lt.npy", (10 ** rng.uniform(-4, 2, 60_000)).astype(np.float32))
@@ -222,7 +222,7 @@ def test_decade_sampling_resumes_to_the_same_weights(tmp_path):
     import json
 
     from nir import load_field
-    from nir.run import train
+    from nir.run.run import train
 
     np.save(tmp_path / "lt.npy", _long_tailed(2000).flat().numpy()[:, 0])
     ov = [
@@ -238,7 +238,7 @@ def test_decade_sampling_resumes_to_the_same_weights(tmp_path):
 
 
 def test_each_ddp_rank_draws_its_own_balanced_batches():
-    from nir.samplers import Decades
+    from nir.data.samplers import Decades
 
     s = _long_tailed()
     ranks = [TrainingData(s, Log(), LogMSE(), batch_size=400, sampling=Decades()).to(CPU, rank=r) for r in (0, 1)]
@@ -271,11 +271,11 @@ def test_a_resumed_sampler_draws_what_an_uninterrupted_one_draws_across_epochs()
 
 
 def test_a_sampler_written_outside_nir_is_built_from_its_config_path(tmp_path):
-    """The sampler protocol (nir.samplers): a class of the user's, named by sampling._target_,
+    """The sampler protocol (nir.data.samplers): a class of the user's, named by sampling._target_,
     draws the batches with no change to nir, and its state goes into the checkpoint."""
-    from nir.config import build
-    from nir.readers import read_array
-    from nir.run import train_field
+    from nir.data.readers import read_array
+    from nir.run.config import build
+    from nir.run.run import train_field
 
     np.save(tmp_path / "x.npy", np.linspace(1.0, 2.0, 64, dtype=np.float32))
     ov = ["data=array", "model=siren", f"data.path={tmp_path / 'x.npy'}", "loss=mse", "model.hidden_dim=8", "batch_size=8",

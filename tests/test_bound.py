@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import nir
+from nir.cli.compress import compress_main, decompress_main
 from nir.codec import bound as B
-from nir.compress import compress_main, decompress_main
 from nir.errors import NirError
 
 BIN = Path(sys.executable).parent
@@ -175,7 +175,7 @@ def test_compress_and_decompress_in_fresh_processes(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     back = np.load(tmp_path / "back.npy")
     assert back.shape == y.shape and back.dtype == np.float64
-    from nir.compress import info
+    from nir.interop.compress import info
 
     text = info(tmp_path / "out.nir")
     floor = float(text.split("floor ")[1].split(" ")[0].rstrip(","))
@@ -322,8 +322,11 @@ def test_the_network_budget_under_a_bound_is_a_share_of_what_the_bound_costs(tmp
     """``size.share`` (nir-compress's default): the budget follows the bound's cost without a
     network (a rough signal gets more than a smooth one of the same size, a looser bound less),
     at least 1,000 bytes; without a bound, or outside (0, 1): one line."""
-    from nir.config import build, compose_config
-    from nir.parts import resolve_share
+    from nir.run.config import build, compose_config
+    from nir.run.resolve import choose_share, measured_bound
+
+    def resolve_share(cfg, signal):
+        return choose_share(cfg, signal, measured_bound(cfg, signal))
 
     rng = np.random.default_rng(0)
     smooth = np.exp(np.sin(np.linspace(0, 6, 96))[:, None] * np.cos(np.linspace(0, 4, 96))[None, :] * 4)
@@ -334,9 +337,9 @@ def test_the_network_budget_under_a_bound_is_a_share_of_what_the_bound_costs(tmp
         cfg, _ = compose_config(
             ["data=array", f"data.path={tmp_path / name}.npy", f"bound.rel={rel}", "size.share=0.5"]
         )
-        line = resolve_share(cfg, build(cfg.data, "data"))
-        assert "without a network" in line and cfg.size.share is None
-        budgets[name] = cfg.size.bytes
+        budget, line = resolve_share(cfg, build(cfg.data, "data"))
+        assert "without a network" in line and f"network budget {budget:,} bytes" in line
+        budgets[name] = budget
     assert budgets["rough"] > 2 * budgets["smooth"] >= 2000 and budgets["rough_loose"] < budgets["rough"] / 2
     for overrides, message in (
         (["size.share=0.5"], "needs a bound"),

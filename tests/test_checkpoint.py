@@ -64,8 +64,8 @@ def test_a_successful_write_replaces_the_file_whole(tmp_path, opened_for_writing
 
 
 def _small_field():
-    from nir.field import Field
     from nir.fields import Siren
+    from nir.reuse.field import Field
     from nir.transforms import Identity
 
     spec = {
@@ -84,7 +84,7 @@ def _small_field():
 
 def test_field_save_is_atomic_and_synced(tmp_path, monkeypatch, opened_for_writing):
     """Field.save writes through atomic_write_bytes: a failed sync leaves the earlier field whole."""
-    from nir.field import load_field
+    from nir.reuse.field import load_field
 
     field = _small_field()
     path = field.save(tmp_path / "field.safetensors")

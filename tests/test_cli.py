@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from nir.config import CONF_DIR
 from nir.errors import NirError
+from nir.run.config import CONF_DIR
 from tests.conftest import make_cfg, tiny_overrides
 
-NIR_TRAIN = [sys.executable, "-m", "nir.train"]
+NIR_TRAIN = [sys.executable, "-m", "nir.cli.train"]
 
 
 def run(args, cwd):
@@ -59,7 +59,9 @@ def test_hydra_flags_with_values_are_not_taken_for_overrides(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "otype: nir.fields.encodings.FourierEncoding" in r.stdout  # the encoding node of model=fourier
     r = run(["-c", "job", "-p", "optim"], tmp_path)
-    assert r.returncode == 0 and "lr: 0.001" in r.stdout and "_target_: nir.optim.Adam" in r.stdout, r.stderr[-2000:]
+    assert r.returncode == 0 and "lr: 0.001" in r.stdout and "_target_: nir.training.optim.Adam" in r.stdout, r.stderr[
+        -2000:
+    ]
     r = run(["--info", "defaults"], tmp_path)
     assert r.returncode == 0 and "optim/adam" in r.stdout, r.stderr[-2000:]
 
@@ -88,7 +90,7 @@ def test_data_preset_says_what_it_brought(tmp_path):
 
 
 def test_only_data_presets_print_what_they_brought():
-    from nir.config import compose_config, preset_line
+    from nir.run.config import compose_config, preset_line
 
     cfg, choices = compose_config(["data=sources3d", "trainer.max_steps=7"])
     assert preset_line(cfg, choices).startswith(
@@ -108,7 +110,7 @@ def test_help_is_nirs_own(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Config groups" in r.stdout and "model=" in r.stdout and "siren*" in r.stdout
     assert "trainer.max_steps=" in r.stdout and "docs/" in r.stdout
-    synth = subprocess.run([sys.executable, "-m", "nir.synthetic", "--help"], capture_output=True, text=True)
+    synth = subprocess.run([sys.executable, "-m", "nir.cli.synth", "--help"], capture_output=True, text=True)
     assert synth.returncode == 0 and synth.stdout.startswith("usage: nir-synth"), synth.stderr
 
 
@@ -182,7 +184,7 @@ def test_progress_bar_in_a_terminal_counts_steps(tiny_png, tmp_path):
     ],
 )
 def test_one_precedence_rule_command_line_then_model_then_data_preset(overrides, lr, model):
-    from nir.config import compose_config
+    from nir.run.config import compose_config
 
     cfg, choices = compose_config(overrides)
     assert choices["model"] == model and cfg.optim.lr == pytest.approx(lr)
@@ -233,7 +235,7 @@ def test_model_auto_is_the_option_a_user_would_have_typed(tmp_path, capsys, shap
     assert said == ("model=siren" not in extra)
     # a config composed by hand (no overrides known) gets the same network and rate
     if not extra:
-        from nir.parts import resolve_auto_model
+        from nir.run.resolve import resolve_auto_model
 
         cfg = make_cfg(["data=array", f"data.path={tmp_path / 'run' / 'signal.npy'}"])
         resolved, _ = resolve_auto_model(cfg, {}, None)
@@ -241,7 +243,7 @@ def test_model_auto_is_the_option_a_user_would_have_typed(tmp_path, capsys, shap
 
 
 def test_a_model_key_under_model_auto_says_to_choose_a_network(tmp_path):
-    from nir.cli import check_compose
+    from nir.cli.precheck import check_compose
 
     with pytest.raises(NirError, match="model.hidden_dim needs a chosen network: model=auto"):
         check_compose(["data=array", f"data.path={tmp_path / 'x.npy'}", "model.hidden_dim=8"])

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nir.config import CONF_DIR
+from nir.run.config import CONF_DIR
 
-NIR_TRAIN = [sys.executable, "-m", "nir.train"]
+NIR_TRAIN = [sys.executable, "-m", "nir.cli.train"]
 FAST = ["trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.enable_progress_bar=false", "log.images=false"]
 
 

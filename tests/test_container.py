@@ -16,16 +16,17 @@ import torch
 import nir
 from nir.codec import container, storage
 from nir.errors import NirError
-from nir.field import compact_header_bytes, from_compact, load_field
+from nir.reuse.compact import compact_header_bytes, from_compact
+from nir.reuse.field import load_field
 
-MODELS = sorted(p.stem for p in (Path(nir.config.CONF_DIR) / "model").glob("*.yaml") if p.stem != "auto")
+MODELS = sorted(p.stem for p in (Path(nir.run.config.CONF_DIR) / "model").glob("*.yaml") if p.stem != "auto")
 DATA_OF_DIM = {1: ["data=peaks1d"], 2: ["data=image"], 3: ["data=lognormal3d"]}
 
 
 def _preset_field(model: str, extra=(), data=None):
     """The untrained field a run of ``model`` builds, on the shipped data preset of its dimension."""
-    from nir.config import compose_config
-    from nir.parts import build, build_field
+    from nir.run.config import compose_config
+    from nir.run.parts import build, build_field
 
     dim = 1 if model.endswith("1d") or model == "fourier_lt" else 3 if ("3d" in model) else 2
     cfg, _ = compose_config([*(data or DATA_OF_DIM[dim]), f"model={model}", *extra])
@@ -149,7 +150,7 @@ def test_damaged_files_are_one_line(saved, tmp_path, capsys):
             load_field(p)
         assert len(str(e.value).splitlines()) == 1, what
         # and from the shell: one line, exit 2
-        from nir.field import main
+        from nir.cli.field import main
 
         with pytest.raises(SystemExit) as ex:
             main(["sample", str(p), str(tmp_path / "o.npy")])
@@ -195,7 +196,7 @@ LN = ["data.n=16", "model=hashgrid_lt3d", "model.encoding.log2_hashmap_size=10",
 
 def _unrounded(run: Path) -> dict:
     """The metrics of the run's field before rounding (its last checkpoint keeps full precision)."""
-    from nir.synthetic import lognormal3d
+    from nir.data.synthetic import lognormal3d
 
     return nir.score(load_field(run / "checkpoints" / "last.ckpt"), lognormal3d(n=16))
 

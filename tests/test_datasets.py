@@ -10,16 +10,16 @@ import pytest
 import torch
 import xarray as xr  # the sci extra, installed by make's set-up: a missing install fails here
 
-from nir.batches import TrainingData
+from nir.cli.field import main as field_main
+from nir.data.holdout import Holdout
+from nir.data.readers import read_array
+from nir.data.samplers import Decades
 from nir.errors import NirError
-from nir.field import main as field_main
 from nir.figures import value_label
-from nir.holdout import Holdout
-from nir.losses import MSE
-from nir.metrics import score
-from nir.readers import read_array
-from nir.run import train
-from nir.samplers import Decades
+from nir.run.run import train
+from nir.training.batches import TrainingData
+from nir.training.losses import MSE
+from nir.training.metrics import score
 from nir.transforms import Identity
 from tests.conftest import make_cfg
 

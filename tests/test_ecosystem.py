@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nir.codec import chunks
-from nir.codec.chunks import Nir, decode_chunk, encode_chunk
 from nir.errors import NirError
+from nir.interop import chunks
+from nir.interop.chunks import Nir, decode_chunk, encode_chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 25  # enough for a field under a bound: the residual keeps the promise whatever the network
@@ -54,7 +54,7 @@ def test_the_entry_points_resolve_and_import_nir_loads_none_of_the_stack():
     import xarray as xr
     from zarr.registry import get_codec_class
 
-    from nir.codec.zarr3 import NirZarr
+    from nir.interop.zarr3 import NirZarr
 
     codec = numcodecs.get_codec({"id": "nir", "rel": 0.01, "steps": 5})
     assert isinstance(codec, Nir) and codec.rel == 0.01 and codec.steps == 5
@@ -62,21 +62,21 @@ def test_the_entry_points_resolve_and_import_nir_loads_none_of_the_stack():
     engine = xr.backends.list_engines()["nir"]
     assert engine.guess_can_open("field.nir") and not engine.guess_can_open("field.nc")
     code = (
-        "import sys, nir, nir.codec\n"
+        "import sys, nir, nir.codec, nir.interop\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'numcodecs', 'zarr', 'dask', 'distributed', 'xarray'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
-    import nir.codec
+    import nir.interop
 
-    assert nir.codec.Nir is Nir and nir.codec.NirZarr is NirZarr
+    assert nir.interop.Nir is Nir and nir.interop.NirZarr is NirZarr
 
 
 def test_the_configuration_round_trips():
     import numcodecs
 
-    from nir.codec.zarr3 import NirZarr
+    from nir.interop.zarr3 import NirZarr
 
     for config in ({"id": "nir", "rel": 0.01}, {"id": "nir", "abs": 0.5, "ratio": 40.0, "preset": "siren", "steps": 9}):
         codec = numcodecs.get_codec(dict(config))
@@ -225,7 +225,7 @@ def test_a_zarr3_array_and_an_xarray_store_written_and_read_through_the_codec(tm
     import xarray as xr
     import zarr
 
-    from nir.codec.zarr3 import NirZarr
+    from nir.interop.zarr3 import NirZarr
 
     x = long_tailed((20, 16), seed=7)
     z = zarr.create_array(store=tmp_path / "a.zarr", shape=x.shape, chunks=(10, 16), dtype="float32",
@@ -264,8 +264,8 @@ def test_a_zarr2_store_uses_the_numcodecs_codec_and_reads_back_through_its_entry
 def test_a_part_of_a_zarr_chunk_evaluates_only_its_samples_within_the_bound(tmp_path, monkeypatch):
     import zarr
 
-    from nir.codec.zarr3 import NirZarr
-    from nir.field import Field
+    from nir.interop.zarr3 import NirZarr
+    from nir.reuse.field import Field
 
     x = long_tailed((12, 10, 8), seed=10)
     x[0, 0, :3] = np.nan
@@ -297,7 +297,7 @@ def nc_field(tmp_path_factory):
     """A NetCDF variable (a size-1 time, a descending latitude, attributes) and its bounded .nir."""
     import xarray as xr
 
-    from nir.compress import compress
+    from nir.interop.compress import compress
 
     tmp = tmp_path_factory.mktemp("backend")
     v = long_tailed((1, 20, 24), seed=8)
@@ -317,7 +317,7 @@ def nc_field(tmp_path_factory):
 def test_open_dataset_gives_the_sources_dims_coordinates_and_attributes(nc_field):
     import xarray as xr
 
-    from nir.field import load_field
+    from nir.reuse.field import load_field
 
     ds, path = nc_field
     opened = xr.open_dataset(path)  # no engine=: the suffix is recognised
@@ -337,7 +337,7 @@ def test_open_dataset_gives_the_sources_dims_coordinates_and_attributes(nc_field
 def test_a_selection_evaluates_only_the_selected_points_within_the_bound(nc_field, monkeypatch):
     import xarray as xr
 
-    from nir.field import Field
+    from nir.reuse.field import Field
 
     ds, path = nc_field
     opened = xr.open_dataset(path)
@@ -396,7 +396,7 @@ def test_nir_compress_of_a_store_on_two_workers_reads_back_within_the_bound(stor
 
     ds, path = store
     out = tmp_path / "out.zarr"
-    cmd = [sys.executable, "-m", "nir.compress", str(path), str(out), "--rel", "0.01", "--floor", "0.001",
+    cmd = [sys.executable, "-m", "nir.cli.compress", str(path), str(out), "--rel", "0.01", "--floor", "0.001",
            "--var", "v", "--steps", str(STEPS), "--workers", "2"]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -412,7 +412,7 @@ def test_nir_compress_of_a_store_on_two_workers_reads_back_within_the_bound(stor
 def test_a_store_chunk_whose_training_raises_is_written_losslessly_with_its_warning(store, tmp_path, monkeypatch):
     import xarray as xr
 
-    from nir import stores
+    from nir.interop import stores
 
     ds, path = store
     out = tmp_path / "out.zarr"
@@ -442,7 +442,7 @@ def test_a_store_chunk_whose_training_raises_is_written_losslessly_with_its_warn
     ],
 )
 def test_bad_store_arguments_are_one_line_and_write_nothing(store, tmp_path, capsys, args, says):
-    from nir.compress import compress_main
+    from nir.cli.compress import compress_main
 
     out = tmp_path / "out.zarr"
     with pytest.raises(SystemExit) as e:
@@ -456,7 +456,7 @@ def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(store, tmp_path
     import dask
     import distributed  # noqa: F401 - loads its config first: set() must restore one key, not drop "distributed"
 
-    from nir.compress import compress_main
+    from nir.cli.compress import compress_main
 
     out = tmp_path / "out.zarr"
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(SystemExit) as e:
@@ -467,7 +467,7 @@ def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(store, tmp_path
 
 
 def test_store_options_with_a_single_field_output_are_one_line(store, tmp_path, capsys):
-    from nir.compress import compress_main
+    from nir.cli.compress import compress_main
 
     with pytest.raises(SystemExit) as e:
         compress_main([str(store[1]), str(tmp_path / "f.nir"), "--rel", "0.01", "--var", "v", "--workers", "2"])
@@ -476,7 +476,7 @@ def test_store_options_with_a_single_field_output_are_one_line(store, tmp_path, 
 
 
 def test_an_existing_output_store_is_left_alone(store, tmp_path, capsys):
-    from nir.compress import compress_main
+    from nir.cli.compress import compress_main
 
     out = tmp_path / "out.zarr"
     out.mkdir()

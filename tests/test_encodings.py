@@ -132,7 +132,7 @@ def test_encoded_mlp_composes_through_config_and_groups_its_parameters():
     assert net.encoding.n_levels == 4 and net(torch.rand(7, 2)).shape == (7, 3)
     groups = net.param_groups()
     assert set(groups) == {"encoding", "mlp"} and groups["encoding"] == [net.encoding.embeddings]
-    from nir.optim import Adam
+    from nir.training.optim import Adam
 
     opt = Adam(lr=1e-2, groups={"encoding": {"eps": 1e-15, "betas": [0.9, 0.99], "weight_decay": 0.0}}).build(net, 10)
     by_name = {g["name"]: g for g in opt["optimizer"].param_groups}

@@ -19,12 +19,12 @@ import torch
 from nir import checkpoint, load_field
 from nir.checkpoint import WriteError
 from nir.errors import NirError
-from nir.faults import LOCK_NAME, Interrupted
-from nir.run import train, train_field
+from nir.run.run import train, train_field
+from nir.training.faults import LOCK_NAME, Interrupted
 from tests.conftest import make_cfg, smooth_image, tiny_overrides
 
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-NIR_TRAIN = [sys.executable, "-m", "nir.train"]
+NIR_TRAIN = [sys.executable, "-m", "nir.cli.train"]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_two_processes_in_one_run_directory_the_second_is_refused_then_takes_ove
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from nir.faults import RunLock; RunLock({str(run)!r}).acquire(); print('held', flush=True); input()"],
+        [sys.executable, "-c", f"from nir.training.faults import RunLock; RunLock({str(run)!r}).acquire(); print('held', flush=True); input()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
     )  # fmt: skip
     try:
@@ -134,7 +134,7 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_with_one_line(image, tmp_path, 
 
 
 def test_a_live_lock_refuses_the_run_before_it_writes(image, tmp_path):
-    from nir.faults import RunLock
+    from nir.training.faults import RunLock
 
     run = tmp_path / "run"
     run.mkdir()
@@ -218,7 +218,7 @@ def test_nir_train_on_a_full_disk_is_one_line_and_exit_74(tmp_path):
         "        raise checkpoint.WriteError(path, OSError(errno.ENOSPC, 'No space left on device'))\n"
         "    real(path, write)\n"
         "checkpoint.atomic_write_bytes = full\n"
-        "from nir.train import main\n"
+        "from nir.cli.train import main\n"
         "sys.argv = ['nir-train'] + sys.argv[1:]\n"
         "main()\n"
     )
@@ -314,7 +314,7 @@ def test_corrupt_checkpoints_are_one_line_for_load_and_resume(kind, trained, ima
 
 
 def test_nir_field_on_a_corrupt_file_is_one_line_and_exit_2(trained, tmp_path, capsys):
-    from nir.field import main
+    from nir.cli.field import main
 
     p = tmp_path / "field.safetensors"
     p.write_bytes((trained / "field.safetensors").read_bytes())
@@ -328,7 +328,7 @@ def test_nir_field_on_a_corrupt_file_is_one_line_and_exit_2(trained, tmp_path, c
 
 @pytest.mark.parametrize("record", ["metrics.json", ".hydra/overrides.yaml"])
 def test_corrupt_sweep_records_are_one_line_for_nir_summarize(record, tmp_path, capsys):
-    from nir.sweep import main
+    from nir.cli.summarize import main
 
     for job in ("0", "1"):
         (tmp_path / job / ".hydra").mkdir(parents=True)
@@ -344,7 +344,7 @@ def test_corrupt_sweep_records_are_one_line_for_nir_summarize(record, tmp_path, 
 
 
 def test_a_corrupt_swept_keys_record_is_one_line(tmp_path):
-    from nir.sweep import SWEPT_FILE, read_swept
+    from nir.run.sweep import SWEPT_FILE, read_swept
 
     (tmp_path / SWEPT_FILE).write_text('["seed", ')
     with pytest.raises(NirError, match="sweep record .* is corrupt"):
@@ -352,7 +352,7 @@ def test_a_corrupt_swept_keys_record_is_one_line(tmp_path):
 
 
 def test_a_sweep_summary_reports_an_interrupted_job_as_interrupted(tmp_path):
-    from nir.sweep import collect, counts
+    from nir.run.sweep import collect, counts
 
     for job, status in (("0", "ok"), ("1", "interrupted")):
         (tmp_path / job / ".hydra").mkdir(parents=True)
@@ -364,7 +364,7 @@ def test_a_sweep_summary_reports_an_interrupted_job_as_interrupted(tmp_path):
 def test_a_failed_sweep_job_keeps_its_interrupted_status(tmp_path):
     from omegaconf import OmegaConf
 
-    from nir.train import _record_failed_job
+    from nir.cli.train import _record_failed_job
 
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted", "step": 5}))
     hc = OmegaConf.create({"overrides": {"task": ["seed=1"]}, "job": {"num": 3}})
@@ -374,7 +374,7 @@ def test_a_failed_sweep_job_keeps_its_interrupted_status(tmp_path):
 
 
 def test_nir_summarize_on_a_full_disk_is_one_line_and_exit_74(tmp_path, monkeypatch, capsys):
-    from nir.sweep import main
+    from nir.cli.summarize import main
 
     (tmp_path / "0" / ".hydra").mkdir(parents=True)
     (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
@@ -390,7 +390,7 @@ def test_nir_summarize_on_a_full_disk_is_one_line_and_exit_74(tmp_path, monkeypa
 
 
 def test_inside_a_slurm_job_sigusr1_is_left_to_lightnings_auto_requeue(monkeypatch):
-    from nir.faults import signals_to_catch
+    from nir.training.faults import signals_to_catch
 
     for k in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
         monkeypatch.delenv(k, raising=False)
@@ -401,8 +401,8 @@ def test_inside_a_slurm_job_sigusr1_is_left_to_lightnings_auto_requeue(monkeypat
 
 
 def test_a_lock_file_that_cannot_be_created_is_one_write_error(tmp_path, monkeypatch):
-    from nir import faults
-    from nir.faults import RunLock
+    from nir.training import faults
+    from nir.training.faults import RunLock
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -14,7 +14,7 @@ import torch
 
 import nir
 from nir.errors import NirError
-from nir.field import Field, load_field
+from nir.reuse.field import Field, load_field
 
 NIR_FIELD = str(Path(sys.executable).parent / "nir-field")  # the installed console script
 
@@ -87,7 +87,7 @@ def trained(request, tmp_path_factory):
     signal = "image.png" if request.param.startswith("image") else None
     overrides = CASES[request.param] + TINY
     if signal:
-        from nir.readers import sample_image_path
+        from nir.data.readers import sample_image_path
 
         src = "camera" if "data.sample=camera" in overrides else "chelsea"
         overrides = [o for o in overrides if not o.startswith("data.sample")]
@@ -174,7 +174,7 @@ def test_sample_shapes_any_resolution_and_sub_box(trained):
 def test_image_sampled_at_4x_and_3x(tmp_path):
     """4x: the right size, and its 4x4 block means match the training-grid prediction; 3x (odd):
     every third sample sits exactly on a training pixel centre and must equal it."""
-    from nir.readers import sample_image_path
+    from nir.data.readers import sample_image_path
 
     field, _ = nir.fit(
         str(sample_image_path("camera")),
@@ -274,7 +274,7 @@ def test_bad_paths_and_coordinates(trained, tmp_path):
 def test_nir_field_cli(trained, tmp_path, capsys):
     """``nir-field``'s code on every case, in this process (the console script itself runs in a
     subprocess once, below)."""
-    from nir.field import main
+    from nir.cli.field import main
 
     run, field, _ = trained
     main(["sample", str(run), str(tmp_path / "o.npy"), "--scale", "2"])
@@ -309,7 +309,7 @@ def test_fit_matches_cli_with_same_overrides(tmp_path, tiny_png):
     ov = tiny_overrides(tiny_png, steps=20)
     _, m_py = nir.fit(str(tiny_png), ov, run_dir=tmp_path / "py")
     r = subprocess.run(
-        [sys.executable, "-m", "nir.train", *ov, f"hydra.run.dir={tmp_path / 'cli'}"],
+        [sys.executable, "-m", "nir.cli.train", *ov, f"hydra.run.dir={tmp_path / 'cli'}"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -338,7 +338,8 @@ def test_fit_accepts_arrays_and_tensors(tmp_path):
 def test_user_network_loads_only_from_trusted_modules(tmp_path, monkeypatch):
     """A field whose network is the user's own class: refused by default, loaded (same answers)
     when its module prefix is trusted by argument or by NIR_TRUSTED_MODULES; still no unpickling."""
-    from nir.field import Field, component_spec
+    from nir.components import component_spec
+    from nir.reuse.field import Field
     from nir.transforms import Identity
     from tests.usernet import TinyNet
 

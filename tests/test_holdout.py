@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from nir.batches import TrainingData
+from nir.data.holdout import Holdout
+from nir.data.readers import read_array
+from nir.data.samplers import Decades
 from nir.errors import NirError
-from nir.holdout import Holdout
-from nir.losses import MSE
-from nir.readers import read_array
-from nir.run import train
-from nir.samplers import Decades
+from nir.run.run import train
+from nir.training.batches import TrainingData
+from nir.training.losses import MSE
 from nir.transforms import Identity
 from tests.conftest import make_cfg, tiny_overrides
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from nir.data.readers import read_array
+from nir.data.synthetic import lognormal3d, peaks1d, sources3d
 from nir.errors import NirError
-from nir.losses import L1, MSE, Huber, LogHuber, LogMSE, RelL2, RelL2TCNN, check_setup
-from nir.metrics import GridMetrics, MagnitudeBins, SignalStats, decade_edges
-from nir.readers import read_array
-from nir.run import train
-from nir.synthetic import lognormal3d, peaks1d, sources3d
+from nir.run.run import train
+from nir.training.losses import L1, MSE, Huber, LogHuber, LogMSE, RelL2, RelL2TCNN, check_setup
+from nir.training.metrics import GridMetrics, MagnitudeBins, SignalStats, decade_edges
 from nir.transforms import Asinh, Identity, Log, SignedLog, Softplus, Standardize, floor_from_data
 from tests.conftest import make_cfg
 
@@ -55,7 +55,7 @@ def test_sources3d_peaks_of_several_hundred_over_tiny_background():
 
 
 def test_nir_synth_writes_npy(tmp_path):
-    from nir.synthetic import main
+    from nir.cli.synth import main
 
     out = tmp_path / "p.npy"
     main(["peaks1d", str(out), "n=1024", "seed=2"])
@@ -250,7 +250,7 @@ def test_quantiles_never_exceed_the_bin_maximum():
 @pytest.mark.parametrize("shape", [(6, 7, 8), (3, 5, 6, 4)])
 def test_max_projections_match_numpy_over_chunks(shape):
     """Exact whole-grid projections from flat chunks of any size; a 4-D field: its central time."""
-    from nir.metrics import MaxProjections
+    from nir.training.metrics import MaxProjections
 
     rng = np.random.default_rng(0)
     values = rng.standard_normal(shape).astype(np.float32)
@@ -400,7 +400,7 @@ def test_long_tail_run_records_bins_and_tensorboard(peaks_run):
     for tag in binned:
         assert [p for p in charts["median"] if re.search(p, tag)] == [f"^{re.escape(tag)}$"], tag
     cfg = (run / "config.yaml").read_text()
-    assert "nir.synthetic.peaks1d" in cfg and "num_peaks" in cfg
+    assert "nir.data.synthetic.peaks1d" in cfg and "num_peaks" in cfg
 
 
 @pytest.mark.parametrize("data", ["lognormal3d", "sources3d"])
@@ -485,9 +485,9 @@ def test_loss_auto_decides_from_the_data(values, choice, tmp_path, capsys):
     assert f"-> loss={choice}" in line, line
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     expect = {  # sampling=auto follows: decade-balanced batches in a log space
-        "log_mse": ("nir.losses.LogMSE", "nir.transforms.Log", "nir.samplers.Decades"),
-        "mse": ("nir.losses.MSE", "nir.transforms.Identity", "nir.samplers.Uniform"),
-        "asinh_mse": ("nir.losses.MSE", "nir.transforms.Asinh", "nir.samplers.Decades"),
+        "log_mse": ("nir.training.losses.LogMSE", "nir.transforms.Log", "nir.data.samplers.Decades"),
+        "mse": ("nir.training.losses.MSE", "nir.transforms.Identity", "nir.data.samplers.Uniform"),
+        "asinh_mse": ("nir.training.losses.MSE", "nir.transforms.Asinh", "nir.data.samplers.Decades"),
     }
     got = (saved["loss"]["_target_"], saved["transform"]["_target_"], saved["sampling"]["_target_"])
     assert got == expect[choice]
@@ -502,7 +502,10 @@ def test_a_transform_on_the_command_line_beats_autos(tmp_path, capsys):
     np.save(tmp_path / "f.npy", (np.geomspace(1e-4, 10.0, 2048) - 1e-3).astype(np.float32))
     nir.fit(tmp_path / "f.npy", ["transform=slog"], run_dir=tmp_path / "run", steps=2, log__images=False)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert (saved["loss"]["_target_"], saved["transform"]["_target_"]) == ("nir.losses.MSE", "nir.transforms.SignedLog")
+    assert (saved["loss"]["_target_"], saved["transform"]["_target_"]) == (
+        "nir.training.losses.MSE",
+        "nir.transforms.SignedLog",
+    )
     assert "transform SignedLog as given" in capsys.readouterr().out
 
 
@@ -513,9 +516,9 @@ def test_loss_on_the_command_line_beats_auto(tmp_path, capfd):
     nir.fit(tmp_path / "f.npy", ["loss=mse", "sampling=decades"], run_dir=tmp_path / "run", steps=2, log__images=False)
     out = capfd.readouterr()
     assert "loss=auto" not in out.out and "sampling=auto" not in out.out  # auto would say uniform (identity space)
-    assert "nir.samplers.Decades" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "nir.data.samplers.Decades" in (tmp_path / "run" / "config.yaml").read_text()
     assert "GPU available" not in out.out + out.err and "litlogger" not in out.out + out.err  # nir.fit is quiet too
-    assert "nir.losses.MSE" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "nir.training.losses.MSE" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 # ----------------------------------------------------------------------------- the contract, pinned by literal values
@@ -524,7 +527,7 @@ def test_loss_on_the_command_line_beats_auto(tmp_path, capfd):
 def test_exact_powers_of_ten_open_their_decade_in_the_metric_and_the_sampler():
     """docs/long-tail.md: bin 0 is [0, floor), bin i is [edges[i-1], edges[i]); 0.01 lands in 1e-2..1e-1.
     Expected bins are written out by hand from that rule, not computed by the code under test."""
-    from nir.samplers import DecadeSampler
+    from nir.data.samplers import DecadeSampler
 
     floor, top = 2e-3, 50.0
     edges = decade_edges(floor, top)
@@ -555,12 +558,12 @@ def test_score_takes_a_field_or_its_grid_values():
     from pathlib import Path
 
     import nir
-    from nir.signal import Signal
+    from nir.data.signal import Signal
 
     field = nir.load_field(Path(__file__).parent / "data" / "legacy" / "fourier_log3d.safetensors")
     pred = field.sample()
     signal = Signal(values=pred * 1.01, bounds=tuple(map(tuple, field.spec["bounds"])), long_tailed=True)
-    from nir.records import json_safe  # an empty bin's statistics are NaN, which equals nothing
+    from nir.run.records import json_safe  # an empty bin's statistics are NaN, which equals nothing
 
     by_field, by_values = nir.score(field, signal), nir.score(pred[..., 0].numpy(), signal)
     assert json_safe(by_field) == json_safe(by_values)
@@ -573,7 +576,7 @@ def test_masked_lines_project_to_gaps_and_the_error_panel_is_not_floored():
     colour); the relative-error panel shows errors below the metric floor as they are (flooring
     it like the value panels painted a field with a high floor in one colour)."""
     from nir.figures import _slices_figure
-    from nir.metrics import MaxProjections
+    from nir.training.metrics import MaxProjections
 
     vol = np.arange(1, 1 + 4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     vol[:, 2, 3] = np.nan  # a whole line along axis 0
@@ -594,7 +597,7 @@ def test_the_zero_region_and_the_top_decade_are_reported():
     """A mostly-zero field: ``below_floor_kept`` is the share of its below-floor samples the
     prediction keeps below the floor; ``top_decade_median`` the median of the highest decade."""
     import nir
-    from nir.signal import Signal
+    from nir.data.signal import Signal
 
     y = torch.from_numpy(_zeros80()).float()[:, None]
     signal = Signal(values=y, bounds=((-1.0, 1.0),), long_tailed=True)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from nir.batches import BlockCache
-from nir.readers import read_array
-from nir.run import train
+from nir.data.readers import read_array
+from nir.run.run import train
+from nir.training.batches import BlockCache
 from tests.conftest import ROOT, make_cfg
 
 
@@ -102,8 +102,8 @@ def test_streaming_training_fits_like_in_memory(tmp_path):
 
 
 def test_streaming_data_never_holds_the_signal(tmp_path):
-    from nir.batches import TrainingData
-    from nir.losses import MSE
+    from nir.training.batches import TrainingData
+    from nir.training.losses import MSE
     from nir.transforms import Identity
 
     s = read_array(str(_save(tmp_path, np.random.default_rng(3).random(40_000).astype(np.float32))))
@@ -152,7 +152,7 @@ def test_resident_memory_stays_bounded_when_the_array_exceeds_the_cache(tmp_path
 
 
 def test_large_signals_draw_with_replacement_uniformly_and_resumably(monkeypatch):
-    from nir.samplers import IndexSampler
+    from nir.data.samplers import IndexSampler
 
     monkeypatch.setattr(IndexSampler, "PERMUTE_MAX", 1000)
     s = IndexSampler(5000, 250, torch.device("cpu"), seed=4)

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from nir.errors import NirError
-from nir.run import train
+from nir.run.run import train
 from tests.conftest import make_cfg, smooth_image, tiny_overrides
 
-NIR_TRAIN = [sys.executable, "-m", "nir.train"]
+NIR_TRAIN = [sys.executable, "-m", "nir.cli.train"]
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
 
 
@@ -59,8 +59,8 @@ CASES = [
     ("negative with log", ["data=array", "data.path={d}/neg.npy", "loss=log_mse"], "transform log needs values >= 0"),
     ("constant field", ["data=array", "data.path={d}/const.npy"], "is constant"),
     # which check refuses a key: a plain `key=value` that is not in the config is refused by Hydra's
-    # struct mode and rewritten into nir's message (nir.cli.check_compose); a key added with `+` is
-    # accepted by Hydra and refused by nir's own check (nir.config.check_keys). One case of each.
+    # struct mode and rewritten into nir's message (nir.cli.precheck.check_compose); a key added with `+` is
+    # accepted by Hydra and refused by nir's own check (nir.run.config.check_keys). One case of each.
     ("unknown key", ["model.depth=3"], "unknown config key 'model.depth'"),  # Hydra's struct check
     (
         "added key",
@@ -110,8 +110,8 @@ def _earlier(tmp_path: Path) -> dict[Path, int]:
 
 @pytest.mark.parametrize("case,overrides,expect", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_with_its_message_and_touches_nothing(case, overrides, expect, files, tmp_path):
-    """In-process, as nir-train does it: the argv checks, then the run (nir.cli.precheck, nir.run.train)."""
-    from nir.cli import precheck
+    """In-process, as nir-train does it: the argv checks, then the run (nir.cli.precheck.precheck, nir.run.run.train)."""
+    from nir.cli.precheck import precheck
 
     before = _earlier(tmp_path)
     args = _args(overrides, files, tmp_path)
@@ -145,7 +145,7 @@ def test_bad_input_is_one_line_on_the_console_and_touches_nothing(case, override
         # without +: Hydra's struct mode refuses, check_compose rewrites its error
         ("trainer.max_step=5", "unknown config key 'trainer.max_step'; did you mean trainer.max_steps"),
         ("model.depth=3", "unknown config key 'model.depth'"),
-        # with +: Hydra adds the key, nir.config.check_keys refuses it (top level, a component's arguments)
+        # with +: Hydra adds the key, nir.run.config.check_keys refuses it (top level, a component's arguments)
         ("+lr=1", "unknown config key 'lr'; did you mean optim.lr"),
         ("+model.hiden_dim=3", "unknown config key 'model.hiden_dim'; did you mean model.hidden_dim"),
         ("+data.foo=1", "unknown config key 'data.foo'"),
@@ -153,7 +153,7 @@ def test_bad_input_is_one_line_on_the_console_and_touches_nothing(case, override
 )
 def test_unknown_keys_name_the_closest_valid_ones(override, expect, tmp_path):
     """The argv checks in-process (the console's one line for these: the subprocess cases above)."""
-    from nir.cli import precheck
+    from nir.cli.precheck import precheck
 
     with pytest.raises(NirError, match=re.escape(expect)):
         precheck([override, f"hydra.run.dir={tmp_path / 'run'}"])
@@ -199,7 +199,7 @@ def test_divergence_stops_keeps_last_good_checkpoint(files, tmp_path):
 def test_nonfinite_gradient_before_validation_is_caught_and_not_checkpointed(files, tmp_path, monkeypatch):
     """A finite loss whose gradient is NaN on the last step before a validation: the weights turn
     NaN and no later loss exists to flag it; the check of the weights at validation must."""
-    from nir.module import FieldModule
+    from nir.training.module import FieldModule
 
     real = FieldModule.forward_loss
     steps = []
@@ -350,8 +350,8 @@ def test_the_divergence_message_lists_the_networks_own_causes(network, w0_named)
     """A network says what makes it diverge (``divergence_causes``): SIREN names its w0."""
     from types import SimpleNamespace
 
-    from nir.callbacks import Diverged, DivergenceGuard
     from nir.fields import FourierMLP, Siren
+    from nir.training.guards import Diverged, DivergenceGuard
 
     net = Siren(2, 1, hidden_dim=8, num_layers=1) if network == "siren" else FourierMLP(2, 1, 8, 1, num_features=4)
     health = SimpleNamespace(

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from nir.data.readers import read_image, sample_image_path
+from nir.data.signal import Grid
 from nir.errors import NirError
-from nir.readers import read_image, sample_image_path
-from nir.signal import Grid
 
 
 def test_grid_coords_are_cell_centres_row_major():
@@ -96,7 +96,7 @@ def test_unknown_sample():
 
 
 def test_readers_are_one_table_keyed_by_suffix():
-    from nir.config import reader_option, readers
+    from nir.run.config import reader_option, readers
 
     assert reader_option("photo.PNG") == reader_option("scan.tif") == "image"
     assert reader_option("field.npy") == reader_option("fields.npz") == "array"
@@ -109,7 +109,7 @@ def test_readers_are_one_table_keyed_by_suffix():
 def test_image_is_a_capability_of_the_signal_and_the_field(tmp_path):
     import imageio.v3 as iio
 
-    from nir.readers import read_array, read_image
+    from nir.data.readers import read_array, read_image
 
     iio.imwrite(tmp_path / "a.png", np.zeros((4, 5, 3), np.uint8), extension=".png")
     np.save(tmp_path / "a.npy", np.zeros((4, 5), np.float32))

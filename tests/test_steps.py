@@ -1,5 +1,5 @@
 """Several optimizer steps per training call (issue 16): the same batches, weights, schedule,
-logs, checkpoints and divergence stops as one step per call (nir.steps, nir.module)."""
+logs, checkpoints and divergence stops as one step per call (nir.training.steps, nir.training.module)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nir.errors import NirError
-from nir.run import train
-from nir.steps import effective_steps_per_call, graph_blocker, resolve_steps_per_call
+from nir.run.run import train
+from nir.training.steps import effective_steps_per_call, graph_blocker, resolve_steps_per_call
 from tests.conftest import make_cfg, tiny_overrides
 
 

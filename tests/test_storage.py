@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load as safetensors_load
 
 import nir
 from nir.codec import storage
 from nir.errors import NirError
-from nir.field import Field, load_field
 from nir.fields import FourierMLP, Siren
+from nir.reuse.field import Field, load_field
 
 
 def _field(network: torch.nn.Module, in_dim: int = 2, **kwargs) -> Field:
@@ -81,7 +82,7 @@ def test_buffers_stay_float32():
     """A Fourier field's B (a buffer) is stored exactly: its errors would be phase errors."""
     torch.manual_seed(0)
     field = _field(FourierMLP(2, 1, hidden_dim=16, num_layers=1, num_features=8, sigma=40.0))
-    tensors, _ = field._stored_tensors("int8", "row")
+    tensors = safetensors_load(field.to_bytes("int8", "row", format="safetensors"))
     assert tensors["network.encoding.B"].dtype == torch.float32
     assert torch.equal(tensors["network.encoding.B"], field.network.encoding.B)
     assert tensors["network.mlp.0.weight"].dtype == torch.int8
@@ -94,7 +95,7 @@ def test_unknown_store_dtype_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_run_metrics_are_those_of_the_stored_field(dtype, tmp_path):
-    from nir.synthetic import lognormal3d
+    from nir.data.synthetic import lognormal3d
 
     field, m = nir.fit(
         "lognormal3d",
@@ -126,7 +127,7 @@ def test_float16_keeps_tiny_grid_values_relative():
 def test_int8_keeps_the_coordinate_layer_and_biases_in_float16():
     torch.manual_seed(0)
     field = _field(Siren(2, 1, hidden_dim=32, num_layers=1))
-    tensors, _ = field._stored_tensors("int8", "row")
+    tensors = safetensors_load(field.to_bytes("int8", "row", format="safetensors"))
     assert tensors["network.body.0.linear.weight"].dtype == torch.float16  # fan-in 2: w0 multiplies its errors
     assert tensors["network.body.0.linear.bias"].dtype == torch.float16
     assert tensors["network.body.1.linear.weight"].dtype == torch.int8
@@ -177,9 +178,9 @@ def test_a_budget_sizes_the_network_to_fit(data, overrides, knob, tmp_path, caps
     import yaml
     from omegaconf import OmegaConf, open_dict
 
-    from nir.config import build
-    from nir.parts import _candidate_bytes
-    from nir.settings import store_of
+    from nir.run.config import build
+    from nir.run.resolve import candidate_bytes
+    from nir.run.settings import store_of
 
     run = tmp_path / "run"
     _, m = nir.fit(data, [*overrides, "log.images=false"], run_dir=run, steps=2, trainer__enable_progress_bar=False)
@@ -193,13 +194,11 @@ def test_a_budget_sizes_the_network_to_fit(data, overrides, knob, tmp_path, caps
     # the largest that fits: one more does not
     cfg = OmegaConf.load(run / "config.yaml")
     signal = build(cfg.data, "data")
-    dims = {"in_dim": signal.ndim, "out_dim": signal.channels}
-    if cfg.model.get("bounds", "absent") is None:
-        dims["bounds"] = [list(b) for b in signal.bounds]
     bigger = cfg.model.copy()
     with open_dict(bigger):
         OmegaConf.update(bigger, knob, chosen + 1)
-    assert _candidate_bytes(cfg, bigger, dims, signal, store_of(cfg)) > budget
+    store = store_of(cfg)
+    assert candidate_bytes(cfg, bigger, signal, store.dtype, store.int8_scale) > budget
 
 
 @pytest.mark.parametrize("budget", [300, 1500, 6000])
@@ -218,15 +217,19 @@ def test_the_ladder_gives_a_3d_field_for_small_budgets(budget, tmp_path, capsys)
 def test_a_128_cubed_field_exists_at_ratio_1000(data, capsys):
     """Issue 22's acceptance at the size scientists keep: ratio 1000 of a 128^3 float32 field
     (8,388 bytes) gets a network whose file fits (sized before training; nothing trained here)."""
-    from nir.config import compose_config
-    from nir.parts import _candidate_bytes, build_parts
+    from nir.run.config import build, compose_config
+    from nir.run.parts import build_field, network_dims
+    from nir.run.resolve import candidate_bytes, resolve_settings
 
     cfg, _ = compose_config([f"data={data}", "data.n=128", "size.ratio=1000"])
-    parts = build_parts(cfg)
+    signal = build(cfg.data, "data")
+    settings = resolve_settings(cfg, signal)
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("size: budget 8,388 bytes")]
-    dims = {"in_dim": 3, "out_dim": 1, "bounds": [list(b) for b in parts.signal.bounds]}
-    assert _candidate_bytes(cfg, cfg.model, dims, parts.signal, parts.store) <= 8388
-    assert parts.field.stored_bytes(f"int{cfg.store.bits}") <= 8388 and "store int" in line
+    resolved = settings.config
+    assert resolved.store.bits != cfg.store.get("bits") and cfg.size.ratio == 1000  # chosen, and cfg left as composed
+    field = build_field(resolved, resolved.model, network_dims(resolved, signal), signal)
+    assert candidate_bytes(resolved, resolved.model, signal, settings.store.dtype, "row") <= 8388
+    assert field.stored_bytes(f"int{resolved.store.bits}") <= 8388 and "store int" in line
 
 
 def test_impossible_budgets_are_one_line(tmp_path):

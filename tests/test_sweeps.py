@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from nir.sweep import collect, sort_rows
+from nir.run.sweep import collect, sort_rows
 
-NIR_TRAIN = [sys.executable, "-m", "nir.train"]
+NIR_TRAIN = [sys.executable, "-m", "nir.cli.train"]
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 TINY = [
@@ -162,7 +162,7 @@ def test_submitit_local_launcher(tmp_path):
 def test_slurm_preset_composes(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from nir.config import CONF_DIR
+    from nir.run.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
@@ -177,7 +177,7 @@ def test_ddp_two_processes_metrics_equal_full_grid(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import nir
-    from nir.readers import read_array
+    from nir.data.readers import read_array
 
     z = np.linspace(0, 1, 20_000, dtype=np.float32)
     path = tmp_path / "a.npy"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from nir.config import CONF_DIR
 from nir.errors import NirError
-from nir.run import train
+from nir.run.config import CONF_DIR
+from nir.run.run import train
 from tests.conftest import make_cfg, tiny_overrides
 
 
@@ -156,7 +156,7 @@ def test_every_config_option_instantiates(group, option, tiny_png):
     import numpy as np
     from hydra.utils import instantiate
 
-    from nir.signal import Signal
+    from nir.data.signal import Signal
 
     base = [o for o in tiny_overrides(tiny_png) if not o.startswith("data.")]
     if (group, option) in (("data", "array"), ("model", "auto")):  # model=auto takes no model.* keys
@@ -178,22 +178,24 @@ def test_every_config_option_instantiates(group, option, tiny_png):
             kw["accelerator"] = "cpu"  # the preset's keys are still checked by Trainer
         pl.Trainer(**kw, logger=False)
         return
-    if group == "data":  # data.holdout is nir's key of the group (nir.holdout), dropped by build
-        from nir.config import build
+    if group == "data":  # data.holdout is nir's key of the group (nir.data.holdout), dropped by build
+        from nir.run.config import build
 
         obj = build(cfg.data, "data")
     elif (group, option) == ("model", "auto"):  # a placeholder, resolved from the data: the 2-D photo's siren
-        from nir.parts import resolve_auto_model
+        from nir.run.resolve import resolve_auto_model
 
         cfg, _ = resolve_auto_model(cfg, {}, None)
         assert cfg.model._target_ == "nir.fields.Siren"
         obj = instantiate(cfg.model, in_dim=2, out_dim=3)
     elif (group, option) == ("sampling", "auto"):  # a placeholder, resolved from the signal and the transform
-        from nir.parts import resolve_auto_sampling
+        from nir.run.resolve import choose_sampling
 
-        resolve_auto_sampling(cfg, Signal(values=torch.rand(5, 6, 1), bounds=((-1, 1), (-1, 1)), long_tailed=True))
-        assert cfg.sampling._target_ == "nir.samplers.Uniform"  # this config's transform: identity
-        obj = instantiate(cfg.sampling)
+        signal = Signal(values=torch.rand(5, 6, 1), bounds=((-1, 1), (-1, 1)), long_tailed=True)
+        choice = choose_sampling(cfg, signal, str(cfg.transform._target_))
+        assert choice.nodes["sampling"]["_target_"] == "nir.data.samplers.Uniform"  # this config's transform: identity
+        assert cfg.sampling._target_ == "nir.data.samplers.Auto"  # returned, not written into the config
+        obj = instantiate(choice.nodes["sampling"])
     else:
         obj = instantiate(cfg[group], **({"in_dim": 2, "out_dim": 3} if group == "model" else {}))
     if group == "data":
@@ -201,7 +203,7 @@ def test_every_config_option_instantiates(group, option, tiny_png):
     elif group == "model":
         assert obj(torch.zeros(4, 2)).shape == (4, 3)
     elif group == "loss" and option == "auto":  # a placeholder, resolved from the data (tests/test_longtail.py)
-        from nir.losses import Auto
+        from nir.training.losses import Auto
 
         assert isinstance(obj, Auto) and obj.min_decades == 3.0
     elif group == "loss":
@@ -235,7 +237,7 @@ def test_bad_config_values(override, match, tiny_png, tmp_path):
 
 def test_no_full_grid_coordinates_during_training(tmp_path, monkeypatch):
     """Coordinates exist only as batches (training) and chunks (validation), never the full grid."""
-    from nir.signal import Grid
+    from nir.data.signal import Grid
 
     sizes = []
     orig = Grid.coords
@@ -267,7 +269,7 @@ def test_no_full_grid_coordinates_during_training(tmp_path, monkeypatch):
 def test_compiled_training_matches_eager_and_saves_plain_weights(tiny_png, tmp_path, monkeypatch):
     """compile=true goes through torch.compile, trains the same field as eager (same seed, same
     batches) and the saved field carries no compiled state: the same plain weight names."""
-    from nir.field import load_field
+    from nir.reuse.field import load_field
 
     calls = []
     real_compile = torch.compile
@@ -299,8 +301,8 @@ def test_the_callbacks_are_the_ones_the_config_lists(tmp_path):
     one added on the command line is built."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from nir.config import compose_config
-    from nir.trainer import configured_callbacks
+    from nir.run.config import compose_config
+    from nir.run.trainer import configured_callbacks
 
     names = lambda cbs: [type(c).__name__ for c in cbs]  # noqa: E731
     cfg, _ = compose_config([])
@@ -308,7 +310,7 @@ def test_the_callbacks_are_the_ones_the_config_lists(tmp_path):
     assert names(cbs) == ["DivergenceGuard", "ModelCheckpoint", "ReconstructionLogger", "MagnitudeLogger"]
     assert cbs[1].dirpath == str(tmp_path / "checkpoints") and cbs[0].every == cfg.check_finite_every
     cfg, _ = compose_config(["log.images=false", "callbacks.magnitudes=null", "check_finite_every=7",
-                             "+callbacks.extra._target_=nir.callbacks.MagnitudeLogger"])  # fmt: skip
+                             "+callbacks.extra._target_=nir.training.callbacks.MagnitudeLogger"])  # fmt: skip
     cbs = configured_callbacks(cfg, tmp_path)
     assert names(cbs) == ["DivergenceGuard", "ModelCheckpoint", "MagnitudeLogger"] and cbs[0].every == 7
     assert isinstance(cbs[1], ModelCheckpoint)

@@ -70,7 +70,7 @@ def test_wheel_install_trains_outside_the_repository(wheel, tmp_path):
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NIR_CONFIG_DIR")}
     where = subprocess.run(
-        [str(py), "-c", "import nir, nir.config as c; print(nir.__file__); print(c.CONF_DIR)"],
+        [str(py), "-c", "import nir, nir.run.config as c; print(nir.__file__); print(c.CONF_DIR)"],
         cwd=work,
         capture_output=True,
         text=True,

@@ -1,7 +1,7 @@
 """A sampling that is not part of nir, built from a config path (``sampling._target_=...``):
 batches drawn only from the even positions, in order, and for a streamed signal the block
 cache's rows grouped into even and odd positions with every batch row from the even group.
-It implements the protocol of :mod:`nir.samplers` and nothing else."""
+It implements the protocol of :mod:`nir.data.samplers` and nothing else."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ CONTEXT = 4
 
 MARGIN = 0.99
 #: ``none``: no correction, only the missing samples (a field under a byte budget that keeps NaN
-#: where its source had them: the chunk codec, :mod:`nir.codec.chunks`)
+#: where its source had them: the chunk codec, :mod:`nir.interop.chunks`)
 KINDS = ("abs", "rel", "none")
 DTYPES = ("float32", "float64", "float16")
 

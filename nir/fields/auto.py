@@ -2,7 +2,7 @@
 size when the run starts (:func:`choose`), printed in one line as ``loss=auto`` is.
 
 The choice is the option a user would have typed: the run's config is composed again with
-``model=<choice>`` among its overrides (:func:`nir.parts.resolve_auto_model`), so the one
+``model=<choice>`` among its overrides (:func:`nir.run.resolve.resolve_auto_model`), so the one
 precedence rule holds (command line, then the model's own optimiser settings, then the data
 preset's, then the defaults) and ``config.yaml`` records the chosen model.
 """
@@ -16,10 +16,10 @@ COMPACT_SAMPLES = 1 << 21
 
 
 class Auto(nn.Module):
-    """A placeholder that :func:`nir.parts.resolve_auto_model` replaces before anything is built."""
+    """A placeholder that :func:`nir.run.resolve.resolve_auto_model` replaces before anything is built."""
 
     def __init__(self) -> None:  # pragma: no cover - resolved before building
-        raise RuntimeError("model=auto must be resolved with nir.parts.resolve_auto_model before building")
+        raise RuntimeError("model=auto must be resolved with nir.run.resolve.resolve_auto_model before building")
 
 
 #: a 2-D field's SIREN is sized by the byte budget to this compression ratio (docs/long-tail.md, "Real fields")
