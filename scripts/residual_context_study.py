@@ -66,7 +66,7 @@ def main() -> None:
     cell = 2 * B.MARGIN * bound.step
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "y.npy", y.astype(np.float32))
-        overrides = fit_overrides(args.rel, None, args.floor, None, None, args.steps, True)
+        overrides = fit_overrides(True, rel=args.rel, floor=args.floor, steps=args.steps)
         with contextlib.redirect_stdout(io.StringIO()):
             field, _ = nir.fit(str(Path(tmp) / "y.npy"), overrides, run_dir=Path(tmp) / "run")
         network = len((Path(tmp) / "run" / "field.nir").read_bytes()) - len(field.residual)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nir.errors import cli_errors, require
 from nir.interop.compress import compress, decompress, info
-from nir.run.settings import MIN_NETWORK_BYTES, NETWORK_SHARE
+from nir.run.settings import COMPRESSION_KEYS, MIN_NETWORK_BYTES, NETWORK_SHARE
 
 
 def compress_main(argv: list[str] | None = None) -> None:
@@ -54,8 +54,7 @@ def compress_main(argv: list[str] | None = None) -> None:
             not store_only,
             f"{', '.join(store_only)}: for a .zarr output (a store chunk by chunk); {args.output!r} is one field",
         )
-        line = compress(args.input, args.output, rel=args.rel, abs_=args.abs, floor=args.floor, ratio=args.ratio,
-                        preset=args.preset, var=args.var, steps=args.steps)  # fmt: skip
+        line = compress(args.input, args.output, var=args.var, **{k: getattr(args, k) for k in COMPRESSION_KEYS})
         print(line)
 
 
@@ -65,7 +64,7 @@ def _compress_store(args: argparse.Namespace) -> str:
 
     require(args.workers is None or args.workers >= 1, f"--workers must be >= 1, got {args.workers}")
     require(args.workers is None or args.scheduler is None, "give --workers (a local cluster) or --scheduler, not both")
-    codec = Nir(rel=args.rel, abs=args.abs, ratio=args.ratio, floor=args.floor, preset=args.preset, steps=args.steps)
+    codec = Nir(**{k: getattr(args, k) for k in COMPRESSION_KEYS})
     return compress_store(args.input, args.output, codec, var=args.var, chunks=args.chunks,
                           scheduler=args.scheduler, workers=args.workers)  # fmt: skip
 

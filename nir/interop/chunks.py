@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from nir.errors import NirError, require
+from nir.run.settings import COMPRESSION_KEYS
 
 try:
     from numcodecs.abc import Codec
@@ -45,7 +46,6 @@ except ImportError as e:  # pragma: no cover - the sci extra brings numcodecs
 #: file's own magic, :data:`nir.codec.container.MAGIC`)
 LOSSLESS = b"NIRz"
 DTYPES = ("float16", "float32", "float64")
-KEYS = ("rel", "abs", "ratio", "floor", "preset", "steps")
 #: one training at a time per process: Hydra's composition and Lightning's trainer hold global
 #: state, and Zarr encodes a write's chunks on several threads (a Dask worker runs one thread)
 _TRAINING = threading.Lock()
@@ -78,7 +78,10 @@ class Nir(Codec):
     codec_id = "nir"
 
     def __init__(self, rel=None, abs=None, ratio=None, floor=None, preset=None, steps=None, **unknown) -> None:
-        require(not unknown, f"nir codec: unknown argument(s) {', '.join(sorted(unknown))}; it takes {', '.join(KEYS)}")
+        require(
+            not unknown,
+            f"nir codec: unknown argument(s) {', '.join(sorted(unknown))}; it takes {', '.join(COMPRESSION_KEYS)}",
+        )
         self.rel, self.abs = _number("rel", rel), _number("abs", abs)
         self.ratio, self.floor = _number("ratio", ratio), _number("floor", floor)
         require(self.rel is None or self.rel < 1, f"nir codec: rel must be < 1 (a fraction: 0.01 is 1 %), got {rel!r}")
@@ -93,8 +96,12 @@ class Nir(Codec):
         require(ok_steps, f"nir codec: steps must be an integer >= 1, got {steps!r}")
         self.preset, self.steps = preset, steps
 
+    def settings(self) -> dict[str, Any]:
+        """The compression's settings (:data:`nir.run.settings.COMPRESSION_KEYS`), None for unset."""
+        return {k: getattr(self, k) for k in COMPRESSION_KEYS}
+
     def get_config(self) -> dict[str, Any]:
-        return {"id": self.codec_id, **{k: getattr(self, k) for k in KEYS if getattr(self, k) is not None}}
+        return {"id": self.codec_id, **{k: v for k, v in self.settings().items() if v is not None}}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Nir:
@@ -154,7 +161,7 @@ def _train(arr: np.ndarray, codec: Nir) -> bytes:
     from nir.run import fit
     from nir.run.settings import fit_overrides
 
-    overrides = fit_overrides(codec.rel, codec.abs, codec.floor, codec.ratio, codec.preset, codec.steps, quiet=True)
+    overrides = fit_overrides(quiet=True, **codec.settings())
     with _TRAINING, tempfile.TemporaryDirectory(prefix="nir-chunk-") as tmp:
         path = Path(tmp) / "chunk.npy"
         np.save(path, arr)

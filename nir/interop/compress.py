@@ -28,25 +28,18 @@ from nir.run.settings import fit_overrides
 
 
 def compress(
-    input: str | Path,
-    output: str | Path,
-    rel: float | None = None,
-    abs_: float | None = None,
-    floor: float | None = None,
-    ratio: float | None = None,
-    preset: str | None = None,
-    var: str | None = None,
-    steps: int | None = None,
-    quiet: bool = False,
+    input: str | Path, output: str | Path, var: str | None = None, quiet: bool = False, **settings: Any
 ) -> str:
-    """Compress ``input`` into ``output`` (a ``.nir``); returns the summary line."""
+    """Compress ``input`` into ``output`` (a ``.nir``) with ``settings`` (``rel=``, ``abs=``,
+    ``ratio=``, ...: :data:`nir.run.settings.COMPRESSION_KEYS`); returns the summary line."""
     from nir.checkpoint import atomic_write_bytes
     from nir.run import fit
 
     output = Path(output)
     require(output.suffix == ".nir", f"nir-compress writes a .nir file, got {str(output)!r}")
+    rel, abs_ = settings.get("rel"), settings.get("abs")
     bounded = rel is not None or abs_ is not None
-    overrides = fit_overrides(rel, abs_, floor, ratio, preset, steps, quiet)
+    overrides = fit_overrides(quiet, **settings)
     overrides += [f"data.var={var}"] if var else []
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nir-compress-") as tmp:

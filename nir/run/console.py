@@ -1,18 +1,19 @@
-"""What a run prints: one line per decision or fact, from the first process only (a DDP child
-with ``LOCAL_RANK`` > 0 prints nothing): the data's lines, the start line, the summary with its
+"""What a run prints: one line per decision or fact, from the first process only
+(:func:`nir.ranks.first_process`): the data's lines, the start line, the summary with its
 bound, magnitude and held-out lines."""
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from nir.ranks import first_process
 
 
 def say(text: str) -> None:
     """Print ``text`` (flushed) in the first process of a run."""
-    if os.environ.get("LOCAL_RANK", "0") == "0":
+    if first_process():
         print(text, flush=True)
 
 
@@ -21,7 +22,7 @@ def announce_signal(signal: Any) -> None:
     number of masked samples."""
     from nir.data.readers.datasets import describe
 
-    if os.environ.get("LOCAL_RANK", "0") != "0":
+    if not first_process():
         return
     line = describe(signal)
     if line:

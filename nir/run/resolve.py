@@ -37,9 +37,10 @@ IDENTITY = "nir.transforms.Identity"
 
 @dataclass(frozen=True)
 class Choice:
-    """What one rule chose: the option (``log_mse``), the config nodes it brings (``{group:
-    node}``: ``loss=log_mse`` brings ``transform=log``) and the line that says so."""
+    """What one rule chose: its group and option (``loss``, ``log_mse``), the config nodes it
+    brings (``{group: node}``: ``loss=log_mse`` brings ``transform=log``) and the line that says so."""
 
+    group: str
     option: str
     nodes: dict[str, Any] = field(default_factory=dict)
     line: str = ""
@@ -68,7 +69,7 @@ def choose_loss(cfg: DictConfig, signal: Any) -> Choice | None:
         nodes.pop("transform", None)
     brings = "".join(f", {g}={option}" for g, (option, _) in nodes.items() if g != "loss")
     line = f"loss=auto: {why} -> loss={choice}{brings}; pass loss=... to choose"
-    return Choice(choice, {g: node for g, (_, node) in nodes.items()}, line)
+    return Choice("loss", choice, {g: node for g, (_, node) in nodes.items()}, line)
 
 
 def choose_sampling(cfg: DictConfig, signal: Any, transform: str) -> Choice | None:
@@ -80,7 +81,7 @@ def choose_sampling(cfg: DictConfig, signal: Any, transform: str) -> Choice | No
 
     choice, why = choose(bool(signal.long_tailed), transform)
     node = option_nodes("sampling", choice)["sampling"][1]
-    return Choice(choice, {"sampling": node}, f"sampling=auto: {why} -> sampling={choice}; pass sampling=... to choose")
+    return Choice("sampling", choice, {"sampling": node}, f"sampling=auto: {why} -> sampling={choice}; pass sampling=... to choose")
 
 
 def resolve_auto_model(cfg: DictConfig, choices: dict[str, Any], task: Sequence[str] | None) -> tuple[DictConfig, Any]:
@@ -222,7 +223,7 @@ def resolve_settings(cfg: DictConfig, signal: Any, job: Job | None = None) -> Se
         if choice is not None:
             say(choice.line)
             lines.append(choice.line)
-            chosen[next(iter(choice.nodes))] = choice.option
+            chosen[choice.group] = choice.option
             updates.update(choice.nodes)
     resolved = _with(cfg, updates)
     bound = measured_bound(resolved, signal)

@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nir.errors import NirError, require
+from nir.ranks import first_process
 from nir.run import console
 from nir.run.config import ALIASES, build, check_config, compose_config, groups, preset_line, upgrade_targets
 from nir.run.parts import Parts, build_parts
@@ -84,15 +85,15 @@ def fit_with_guards(
     from nir.training.guards import Diverged
 
     last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = resume_checkpoint(cfg.resume, last, trainer.is_global_zero)
-    if trainer.is_global_zero:
+    ckpt_path = resume_checkpoint(cfg.resume, last, first_process())
+    if first_process():
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         trainer.fit(
             parts.module, datamodule=_datamodule(parts), ckpt_path=ckpt_path, weights_only=True if ckpt_path else None
         )
     except Interrupted as e:
-        if trainer.is_global_zero:
+        if first_process():
             info = {"status": "interrupted", "step": e.step, "signal": e.signum, "checkpoint": str(e.checkpoint),
                     "wall_time_s": time.perf_counter() - t_start, "message": str(e)}  # fmt: skip
             write_json(run_dir / "metrics.json", info)
@@ -107,7 +108,7 @@ def fit_with_guards(
             "wall_time_s": time.perf_counter() - t_start,
             "message": str(d),
         }
-        if trainer.is_global_zero:
+        if first_process():
             write_json(run_dir / "metrics.json", info)
         raise NirError(str(d) + (f"; last good checkpoint: {last}" if last.is_file() else "")) from None
     if final_metrics.metrics:
@@ -236,7 +237,7 @@ def train_field(
         run_dir = prepare_run_dir(cfg, run_dir)
         from nir.training.faults import SignalCatcher, run_lock, signals_to_catch
 
-        with run_lock(run_dir, enabled=_first_process()), SignalCatcher(signals_to_catch()) as catcher:
+        with run_lock(run_dir, enabled=first_process()), SignalCatcher(signals_to_catch()) as catcher:
             if job.task is not None:
                 write_hydra_record(run_dir, cfg, job.task, job.hydra)
             signal = build(cfg.data, "data") if signal is None else signal
@@ -248,19 +249,13 @@ def train_field(
 
                 interrupt = InterruptCheckpoint(catcher, run_dir)
                 trainer, final_metrics = build_trainer(parts, run_dir, [interrupt, *callbacks], choices)
-                if trainer.is_global_zero:
+                if first_process():
                     print(console.start_line(int(settings.config.batch_size), parts, trainer), flush=True)
                 final, steps = fit_with_guards(parts, trainer, final_metrics, run_dir, t_start)
                 metrics = collect_metrics(parts, trainer, final, steps, t_start, t_wall0)
-                if trainer.is_global_zero:
+                if first_process():
                     write_run(parts, metrics, run_dir)
     return parts.field.cpu().eval(), metrics
-
-
-def _first_process() -> bool:
-    """Rank 0 of a run (the process that holds the run directory's lock): not a DDP child that
-    Lightning or torchrun started with its rank in the environment."""
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 @contextlib.contextmanager

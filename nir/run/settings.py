@@ -103,27 +103,32 @@ MIN_NETWORK_BYTES = 1000
 LEAN = ["log.images=false", "log.tensorboard=false", "callbacks.checkpoint=null", "+trainer.enable_checkpointing=false"]
 
 
-def fit_overrides(
-    rel: float | None = None,
-    abs_: float | None = None,
-    floor: float | None = None,
-    ratio: float | None = None,
-    preset: str | None = None,
-    steps: int | None = None,
-    quiet: bool = False,
-) -> list[str]:
-    """The ``nir.fit`` overrides of a compression (``nir-compress``, the chunk codec): the bound,
-    the network's budget (``ratio``, else :data:`NETWORK_SHARE` of what the bound costs without a
-    network), the preset and steps; ``quiet``: no progress display."""
+#: the settings of a compression, the one place they are spelled: ``nir-compress``'s options, the
+#: chunk codec's arguments (:class:`nir.interop.chunks.Nir`, and so its stored configuration) and
+#: :func:`fit_overrides`'s keywords
+COMPRESSION_KEYS = ("rel", "abs", "ratio", "floor", "preset", "steps")
+
+
+def fit_overrides(quiet: bool = False, **settings: Any) -> list[str]:
+    """The ``nir.fit`` overrides of a compression (``nir-compress``, the chunk codec) from its
+    settings (:data:`COMPRESSION_KEYS`, None for unset): the bound, the network's budget
+    (``ratio``, else :data:`NETWORK_SHARE` of what the bound costs without a network), the
+    preset and steps; ``quiet``: no progress display."""
+    unknown = sorted(set(settings) - set(COMPRESSION_KEYS))
+    if unknown:
+        raise TypeError(
+            f"fit_overrides: unknown setting(s) {', '.join(unknown)}; it takes {', '.join(COMPRESSION_KEYS)}"
+        )
+    s = {k: settings.get(k) for k in COMPRESSION_KEYS}
+    bounded = s["rel"] is not None or s["abs"] is not None
     overrides = list(LEAN)
-    overrides += [f"bound.rel={rel}"] if rel is not None else []
-    overrides += [f"bound.abs={abs_}"] if abs_ is not None else []
-    overrides += [f"bound.floor={floor}"] if floor is not None else []
-    if ratio is not None:
-        overrides.append(f"size.ratio={ratio}")
-    elif rel is not None or abs_ is not None:
+    overrides += [f"bound.{k}={s[k]}" for k in ("rel", "abs", "floor") if s[k] is not None]
+    if s["ratio"] is not None:
+        overrides.append(f"size.ratio={s['ratio']}")
+    elif bounded:
         overrides.append(f"size.share={NETWORK_SHARE}")
-    overrides += [f"model={preset}"] if preset else []
+    overrides += [f"model={s['preset']}"] if s["preset"] else []
+    steps = s["steps"]
     overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"] if steps else []
     overrides += ["trainer.enable_progress_bar=false"] if quiet else []
     return overrides

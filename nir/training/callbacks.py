@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_only
 
 from nir.data.signal import chunk_ranges
 from nir.figures import error_figure, field_figure, magnitude_figure, predict_at, preview_indices
+from nir.ranks import on_first_process
 
 
 def exact_tag(tag: str) -> str:
@@ -41,7 +41,7 @@ class MagnitudeLogger(pl.Callback):
     def __init__(self) -> None:
         self._layout_done = False
 
-    @rank_zero_only
+    @on_first_process
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from nir.training.metrics import HIST_BINS, HIST_HI, HIST_LO
 
@@ -114,7 +114,7 @@ class ReconstructionLogger(pl.Callback):
             self._target_mip = [p.cpu().numpy() for p in mip.compute()]
         return self._target_mip
 
-    @rank_zero_only
+    @on_first_process
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.logger is None:
             return
@@ -180,7 +180,7 @@ class NirTensorBoardLogger(TensorBoardLogger):
                 flush=True,
             )
 
-    @rank_zero_only
+    @on_first_process
     def save(self) -> None:  # hparams.yaml
         if self.failed is None:
             try:
@@ -188,7 +188,7 @@ class NirTensorBoardLogger(TensorBoardLogger):
             except OSError as e:
                 self.tensorboard_failed(e)
 
-    @rank_zero_only
+    @on_first_process
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if step is not None:
             step = (int(step) + 1) * self.steps_per_call - 1

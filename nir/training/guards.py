@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from nir.checkpoint import atomic_write_bytes, load_checkpoint
+from nir.ranks import first_process
 from nir.training.module import evaluate_stored
 
 
@@ -37,7 +38,7 @@ class FinalMetrics(pl.Callback):
         from torch.utils.tensorboard.summary import hparams
 
         self._t0 = time.perf_counter()
-        if trainer.is_global_zero and trainer.logger is not None:
+        if first_process() and trainer.logger is not None:
             writer = trainer.logger.experiment._get_file_writer()  # as Lightning's log_hyperparams does
             for summary in hparams(self.hparams, dict.fromkeys(self.hp_metrics, 0.0)):
                 writer.add_summary(summary)
@@ -46,7 +47,7 @@ class FinalMetrics(pl.Callback):
         self.metrics = evaluate_stored(pl_module, self.store)
         self.metrics["nonfinite_steps"] = int(pl_module.health.nonfinite_steps)
         self.metrics["fit_time_s"] = time.perf_counter() - self._t0
-        if trainer.is_global_zero and trainer.logger is not None:
+        if first_process() and trainer.logger is not None:
             for name, value in self.metrics.items():
                 if isinstance(value, float):
                     trainer.logger.experiment.add_scalar(f"hp/{name}", value, trainer.global_step)

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.utilities import rank_zero_only
+
+from nir.ranks import on_first_process
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -88,7 +89,7 @@ class ProgressPrinter(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.perf_counter()
 
-    @rank_zero_only
+    @on_first_process
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
