@@ -81,7 +81,12 @@ def choose_sampling(cfg: DictConfig, signal: Any, transform: str) -> Choice | No
 
     choice, why = choose(bool(signal.long_tailed), transform)
     node = option_nodes("sampling", choice)["sampling"][1]
-    return Choice("sampling", choice, {"sampling": node}, f"sampling=auto: {why} -> sampling={choice}; pass sampling=... to choose")
+    return Choice(
+        "sampling",
+        choice,
+        {"sampling": node},
+        f"sampling=auto: {why} -> sampling={choice}; pass sampling=... to choose",
+    )
 
 
 def resolve_auto_model(cfg: DictConfig, choices: dict[str, Any], task: Sequence[str] | None) -> tuple[DictConfig, Any]:
