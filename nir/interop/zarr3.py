@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from nir.codec.container import MAGIC
 from nir.errors import NirError
-from nir.interop.chunks import FIELD, Nir, decode_chunk
+from nir.interop.chunks import Nir, decode_chunk
 
 try:
     from zarr.abc.codec import ArrayBytesCodec, ArrayBytesCodecPartialDecodeMixin
@@ -69,7 +70,7 @@ class NirZarr(ArrayBytesCodec, ArrayBytesCodecPartialDecodeMixin):
         from nir.reuse.compact import from_compact
 
         flat = np.arange(math.prod(chunk_spec.shape)).reshape(chunk_spec.shape)[selection]
-        if data[:4] != FIELD:
+        if data[:4] != MAGIC:
             part = decode_chunk(data).reshape(-1)[flat]
         else:
             part = from_compact(data, "a nir chunk").grid_values(np.reshape(flat, -1))[:, 0].reshape(np.shape(flat))

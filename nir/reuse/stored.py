@@ -110,15 +110,15 @@ def read_safetensors(p: Path) -> Stored:
         ) from None
     require("nir_spec" in meta, f"{str(p)!r} has no nir spec in its header; it was not written by Field.save")
     check_format(meta.get("nir_format"), what)
+    try:
+        spec = json.loads(meta["nir_spec"])
+    except ValueError:
+        raise NirError(f"{what} is corrupt: its spec is not valid JSON; save the field again") from None
     if CHECKSUM in meta:
         require(
             meta[CHECKSUM] == _crc(meta, payload),
             f"{what} is corrupt (its checksum does not match); save the field again",
         )
-    try:
-        spec = json.loads(meta["nir_spec"])
-    except ValueError:
-        raise NirError(f"{what} is corrupt: its spec is not valid JSON; save the field again") from None
     return Stored(spec, lambda field: decode(load(data)), None, what)
 
 
