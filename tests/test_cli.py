@@ -195,7 +195,8 @@ def test_one_precedence_rule_command_line_then_model_then_data_preset(overrides,
 
 
 def test_model_auto_picks_by_dimension_and_size():
-    from nir.fields.auto import COMPACT_SAMPLES, choose
+    from nir.fields.auto import COMPACT_SAMPLES
+    from nir.fields.auto import choose_model as choose
 
     assert choose(1, 16384)[0] == "fourier_lt"
     assert choose(2, 512 * 512)[0] == "siren" and choose(2, 512 * 512)[2] == ["size.ratio=2"]  # sized by the data

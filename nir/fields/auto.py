@@ -28,7 +28,7 @@ RATIO_2D = 2
 SIZED_2D = 4096
 
 
-def choose(ndim: int, numel: int) -> tuple[str, str, list[str]]:
+def choose_model(ndim: int, numel: int) -> tuple[str, str, list[str]]:
     """``(model option, reason, size overrides)`` for a signal of ``ndim`` grid axes and ``numel``
     samples. The size overrides apply when the run sets no size or bound of its own.
 

@@ -77,9 +77,9 @@ def choose_sampling(cfg: DictConfig, signal: Any, transform: str) -> Choice | No
     transform in effect (``transform``: its ``_target_``, after ``loss=auto``); None when named."""
     if str(cfg.sampling.get("_target_", "")) != "nir.data.samplers.Auto":
         return None
-    from nir.data.samplers.auto import choose
+    from nir.data.samplers.auto import choose_sampling as rule
 
-    choice, why = choose(bool(signal.long_tailed), transform)
+    choice, why = rule(bool(signal.long_tailed), transform)
     node = option_nodes("sampling", choice)["sampling"][1]
     return Choice(
         "sampling",
@@ -97,10 +97,10 @@ def resolve_auto_model(cfg: DictConfig, choices: dict[str, Any], task: Sequence[
     Returns the config and the signal (read once, reused by :func:`resolve_settings`)."""
     if str(cfg.model.get("_target_", "")) != "nir.fields.Auto":
         return cfg, None
-    from nir.fields.auto import choose
+    from nir.fields.auto import choose_model
 
     signal = build(cfg.data, "data")
-    option, why, sized = choose(signal.ndim, signal.numel)
+    option, why, sized = choose_model(signal.ndim, signal.numel)
     size, bound = cfg.get("size") or {}, cfg.get("bound") or {}
     if any(size.get(k) is not None for k in ("bytes", "ratio")) or any(
         bound.get(k) is not None for k in ("rel", "abs")

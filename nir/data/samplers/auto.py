@@ -13,7 +13,7 @@ class Auto:
         raise RuntimeError("sampling=auto must be resolved with nir.run.resolve.choose_sampling before building")
 
 
-def choose(long_tailed: bool, transform: str) -> tuple[str, str]:
+def choose_sampling(long_tailed: bool, transform: str) -> tuple[str, str]:
     """``(sampling option, reason)``: ``decades`` (every magnitude decade an equal share of each
     batch, as the 3-D presets measured best) for a long-tailed signal fitted in a log space
     (``transform=log``, ``asinh`` or ``slog``: what ``loss=auto`` picks for one), else ``uniform``."""
