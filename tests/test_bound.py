@@ -348,3 +348,65 @@ def test_the_network_budget_under_a_bound_is_a_share_of_what_the_bound_costs(tmp
         cfg, _ = compose_config(["data=array", f"data.path={tmp_path / 'rough.npy'}", *overrides])
         with pytest.raises(NirError, match=message):
             resolve_share(cfg, build(cfg.data, "data"))
+
+
+def test_a_relative_bound_without_a_floor_holds_for_every_non_zero_value(tmp_path, capsys):
+    """Issue 46: a chunk spanning 18 decades (7e-9 .. 5e10, zeros and negatives among them) under
+    ``rel=0.01`` with no floor: every non-zero value within 1 % of itself (the default floor was
+    1e-7 of the maximum, and values below it came back with relative errors up to 5e5), zeros
+    exactly zero within eps * floor. A floor the user sets above some values is counted."""
+    from nir.interop.chunks import Nir, decode_chunk, encode_chunk
+
+    rng = np.random.default_rng(7)
+    x = (10.0 ** rng.uniform(-8.2, 10.7, (12, 10, 8)) * rng.choice([-1.0, 1.0], (12, 10, 8))).astype(np.float32)
+    x[0, 0, :3] = 0.0
+    data, report = encode_chunk(x, Nir(rel=0.01, steps=5))
+    back = decode_chunk(data)
+    nz = x != 0
+    rel = np.abs(back[nz].astype(np.float64) - x[nz]) / np.abs(x[nz].astype(np.float64))
+    assert report.lossless is None and rel.max() <= 0.01
+    assert np.abs(back[~nz]).max() <= 0.01 * np.abs(x[nz]).min()
+    # a floor set above some values: they are held to eps * floor, and the run says how many
+    np.save(tmp_path / "x.npy", x)
+    _, m = nir.fit(str(tmp_path / "x.npy"), ["bound.rel=0.01", "bound.floor=1.0", "log.images=false"], run_dir=tmp_path / "r",
+                   steps=5, trainer__enable_progress_bar=False)  # fmt: skip
+    below = int(((np.abs(x) > 0) & (np.abs(x) < 1.0)).sum())
+    assert below > 0 and m["below_floor_values"] == below
+    assert f"{below:,} non-zero values below the floor" in capsys.readouterr().out
+    from nir.interop.compress import info
+
+    assert f"{below:,} non-zero values below the floor (given)" in info(tmp_path / "r" / "field.nir")
+
+
+def test_network_never_trains_nothing_and_the_residual_alone_meets_the_bound(tmp_path, monkeypatch, capsys):
+    """``--network never`` (and ``auto`` without a size or a preset, nir-compress's default):
+    no Trainer is built and no step is taken (counted), the file holds no parameters, and every
+    sample meets the bound from the residual alone; ``always`` trains, and ``never`` without a
+    bound is one line."""
+    import pytorch_lightning as pl
+
+    from nir.cli.compress import compress_main, decompress_main
+
+    fits = []
+    monkeypatch.setattr(pl.Trainer, "fit", lambda self, *a, **k: fits.append(1))
+    rng = np.random.default_rng(3)
+    y = np.exp(rng.normal(size=(20, 18, 6)) * 2).astype(np.float32)
+    y[0, :4] = 0.0
+    np.save(tmp_path / "y.npy", y)
+    for network in ("never", "auto"):
+        out = tmp_path / f"{network}.nir"
+        compress_main([str(tmp_path / "y.npy"), str(out), "--rel", "0.01", "--network", network])
+        decompress_main([str(out), str(tmp_path / "back.npy")])
+        back = np.load(tmp_path / "back.npy")
+        nz = y != 0
+        assert (np.abs(back[nz].astype(np.float64) - y[nz]) <= 0.01 * np.abs(y[nz].astype(np.float64))).all()
+        assert np.abs(back[~nz]).max() <= 0.01 * np.abs(y[nz]).min()
+        assert nir.load_field(out).num_parameters() == 0
+    assert fits == [] and "network: none, the residual carries the signal" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the patched fit trains nothing: always reaches the Trainer
+        compress_main(
+            [str(tmp_path / "y.npy"), str(tmp_path / "a.nir"), "--rel", "0.01", "--network", "always", "--steps", "2"]
+        )
+    assert fits == [1]
+    with pytest.raises(NirError, match="bound.network=never needs a bound"):
+        nir.fit(str(tmp_path / "y.npy"), ["bound.network=never"], run_dir=tmp_path / "r", steps=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nir.errors import cli_errors, require
 from nir.interop.compress import compress, decompress, info
-from nir.run.settings import COMPRESSION_KEYS, MIN_NETWORK_BYTES, NETWORK_SHARE
+from nir.run.settings import COMPRESSION_KEYS, MIN_NETWORK_BYTES, NETWORK_CHOICES, NETWORK_SHARE
 
 
 def compress_main(argv: list[str] | None = None) -> None:
@@ -23,7 +23,11 @@ def compress_main(argv: list[str] | None = None) -> None:
     bound = ap.add_mutually_exclusive_group()
     bound.add_argument("--rel", type=float, help="point-wise relative bound: |y' - y| <= rel * max(|y|, floor)")
     bound.add_argument("--abs", type=float, help="point-wise absolute bound: |y' - y| <= abs")
-    ap.add_argument("--floor", type=float, help="--rel's floor (default: the data's metric floor)")
+    ap.add_argument(
+        "--floor",
+        type=float,
+        help="--rel's floor (default: the data's smallest non-zero magnitude, so every non-zero value is within --rel)",
+    )
     ap.add_argument(
         "--ratio",
         type=float,
@@ -32,6 +36,12 @@ def compress_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", help="the network: a model preset (default: model=auto's choice for the data)")
     ap.add_argument("--var", help="the variable of a NetCDF / HDF5 / Zarr file")
     ap.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    ap.add_argument(
+        "--network",
+        choices=NETWORK_CHOICES,
+        help="under a bound: train a network (always), store none and code the signal alone (never), or auto "
+        "(the default: a network only where --ratio or --preset asks for one; docs/bounded.md)",
+    )
     ap.add_argument("--chunks", help="a store's chunks: 64,64,64 or time=1,lat=90 (default: the input's)")
     ap.add_argument("--workers", type=int, help="a store: the LocalCluster's worker processes (default: one per core)")
     ap.add_argument("--scheduler", help="a store: an existing Dask cluster's scheduler address (tcp://host:8786)")

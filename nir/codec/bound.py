@@ -86,9 +86,11 @@ class Bound:
         return out
 
 
-def bound_of(node: Any, metric_floor: float | None) -> Bound | None:
+def bound_of(node: Any, default_floor: float | None) -> Bound | None:
     """The bound from a config node or dict with ``rel``, ``abs`` and ``floor`` (None: no bound);
-    every wrong value is one line."""
+    every wrong value is one line. ``default_floor``: a relative bound's floor when ``floor`` is
+    not given (the run passes the smallest non-zero magnitude of the data, so the relative bound
+    holds for every non-zero value: :func:`relative_floor`)."""
     if not node:
         return None
     rel, ab, floor = node.get("rel"), node.get("abs"), node.get("floor")
@@ -103,11 +105,21 @@ def bound_of(node: Any, metric_floor: float | None) -> Bound | None:
     if rel is None:
         return Bound("abs", float(ab))
     if floor is None:
-        require(metric_floor is not None and metric_floor > 0,
+        require(default_floor is not None and default_floor > 0,
                 "bound.rel needs a floor: set bound.floor (values below it get the error eps * floor)")  # fmt: skip
-        floor = metric_floor
+        floor = default_floor
     require(_positive(floor), f"bound.floor must be a number > 0, got {floor!r}")
     return Bound("rel", float(rel), float(floor))
+
+
+def relative_floor(smallest_nonzero: float, dtype: str = "float32") -> float:
+    """A relative bound's default floor: the data's smallest non-zero magnitude, so that
+    ``|y' - y| <= eps |y|`` holds for every non-zero value (SZ3's point-wise relative mode);
+    zeros stay within ``eps * floor`` of zero. Data that is all zeros: the dtype's smallest
+    normal number."""
+    tiny = float(np.finfo(dtype if dtype in DTYPES else "float32").tiny)
+    s = float(smallest_nonzero)
+    return s if math.isfinite(s) and s > 0 else tiny
 
 
 def _positive(v: Any) -> bool:

@@ -170,7 +170,8 @@ class Signal:
             yield start, stop, self.read(start, stop)
 
     def summary(self) -> dict[str, Tensor]:
-        """Exact per-channel ``min``/``max``, whole-signal ``absmin``/``absmax`` and the number of
+        """Exact per-channel ``min``/``max``, whole-signal ``absmin``/``absmax``, the smallest
+        non-zero magnitude ``nzmin`` (inf when every value is zero) and the number of
         ``missing`` samples (cached), in one pass of reductions over views of the values.
 
         A sample with NaN in any channel is **missing** (masked: a NaN in a ``.npy``, a
@@ -180,7 +181,7 @@ class Signal:
         views, with no chunk-sized copies (which fragment the heap)."""
         if self._summary is None:
             flat = self.flat() if self.values is not None else None
-            lo, hi, alo, missing = [], [], [], 0
+            lo, hi, alo, nz, missing = [], [], [], [], 0
             for start in range(0, self.numel, 1 << 20):
                 view = flat[start : start + (1 << 20)] if flat is not None else self.read(start, start + (1 << 20))
                 valid = valid_rows(view)
@@ -191,16 +192,19 @@ class Signal:
                     lo.append(view.amin(0))
                     hi.append(view.amax(0))
                     alo.append(torch.linalg.vector_norm(view, ord=float("-inf")))  # min |v|, abs fused in the reduction
+                    a = view.abs()
+                    nz.append(torch.where(a > 0, a, torch.inf).amin())
                 if self.source is not None:
                     self.source.release(start * self.channels, (start + (1 << 20)) * self.channels)
             if not lo:  # every sample missing: NaN statistics (readers refuse such a signal)
                 nan = torch.full((self.channels,), float("nan"))
-                lo, hi, alo = [nan], [nan], [nan[0]]
+                lo, hi, alo, nz = [nan], [nan], [nan[0]], [nan[0]]
             mn, mx = torch.stack(lo).amin(0), torch.stack(hi).amax(0)
             self._summary = {
                 "min": mn,
                 "max": mx,
                 "absmin": torch.stack(alo).min(),
+                "nzmin": torch.stack(nz).min(),  # the smallest non-zero |v| (inf: every value is zero)
                 "absmax": torch.maximum(mn.abs(), mx.abs()).max(),
                 "missing": torch.tensor(missing),
             }

@@ -14,5 +14,6 @@ from nir.fields.encodings import FourierEncoding, GridEncoding
 from nir.fields.fourier import FourierMLP
 from nir.fields.mlp import EncodedMLP
 from nir.fields.siren import Siren
+from nir.fields.zero import Zero
 
-__all__ = ["Auto", "EncodedMLP", "FourierEncoding", "FourierMLP", "GridEncoding", "Siren"]
+__all__ = ["Auto", "EncodedMLP", "FourierEncoding", "FourierMLP", "GridEncoding", "Siren", "Zero"]

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from nir.errors import NirError, require
-from nir.run.settings import COMPRESSION_KEYS
+from nir.run.settings import COMPRESSION_KEYS, NETWORK_CHOICES
 
 try:
     from numcodecs.abc import Codec
@@ -73,11 +73,14 @@ def _number(name: str, value: Any, positive: bool = True) -> float | None:
 class Nir(Codec):
     """The nir numcodecs codec: ``Nir(rel=0.01)``, ``Nir(abs=0.5)``, ``Nir(ratio=100)`` (a byte
     budget without a bound; with a bound it sizes the network), ``floor=`` (``rel``'s floor),
-    ``preset=`` (a ``model`` option), ``steps=`` (training steps)."""
+    ``preset=`` (a ``model`` option), ``steps=`` (training steps), ``network=`` (under a bound:
+    ``auto``, the default, ``always`` or ``never``: ``bound.network``)."""
 
     codec_id = "nir"
 
-    def __init__(self, rel=None, abs=None, ratio=None, floor=None, preset=None, steps=None, **unknown) -> None:
+    def __init__(
+        self, rel=None, abs=None, ratio=None, floor=None, preset=None, steps=None, network=None, **unknown
+    ) -> None:
         require(
             not unknown,
             f"nir codec: unknown argument(s) {', '.join(sorted(unknown))}; it takes {', '.join(COMPRESSION_KEYS)}",
@@ -94,7 +97,11 @@ class Nir(Codec):
         )
         ok_steps = steps is None or (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1)
         require(ok_steps, f"nir codec: steps must be an integer >= 1, got {steps!r}")
-        self.preset, self.steps = preset, steps
+        require(network is None or network in NETWORK_CHOICES,
+                f"nir codec: network must be one of {', '.join(NETWORK_CHOICES)}, got {network!r}")  # fmt: skip
+        require(network != "never" or self.rel is not None or self.abs is not None,
+                "nir codec: network='never' needs a bound (rel= or abs=)")  # fmt: skip
+        self.preset, self.steps, self.network = preset, steps, network
 
     def settings(self) -> dict[str, Any]:
         """The compression's settings (:data:`nir.run.settings.COMPRESSION_KEYS`), None for unset."""

@@ -1,7 +1,7 @@
 """``nir-compress`` / ``nir-decompress``: nir as a compressor, for people who want one and not a
 training framework (docs/bounded.md).
 
-    nir-compress IN.npy OUT.nir --rel 0.01        # every value within 1 % (below the floor: 1 % of it)
+    nir-compress IN.npy OUT.nir --rel 0.01        # every non-zero value within 1 % (zeros within 1 % of the floor)
     nir-compress IN.nc OUT.nir --abs 0.5 --var t2m
     nir-compress IN.npy OUT.nir --ratio 100       # a byte budget, no bound
     nir-compress IN.zarr OUT.zarr --rel 0.01      # a chunked store, chunk by chunk on Dask (docs/ecosystem.md)
@@ -83,6 +83,10 @@ def info(path: str | Path) -> str:
         what = {"rel": f"relative {b.value:g}, floor {b.floor:.4g}", "abs": f"absolute {b.value:g}", "none": "none"}[
             b.kind
         ]
+        below = int(spec.get("meta", {}).get("below_floor_values", 0))
+        if b.kind == "rel":
+            what += (f"; {below:,} non-zero values below the floor (given) are held to {b.value:g} x floor" if below
+                     else "; every non-zero value within the relative bound")  # fmt: skip
         missing = f", {r.missing.size:,} missing samples" if r.missing.size else ""
         lines.append(
             f"bound: {what} (on the grid; {'empty residual' if r.empty else f'{r.exceptions.size} exceptions'}{missing})"

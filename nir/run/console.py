@@ -62,6 +62,9 @@ def bound_line(metrics: dict[str, Any]) -> str:
         return ""
     worst = metrics.get("max_rel_error", metrics.get("max_abs_error"))
     what = f"relative {b['value']:g} (floor {b['floor']:.3g})" if b["kind"] == "rel" else f"absolute {b['value']:g}"
+    below = metrics.get("below_floor_values") or 0
+    if below:  # a floor the user set above some values: they are held to eps * floor, not eps * |y|
+        what += f", {below:,} non-zero values below the floor held to {b['value']:g} x floor"
     return (f"bound: {what}; measured max error {worst:.4g} over every sample of the grid; "
             f"{metrics['bytes_network']:,} bytes network + {metrics['bytes_residual']:,} bytes residual\n")  # fmt: skip
 

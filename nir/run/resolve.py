@@ -119,6 +119,46 @@ def resolve_auto_model(cfg: DictConfig, choices: dict[str, Any], task: Sequence[
     return new, signal
 
 
+ZERO = {"_target_": "nir.fields.zero.Zero"}
+
+
+def choose_network(cfg: DictConfig) -> tuple[str, DictConfig, str | None]:
+    """``bound.network`` (under a bound): ``always`` trains a network, ``never`` stores none (the
+    residual carries the signal: :class:`nir.fields.zero.Zero`), ``auto`` trains one only where
+    the user asked for its size or named it (``size.ratio`` / ``size.bytes``, a model other than
+    ``auto``): on every field measured a trained network saved nothing under a bound, the
+    residual coding no block with it (docs/bounded.md). Returns the decision, the config (with
+    the zero network in place of the model for ``never``: a copy) and the line that says so."""
+    from nir.run.settings import NETWORK_CHOICES
+
+    bound = cfg.get("bound") or {}
+    asked = str(bound.get("network", "always"))
+    require(asked in NETWORK_CHOICES, f"bound.network must be one of {', '.join(NETWORK_CHOICES)}, got {asked!r}")
+    bounded = bound.get("rel") is not None or bound.get("abs") is not None
+    if not bounded:
+        require(
+            asked != "never",
+            "bound.network=never needs a bound (bound.rel or bound.abs): without one the network is the field",
+        )
+        return "always", cfg, None
+    size = cfg.get("size") or {}
+    sized = size.get("bytes") is not None or size.get("ratio") is not None
+    named = str(cfg.model.get("_target_", "")) != "nir.fields.Auto"
+    line = None
+    if asked == "auto":
+        asked = "always" if (sized or named) else "never"
+        line = ("network: trained (bound.network=auto: a network was asked for by its size or name)" if asked == "always"
+                else "network: none, the residual carries the signal (bound.network=auto: no trained network has saved "
+                "bytes under a bound on the fields measured, docs/bounded.md; bound.network=always trains one)")  # fmt: skip
+    if asked == "always":
+        return "always", cfg, line
+    new = cfg.copy()
+    with open_dict(new):
+        new.model = OmegaConf.create(ZERO)
+        new.size = OmegaConf.create({"bytes": None, "ratio": None, "share": None})
+    return "never", new, line
+
+
 def compose_again(overrides: Sequence[str]) -> DictConfig:
     """``conf/train.yaml`` with ``overrides``, inside a running Hydra app (its search path) or not."""
     from hydra.core.global_hydra import GlobalHydra
@@ -131,16 +171,16 @@ def compose_again(overrides: Sequence[str]) -> DictConfig:
 
 
 def measured_bound(cfg: DictConfig, signal: Any) -> Any:
-    """The run's error bound (:func:`nir.codec.bound.bound_of`), its floor from the signal's
-    statistics (measured here only when a bound is asked for)."""
-    from nir.codec.bound import bound_of
+    """The run's error bound (:func:`nir.codec.bound.bound_of`). A relative bound without
+    ``bound.floor`` gets the data's smallest non-zero magnitude as its floor
+    (:func:`nir.codec.bound.relative_floor`): the promise holds for every non-zero value. A floor
+    above it is the user's choice, and the values below it are counted in the run's summary."""
+    from nir.codec.bound import bound_of, relative_floor
 
     node = cfg.get("bound")
-    if not node or all(node.get(k) is None for k in ("rel", "abs")):
+    if not node or node.get("rel") is None:
         return bound_of(node, None)
-    from nir.training.metrics import SignalStats
-
-    return bound_of(node, float(SignalStats.measure(signal).floor) or None)
+    return bound_of(node, relative_floor(float(signal.summary()["nzmin"]), str(signal.meta.get("dtype", "float32"))))
 
 
 def choose_share(cfg: DictConfig, signal: Any, bound: Any) -> tuple[int, str] | None:
@@ -214,9 +254,10 @@ def _with(cfg: DictConfig, updates: dict[str, Any]) -> DictConfig:
     return new
 
 
-def resolve_settings(cfg: DictConfig, signal: Any, job: Job | None = None) -> Settings:
+def resolve_settings(cfg: DictConfig, signal: Any, job: Job | None = None, network: str = "always") -> Settings:
     """Every choice of the run, once, in order (each printed in its line), into one frozen
-    :class:`~nir.run.settings.Settings`; ``cfg`` itself is left as composed."""
+    :class:`~nir.run.settings.Settings`; ``cfg`` itself is left as composed. ``network``: what
+    :func:`choose_network` decided (``never``: no network to size)."""
     chosen: dict[str, str] = {}
     updates: dict[str, Any] = {}
     lines: list[str] = []
@@ -255,4 +296,4 @@ def resolve_settings(cfg: DictConfig, signal: Any, job: Job | None = None) -> Se
     t = resolved.trainer
     precision = resolve_precision(t.get("precision", "32"), t.get("accelerator", "auto"))
     OmegaConf.set_readonly(resolved, True)
-    return Settings(resolved, store_of(resolved), precision, bound, job or Job(), chosen, k, tuple(lines))
+    return Settings(resolved, store_of(resolved), precision, bound, job or Job(), chosen, k, tuple(lines), network)

@@ -28,7 +28,7 @@ from nir.run import console
 from nir.run.config import ALIASES, build, check_config, compose_config, groups, preset_line, upgrade_targets
 from nir.run.parts import Parts, build_parts
 from nir.run.records import write_hydra_record, write_json
-from nir.run.resolve import resolve_auto_model, resolve_settings
+from nir.run.resolve import choose_network, resolve_auto_model, resolve_settings
 from nir.run.settings import job_of
 from nir.run.trainer import build_trainer
 
@@ -179,7 +179,7 @@ def collect_metrics(
         "precision": parts.precision,
         "sampling": str(parts.data.sampling),
         **({"holdout": str(parts.data.holdout)} if parts.data.holdout is not None else {}),
-        "device": str(trainer.strategy.root_device),  # the module is back on the CPU after fit
+        "device": str(trainer.strategy.root_device) if trainer is not None else "cpu",  # back on the CPU after fit
         "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
     }
 
@@ -228,6 +228,9 @@ def train_field(
         job = job_of(overrides)
         cfg = upgrade_targets(cfg)  # an old run's config.yaml names classes where they were
         choices = dict(choices) if choices is not None else dict(job.hydra.runtime.choices) if job.hydra else {}
+        network, cfg, line = choose_network(cfg)
+        if line:
+            console.say(line)
         cfg, signal = resolve_auto_model(cfg, choices, job.task)
         line = preset_line(cfg, choices)
         if line:
@@ -242,8 +245,11 @@ def train_field(
                 write_hydra_record(run_dir, cfg, job.task, job.hydra)
             signal = build(cfg.data, "data") if signal is None else signal
             console.announce_signal(signal)
-            settings = resolve_settings(cfg, signal, job)  # every choice once; cfg itself stays as composed
+            settings = resolve_settings(cfg, signal, job, network)  # every choice once; cfg itself stays as composed
             parts = build_parts(settings, signal)  # the input is read and checked before Lightning is imported
+            if settings.network == "never":  # nothing to train: the residual carries the signal
+                metrics = _without_network(parts, run_dir, t_start, t_wall0)
+                return parts.field.cpu().eval(), metrics
             with _quiet_lightning():  # Lightning's noise, silenced for this run only
                 from nir.training.guards import InterruptCheckpoint
 
@@ -256,6 +262,24 @@ def train_field(
                 if first_process():
                     write_run(parts, metrics, run_dir)
     return parts.field.cpu().eval(), metrics
+
+
+def _without_network(parts: Parts, run_dir: Path, t_start: float, t_wall0: float) -> dict[str, Any]:
+    """A bounded run with no network (``bound.network=never``): no Trainer and no training; the
+    field (:class:`nir.fields.zero.Zero`) gets its residual and is evaluated and stored as a
+    trained one would be; ``config.yaml``, ``field.nir``, ``field.safetensors`` and
+    ``metrics.json`` as usual."""
+    from nir.checkpoint import atomic_write_text
+    from nir.training.module import evaluate_stored
+
+    if first_process():
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(parts.settings.config, resolve=True))
+    t = time.perf_counter()
+    final = {**evaluate_stored(parts.module, parts.store), "nonfinite_steps": 0, "fit_time_s": time.perf_counter() - t}
+    metrics = collect_metrics(parts, None, final, 0, t_start, t_wall0)
+    if first_process():
+        write_run(parts, metrics, run_dir)
+    return metrics
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ class Settings:
     chosen: Mapping[str, str] = field(default_factory=dict)
     steps_per_call: int = 1
     lines: tuple[str, ...] = ()
+    network: str = "always"  # under a bound: always (a network is trained) or never (bound.network)
 
 
 def store_of(cfg: DictConfig) -> Store:
@@ -106,7 +107,9 @@ LEAN = ["log.images=false", "log.tensorboard=false", "callbacks.checkpoint=null"
 #: the settings of a compression, the one place they are spelled: ``nir-compress``'s options, the
 #: chunk codec's arguments (:class:`nir.interop.chunks.Nir`, and so its stored configuration) and
 #: :func:`fit_overrides`'s keywords
-COMPRESSION_KEYS = ("rel", "abs", "ratio", "floor", "preset", "steps")
+COMPRESSION_KEYS = ("rel", "abs", "ratio", "floor", "preset", "steps", "network")
+#: ``bound.network``: train a network under a bound always, never, or by nir's rule (auto)
+NETWORK_CHOICES = ("auto", "always", "never")
 
 
 def fit_overrides(quiet: bool = False, **settings: Any) -> list[str]:
@@ -128,6 +131,7 @@ def fit_overrides(quiet: bool = False, **settings: Any) -> list[str]:
     elif bounded:
         overrides.append(f"size.share={NETWORK_SHARE}")
     overrides += [f"model={s['preset']}"] if s["preset"] else []
+    overrides += [f"bound.network={s['network'] or 'auto'}"] if bounded else []
     steps = s["steps"]
     overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"] if steps else []
     overrides += ["trainer.enable_progress_bar=false"] if quiet else []

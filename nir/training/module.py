@@ -271,7 +271,7 @@ def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
     field.residual = bounds.encode(residual)
     del residual  # one copy of the residual at a time (compressing a 256^3 array: docs/bounded.md)
     back = bounds.decode(field.residual, n)
-    worst, start = 0.0, 0
+    worst, start, below = 0.0, 0, 0
     for pred, y in predictions_and_values(field, signal):
         n = pred.size
         sub = back.part(start, start + n)
@@ -282,7 +282,15 @@ def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
         err = np.abs(got[kept] - y[kept])
         scale = np.maximum(np.abs(y[kept]), bound.floor) if bound.kind == "rel" else 1.0
         worst = max(worst, float((err / scale).max(initial=0.0)))
+        if bound.kind == "rel":  # non-zero values under a floor the user set above them: bounded absolutely
+            a = np.abs(y[kept])
+            below += int(((a > 0) & (a < bound.floor)).sum())
         start += n
     key = "max_rel_error" if bound.kind == "rel" else "max_abs_error"
-    return {"bound": bound.describe(), key: worst, "bytes_residual": len(field.residual),
-            "residual_exceptions": exceptions}  # fmt: skip
+    out = {"bound": bound.describe(), key: worst, "bytes_residual": len(field.residual),
+           "residual_exceptions": exceptions}  # fmt: skip
+    if bound.kind == "rel":
+        out["below_floor_values"] = below
+        if below:  # written into the file too, so `nir-compress --info` says it
+            field.spec.setdefault("meta", {})["below_floor_values"] = below
+    return out
