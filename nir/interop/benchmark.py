@@ -413,16 +413,17 @@ def max_rel(pred: np.ndarray, y: np.ndarray, floor: float) -> float:
     return float((np.abs(pred.reshape(-1).astype(np.float64) - y) / np.maximum(np.abs(y), floor)).max())
 
 
-def bounded_row(path: Path, eps: float, tmp: Path, ratio: float | None = None) -> dict:
-    """``nir-compress --rel eps`` of ``path`` (an ``.npy``) and back, measured: bytes (the
-    residual's apart, and 'plain': the same network with the residual coded as before issue 37),
-    the maximum relative error over every sample, the floor, compress and decompress times."""
+def bounded_row(path: Path, eps: float, tmp: Path, ratio: float | None = None, network: str | None = None) -> dict:
+    """``nir-compress --rel eps [--ratio R] [--network N]`` of ``path`` (an ``.npy``) and back,
+    measured: bytes (the residual's and the network's apart, and 'plain': the same network with
+    the residual coded as before issue 37), the maximum relative error over every sample, the
+    floor, compress and decompress times."""
     from nir.interop.compress import compress, decompress
     from nir.reuse.field import load_field
 
-    out = tmp / f"{path.stem}_{eps}_{ratio}.nir"
+    out = tmp / f"{path.stem}_{eps}_{ratio}_{network}.nir"
     t = time.perf_counter()
-    line = compress(path, out, rel=eps, ratio=ratio, quiet=True)
+    line = compress(path, out, rel=eps, ratio=ratio, network=network, quiet=True)
     c_s = time.perf_counter() - t
     t = time.perf_counter()
     back = decompress(out, tmp / "back.npy")
@@ -443,4 +444,4 @@ def bounded_row(path: Path, eps: float, tmp: Path, ratio: float | None = None) -
     plain = len(data) - len(field.residual) + 31 + len(B.code_ints(B.quantize(pred, y.reshape(-1), bound)))
     return {"bytes": out.stat().st_size, "residual": len(field.residual or b""), "plain": plain, "header": compact_header_bytes(data, field),
             "max_rel": max_rel(back, y, floor), "floor": floor, "compress_s": c_s, "decompress_s": d_s,
-            "line": line, "network_ratio": ratio}  # fmt: skip
+            "line": line, "network_ratio": ratio, "network": network or "auto", "params": field.num_parameters()}  # fmt: skip
