@@ -178,7 +178,7 @@ def test_compress_and_decompress_in_fresh_processes(tmp_path):
     from nir.interop.compress import info
 
     text = info(tmp_path / "out.nir")
-    floor = float(text.split("floor ")[1].split(" ")[0].rstrip(","))
+    floor = float(text.split("floor ")[1].split(" ")[0].rstrip(",;"))
     ok, _ = _check(y.astype(np.float32), back, B.Bound("rel", 0.01, floor))
     assert ok
     assert "bytes:" in text and "residual" in text and "(16, 18, 10)" in text
