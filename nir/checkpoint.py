@@ -8,8 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nir.errors import NirError
 
 #: the version of the files nir writes (field files' ``nir_format`` metadata, checkpoints'
@@ -93,6 +91,8 @@ def check_format(found: Any, what: str) -> None:
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``: plain containers and tensors only; anything
     else (a pickled object, code) is refused before it runs."""
+    import torch  # here, not at the top: an atomic write (a decoded grid) needs no torch
+
     try:
         ckpt = torch.load(str(path), map_location=map_location or "cpu", weights_only=True)
     except FileNotFoundError:

@@ -96,12 +96,16 @@ def anchor(name: str, y: np.ndarray, chunk: int, bound: Bound) -> dict:
             "decode_s": t_dec, "codec": codec}  # fmt: skip
 
 
-def nir_row(src: Path, out: Path, eps: float, floor: float, steps: int, workers: int) -> dict:
+def nir_row(
+    src: Path, out: Path, eps: float, floor: float, steps: int, workers: int, network: str | None = None
+) -> dict:
     import xarray as xr
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    line = compress_store(src, out, Nir(rel=eps, floor=floor, steps=steps), var="v", workers=workers, progress=False)
+    line = compress_store(
+        src, out, Nir(rel=eps, floor=floor, steps=steps, network=network), var="v", workers=workers, progress=False
+    )
     seconds = time.perf_counter() - t
     nbytes = sum(p.stat().st_size for p in (out / "v" / "c").rglob("*") if p.is_file())
     t = time.perf_counter()
@@ -178,6 +182,9 @@ def main() -> None:
     ap.add_argument("--rel", type=float, default=0.01)
     ap.add_argument("--floor", type=float, default=1e-3)
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument(
+        "--network", choices=["auto", "always", "never"], help="the chunk codec's network= (default: its own, auto)"
+    )
     ap.add_argument("--no-write", action="store_true", help="print the table, leave docs/ecosystem.md alone")
     args = ap.parse_args()
     try:
@@ -200,7 +207,7 @@ def main() -> None:
         )
         for w in (int(v) for v in args.workers.split(",")):
             rows[f"nir, {w} worker{'s' if w > 1 else ''}"] = nir_row(
-                src, Path(tmp) / f"nir{w}.zarr", args.rel, args.floor, args.steps, w
+                src, Path(tmp) / f"nir{w}.zarr", args.rel, args.floor, args.steps, w, args.network
             )
         for name in ANCHORS:
             rows[name] = anchor(name, y, args.chunk, bound)

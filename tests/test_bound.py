@@ -412,9 +412,11 @@ def test_network_never_trains_nothing_and_the_residual_alone_meets_the_bound(tmp
         nir.fit(str(tmp_path / "y.npy"), ["bound.network=never"], run_dir=tmp_path / "r", steps=2)
 
 
-def test_a_decode_imports_neither_lightning_nor_hydra(tmp_path):
-    """``nir-decompress`` (and ``load_field`` of a bounded file) in a fresh process loads neither
-    pytorch_lightning nor hydra (torch it still needs: issue 46's compiled evaluator is not built)."""
+def test_a_decode_imports_neither_lightning_nor_hydra_nor_torch_without_a_network(tmp_path):
+    """``nir-decompress`` in a fresh process loads neither pytorch_lightning nor hydra; a file with
+    no network (``--network never``, nir-compress's default) not torch either, and its numpy
+    decode is bit for bit what the field's own (torch) answer is. A file with a network still
+    needs torch to evaluate it (issue 46's compiled evaluator is not built)."""
     y = np.exp(np.random.default_rng(1).normal(size=(16, 12)) * 2).astype(np.float32)
     np.save(tmp_path / "y.npy", y)
     from nir.interop.compress import compress
@@ -423,10 +425,17 @@ def test_a_decode_imports_neither_lightning_nor_hydra(tmp_path):
     code = (
         "import sys\nfrom nir.cli.compress import decompress_main\n"
         f"decompress_main([{str(tmp_path / 'y.nir')!r}, {str(tmp_path / 'b.npy')!r}])\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pytorch_lightning', 'lightning', 'hydra'}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pytorch_lightning', 'lightning', 'hydra', 'torch'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
     back = np.load(tmp_path / "b.npy")
     assert (np.abs(back.astype(np.float64) - y) <= 0.01 * np.abs(y.astype(np.float64))).all()
+    assert np.array_equal(back, nir.load_field(tmp_path / "y.nir").grid_array())
+    # with a network: torch evaluates it, and still neither Lightning nor Hydra is loaded
+    compress(tmp_path / "y.npy", tmp_path / "n.nir", rel=0.01, network="always", steps=3, quiet=True)
+    code = code.replace("y.nir", "n.nir")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['torch']"

@@ -38,15 +38,18 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from nir.codec import ints, storage
+from nir.codec import ints
 from nir.codec.ints import CODERS
 from nir.errors import NirError, require
+
+if TYPE_CHECKING:  # torch (and the stored precision, nir.codec.storage) load where tensors are made:
+    # reading a file's head, spec and residual needs neither (a network-free field decodes without torch)
+    import torch
+    from torch import Tensor
 
 MAGIC = b"NIRf"
 VERSION = 1
@@ -94,6 +97,8 @@ def unpack_spec(data: bytes, version: int) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the file
 def _store_byte(dtype: str, int8_scale: str, coder: int) -> int:
+    from nir.codec import storage
+
     bits = storage.bits_of(dtype)
     code = {"float32": 0, "float16": 1}.get(dtype, bits)
     return code | (16 if int8_scale == "tensor" else 0) | (coder << 5)
@@ -134,6 +139,10 @@ def encode(
     """The compact file of a field's ``spec`` and ``state`` at ``dtype`` (:mod:`nir.codec.storage`'s
     rounding); ``template``: the spec's fresh field (:class:`Template`); ``coder``: ``raw`` (N bits
     per integer), ``ans``, ``zstd``, or ``auto`` (the smallest); ``residual``: a bounded field's."""
+    import torch
+
+    from nir.codec import storage
+
     storage.check(dtype, int8_scale)
     require(coder in ("auto", *CODERS), f"store.coder must be auto, raw, ans or zstd, got {coder!r}")
     params = template.params
@@ -239,6 +248,8 @@ class _Reader:
         self.data, self.at, self.end = data, at, end
 
     def take(self, count: int, dtype: torch.dtype) -> Tensor:
+        import torch
+
         size = count * torch.empty(0, dtype=dtype).element_size()
         require(self.at + size <= self.end, "tensor section shorter than the spec says")
         raw = bytearray(self.data[self.at : self.at + size])
@@ -247,6 +258,10 @@ class _Reader:
 
 
 def _state(c: Compact, template: Template) -> dict[str, Tensor]:
+    import torch
+
+    from nir.codec import storage
+
     data, dtype, int8_scale = c.data, c.dtype, c.int8_scale
     fresh, params, buffers = template.state, template.params, template.buffers
     nmask = (len(buffers) + 7) // 8

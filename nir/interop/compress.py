@@ -104,11 +104,21 @@ def decompress(input: str | Path, output: str | Path) -> Any:
     import numpy as np
 
     from nir.checkpoint import atomic_write_bytes
-    from nir.reuse.field import load_field
+    from nir.codec import container
+    from nir.reuse.stored import plain_grid
 
     output = Path(output)
     require(output.suffix == ".npy", f"nir-decompress writes .npy, got {str(output)!r}")
-    arr = load_field(input).grid_array()
+    path = Path(input)
+    arr = (
+        plain_grid(path.read_bytes(), f"field file {str(path)!r}")
+        if path.is_file() and container.is_compact(path)
+        else None
+    )
+    if arr is None:  # a field with a network: evaluated by torch
+        from nir.reuse.field import load_field
+
+        arr = load_field(input).grid_array()
 
     def write(f) -> None:
         np.save(f, arr)

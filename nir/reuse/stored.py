@@ -17,11 +17,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from nir.errors import NirError, require
+
+if TYPE_CHECKING:  # torch loads where tensors are made: a network-free field decodes without it
+    from torch import Tensor, nn
 
 #: the field file formats :meth:`Field.save <nir.reuse.field.Field.save>` writes
 FORMATS = ("nir", "safetensors")
@@ -38,6 +39,34 @@ class Stored:
     state: Callable[[nn.Module], dict[str, Tensor]]
     residual: bytes | None
     what: str
+
+
+#: a spec whose field answers exactly zero everywhere: no network (``bound.network=never``) behind
+#: the identity transform; its bounded grid is the residual applied to zeros, decoded without torch
+NETWORK_FREE = {"network": "nir.fields.zero.Zero", "transform": "nir.transforms.Identity"}
+
+
+def plain_grid(data: bytes, what: str) -> Any:
+    """The bounded training grid of a compact file whose field is :data:`NETWORK_FREE`, in the
+    source's shape and dtype, decoded with numpy alone (no torch: ``nir-decompress`` of such a
+    file starts in a fraction of the time); None for any other file. The same values as
+    :meth:`Field.grid_array <nir.reuse.field.Field.grid_array>` (tested)."""
+    import math
+
+    import numpy as np
+
+    from nir.codec import bound, container
+
+    c = container.read(data, what)
+    spec = c.spec
+    if c.residual is None or any(spec.get(k, {}).get("target") != v for k, v in NETWORK_FREE.items()):
+        return None
+    channels = int(spec["channels"])
+    n = math.prod(spec["shape"]) * channels
+    values = bound.apply(np.zeros(n, np.float32), bound.decode(c.residual, n))
+    dtype = spec.get("meta", {}).get("dtype", "float32")
+    shape = tuple(spec["shape"]) + ((channels,) if channels > 1 else ())
+    return np.asarray(values).reshape(shape).astype(dtype if dtype in ("float16", "float32", "float64") else "float32")
 
 
 def format_of(path: Path, format: str | None) -> str:

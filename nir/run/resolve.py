@@ -128,7 +128,8 @@ def choose_network(cfg: DictConfig) -> tuple[str, DictConfig, str | None]:
     the user asked for its size or named it (``size.ratio`` / ``size.bytes``, a model other than
     ``auto``): on every field measured a trained network saved nothing under a bound, the
     residual coding no block with it (docs/bounded.md). Returns the decision, the config (with
-    the zero network in place of the model for ``never``: a copy) and the line that says so."""
+    the zero network in place of the model for ``never``, with the identity transform, so the
+    field answers exactly zero and a decode needs no torch: a copy) and the line that says so."""
     from nir.run.settings import NETWORK_CHOICES
 
     bound = cfg.get("bound") or {}
@@ -153,9 +154,11 @@ def choose_network(cfg: DictConfig) -> tuple[str, DictConfig, str | None]:
     if asked == "always":
         return "always", cfg, line
     new = cfg.copy()
-    with open_dict(new):
+    with open_dict(new):  # nothing is trained: no network to size, and no loss, sampling or transform to choose
         new.model = OmegaConf.create(ZERO)
         new.size = OmegaConf.create({"bytes": None, "ratio": None, "share": None})
+        for group, option in (("loss", "mse"), ("transform", "identity"), ("sampling", "uniform")):
+            new[group] = option_nodes(group, option)[group][1]
     return "never", new, line
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nir.codec.storage import Store
+if TYPE_CHECKING:  # the stored precision imports torch: not needed to spell a compression's settings
+    from nir.codec.storage import Store
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Settings:
 
 def store_of(cfg: DictConfig) -> Store:
     """The ``store`` settings of a config, checked (one line for a setting that is not one)."""
+    from nir.codec.storage import Store
+
     return Store.of(OmegaConf.to_container(cfg.store, resolve=True) if "store" in cfg else {})
 
 
