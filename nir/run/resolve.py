@@ -48,7 +48,10 @@ class Choice:
 
 def choose_loss(cfg: DictConfig, signal: Any) -> Choice | None:
     """``loss=auto`` (``data=array``'s default): the loss (and its transform) from the signal's
-    exact extremes (:func:`nir.training.losses.auto_choice`); None when a loss was named."""
+    exact extremes (:func:`nir.training.losses.auto_choice`); None when a loss was named. An array
+    that is not long-tailed enough for a log or asinh loss gets ``mse`` on standardised values
+    (``transform=standardize``, issue 45: counts up to 523 fitted in their own units came back
+    10x too low from a network whose first outputs are near +-1); an image is already in [-1, 1]."""
     if str(cfg.loss.get("_target_", "")) != "nir.training.losses.Auto":
         return None
     from nir.training.losses import auto_choice
@@ -67,6 +70,9 @@ def choose_loss(cfg: DictConfig, signal: Any) -> Choice | None:
     nodes = option_nodes("loss", choice)
     if own != IDENTITY:
         nodes.pop("transform", None)
+    elif choice == "mse" and not signal.is_image:  # an image is read into [-1, 1]; an array keeps its units
+        nodes["transform"] = ("standardize", option_nodes("transform", "standardize")["transform"][1])
+        why += "; scaled into the network's range"
     brings = "".join(f", {g}={option}" for g, (option, _) in nodes.items() if g != "loss")
     line = f"loss=auto: {why} -> loss={choice}{brings}; pass loss=... to choose"
     return Choice("loss", choice, {g: node for g, (_, node) in nodes.items()}, line)
