@@ -487,7 +487,11 @@ def test_loss_auto_decides_from_the_data(values, choice, tmp_path, capsys):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     expect = {  # sampling=auto follows: decade-balanced batches in a log space
         "log_mse": ("nir.training.losses.LogMSE", "nir.transforms.Log", "nir.data.samplers.Decades"),
-        "mse": ("nir.training.losses.MSE", "nir.transforms.Identity", "nir.data.samplers.Uniform"),
+        "mse": (
+            "nir.training.losses.MSE",
+            "nir.transforms.Standardize",
+            "nir.data.samplers.Uniform",
+        ),  # an array: scaled
         "asinh_mse": ("nir.training.losses.MSE", "nir.transforms.Asinh", "nir.data.samplers.Decades"),
     }
     got = (saved["loss"]["_target_"], saved["transform"]["_target_"], saved["sampling"]["_target_"])

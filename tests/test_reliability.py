@@ -186,6 +186,7 @@ def test_divergence_stops_keeps_last_good_checkpoint(files, tmp_path):
         "data=array",
         f"data.path={huge}",
         "data.channel_axis=-1",
+        "loss=mse",  # in the image run's space (loss=auto would scale an array: transform=standardize)
     ]
     with pytest.raises(NirError, match=r"diverged at step \d+: loss (nan|inf).*precision 32.*likely causes"):
         train(make_cfg(bad), run)

@@ -189,7 +189,7 @@ def measured_bound(cfg: DictConfig, signal: Any) -> Any:
     node = cfg.get("bound")
     if not node or node.get("rel") is None:
         return bound_of(node, None)
-    return bound_of(node, relative_floor(float(signal.summary()["nzmin"]), str(signal.meta.get("dtype", "float32"))))
+    return bound_of(node, relative_floor(signal.smallest_nonzero(), str(signal.meta.get("dtype", "float32"))))
 
 
 def choose_share(cfg: DictConfig, signal: Any, bound: Any) -> tuple[int, str] | None:
