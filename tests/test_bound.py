@@ -408,6 +408,9 @@ def test_network_never_trains_nothing_and_the_residual_alone_meets_the_bound(tmp
             [str(tmp_path / "y.npy"), str(tmp_path / "a.nir"), "--rel", "0.01", "--network", "always", "--steps", "2"]
         )
     assert fits == [1]
+    # with no network the run's metrics are the bounded answer's (the zero network's would be ~100 % off)
+    _, m = nir.fit(str(tmp_path / "y.npy"), ["bound.rel=0.01", "bound.network=never"], run_dir=tmp_path / "m")
+    assert m["steps"] == 0 and m["num_params"] == 0 and m["worst_decade_median"] <= 0.01 and m["psnr"] > 40
     with pytest.raises(NirError, match="bound.network=never needs a bound"):
         nir.fit(str(tmp_path / "y.npy"), ["bound.network=never"], run_dir=tmp_path / "r", steps=2)
 

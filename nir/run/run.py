@@ -266,16 +266,20 @@ def train_field(
 
 def _without_network(parts: Parts, run_dir: Path, t_start: float, t_wall0: float) -> dict[str, Any]:
     """A bounded run with no network (``bound.network=never``): no Trainer and no training; the
-    field (:class:`nir.fields.zero.Zero`) gets its residual and is evaluated and stored as a
-    trained one would be; ``config.yaml``, ``field.nir``, ``field.safetensors`` and
-    ``metrics.json`` as usual."""
+    field (:class:`nir.fields.zero.Zero`) gets its residual and is stored as a trained one would
+    be, and its metrics (PSNR, per decade) are the bounded answer's, the only one it has;
+    ``config.yaml``, ``field.nir``, ``field.safetensors`` and ``metrics.json`` as usual."""
     from nir.checkpoint import atomic_write_text
     from nir.training.module import evaluate_stored
 
     if first_process():
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(parts.settings.config, resolve=True))
+    from nir.training.metrics import score
+
     t = time.perf_counter()
     final = {**evaluate_stored(parts.module, parts.store), "nonfinite_steps": 0, "fit_time_s": time.perf_counter() - t}
+    # the stored field is the bounded answer (no network to describe): its metrics are the run's
+    final.update({k: v for k, v in score(parts.field, parts.signal).items() if k in final})
     metrics = collect_metrics(parts, None, final, 0, t_start, t_wall0)
     if first_process():
         write_run(parts, metrics, run_dir)
