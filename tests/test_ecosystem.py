@@ -3,6 +3,8 @@ Zarr 3 codec, the xarray backend for .nir files and chunk-parallel nir-compress 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nir
 from nir.errors import NirError
 from nir.interop import chunks
 from nir.interop.chunks import Nir, decode_chunk, encode_chunk
@@ -485,3 +488,27 @@ def test_an_existing_output_store_is_left_alone(store, tmp_path, capsys):
         compress_main([str(store[1]), str(out), "--rel", "0.01", "--var", "v"])
     assert "exists; remove it or choose another output" in capsys.readouterr().err
     assert (out / "keep").read_text() == "earlier results"
+
+
+def test_the_codec_composes_its_config_once_per_process_and_gives_nir_fits_bytes(monkeypatch, tmp_path):
+    """Issue 46's direct path for a store: chunks after the first are fitted without Hydra's
+    composition or the key check again (counted), and a chunk's bytes are those a ``nir.fit``
+    run with the same settings writes."""
+    import nir.run.config as config
+    import nir.run.run as run
+    from nir.run.settings import fit_overrides
+
+    run.prepare.cache_clear()
+    calls = []
+    compose = config.compose_config
+    monkeypatch.setattr(run, "compose_config", lambda ov: calls.append(1) or compose(ov))
+    rng = np.random.default_rng(2)
+    chunks_ = [np.exp(rng.normal(size=(10, 9, 8)) * 2).astype(np.float32) for _ in range(3)]
+    codec = Nir(rel=0.01)
+    datas = [encode_chunk(x, codec)[0] for x in chunks_]
+    assert len(calls) == 1
+    np.save(tmp_path / "chunk.npy", chunks_[2])  # the codec's own file name (the spec keeps it)
+    with contextlib.redirect_stdout(io.StringIO()):
+        nir.fit(str(tmp_path / "chunk.npy"), fit_overrides(True, **codec.settings()), run_dir=tmp_path / "r")
+    assert (tmp_path / "r" / "field.nir").read_bytes() == datas[2]
+    run.prepare.cache_clear()

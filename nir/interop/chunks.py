@@ -165,15 +165,16 @@ def encode_chunk(arr: np.ndarray, codec: Nir, name: str = "a chunk") -> tuple[by
 
 def _train(arr: np.ndarray, codec: Nir) -> bytes:
     """Train a field on ``arr`` with the codec's settings; the ``.nir`` bytes."""
-    from nir.run import fit
     from nir.run.settings import fit_overrides
 
-    overrides = fit_overrides(quiet=True, **codec.settings())
-    with _TRAINING, tempfile.TemporaryDirectory(prefix="nir-chunk-") as tmp:
+    overrides = tuple(fit_overrides(quiet=True, **codec.settings()))
+    with _TRAINING, tempfile.TemporaryDirectory(prefix="nir-chunk-") as tmp, warnings.catch_warnings():
+        from nir.run.run import prepare  # (its libraries' first imports add warning filters: kept inside)
+
         path = Path(tmp) / "chunk.npy"
         np.save(path, arr)
-        with contextlib.redirect_stdout(io.StringIO()):
-            fit(str(path), overrides, run_dir=Path(tmp) / "run")
+        with contextlib.redirect_stdout(io.StringIO()):  # composed and checked once per process, not per chunk
+            prepare(overrides).fit(path, Path(tmp) / "run")
         data = (Path(tmp) / "run" / "field.nir").read_bytes()
     if codec.rel is None and codec.abs is None and np.isnan(arr).any():
         data = _with_missing(data, arr)  # no bound: the missing samples alone, so they are NaN again

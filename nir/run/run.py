@@ -10,6 +10,7 @@ them, :mod:`nir.allocator`), and Lightning's noise is silenced only inside the r
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +53,17 @@ def _seed_all(seed: int) -> None:
 # ----------------------------------------------------------------------------- the run's steps
 
 
-def prepare_run_dir(cfg: DictConfig, run_dir: str | Path | None) -> Path:
-    """Check the config, create the run directory (Hydra's output dir by default) and make
-    sure it is writable, then seed everything."""
+def prepare_run_dir(cfg: DictConfig, run_dir: str | Path | None, check: bool = True) -> Path:
+    """Check the config (``check``: False for one checked already, :func:`prepare`), create the
+    run directory (Hydra's output dir by default) and make sure it is writable, then seed
+    everything."""
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
-    check_config(cfg)
+    if check:
+        check_config(cfg)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".nir-write-test"
@@ -212,6 +216,7 @@ def train_field(
     callbacks: Sequence[Any] = (),
     choices: dict[str, Any] | None = None,
     overrides: Sequence[str] | None = None,
+    check: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """:func:`train`, also returning the trained :class:`~nir.reuse.field.Field` (on the CPU, eval mode).
     ``callbacks``: extra Lightning callbacks (benchmarks, custom logging). ``choices``: the
@@ -237,7 +242,7 @@ def train_field(
             console.say(line)
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*", FutureWarning)
-        run_dir = prepare_run_dir(cfg, run_dir)
+        run_dir = prepare_run_dir(cfg, run_dir, check)
         from nir.training.faults import SignalCatcher, run_lock, signals_to_catch
 
         with run_lock(run_dir, enabled=first_process()), SignalCatcher(signals_to_catch()) as catcher:
@@ -321,6 +326,29 @@ def _signal_overrides(signal: Any, run_dir: Path) -> list[str]:
     run_dir.mkdir(parents=True, exist_ok=True)
     np.save(run_dir / "signal.npy", arr.astype(np.float32, copy=False))
     return ["data=array", f"data.path={(run_dir / 'signal.npy').resolve()}"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A config composed and checked once for many arrays of the same kind (``data=array``):
+    :meth:`fit` trains one without Hydra's composition or the key check again (the chunk codec
+    fits every chunk of a store so; about 0.3 s of a 0.45 s chunk before)."""
+
+    cfg: DictConfig
+    choices: dict[str, Any]
+
+    def fit(self, path: str | Path, run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+        cfg = self.cfg.copy()
+        cfg.data.path = str(Path(path).resolve())
+        return train_field(cfg, run_dir, choices=self.choices, check=False)
+
+
+@functools.lru_cache(maxsize=8)
+def prepare(overrides: tuple[str, ...]) -> Prepared:
+    """``data=array`` with ``overrides`` composed and checked once (cached per process)."""
+    cfg, choices = compose_config(["data=array", "data.path=__each_array__", *overrides])
+    check_config(cfg)
+    return Prepared(cfg, choices)
 
 
 def fit(
