@@ -249,8 +249,14 @@ def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: 
     ``net`` the network's residual in the map, ``own`` the signal's map (None: no map to code)."""
     shape = tuple(shape)
     costs = []
+    # no network (nir.fields.Zero behind the identity map): the network's residual is the map
+    # itself, and its predicted mode codes the same integers as the map's: one pass, not two
+    same = own is not None and np.array_equal(net, own)
     for x, mode in ((net, RAW), (net, NET), (own, MAP)):
         if x is None:
+            continue
+        if same and mode == MAP:
+            costs.append(costs[-1].copy())
             continue
         steps, _, _ = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell)
         q = np.zeros(shape, np.int32)
