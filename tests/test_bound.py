@@ -424,7 +424,14 @@ def test_a_decode_imports_neither_lightning_nor_hydra_nor_torch_without_a_networ
     np.save(tmp_path / "y.npy", y)
     from nir.interop.compress import compress
 
-    compress(tmp_path / "y.npy", tmp_path / "y.nir", rel=0.01, network="never", quiet=True)
+    compress_code = (  # with no network the compression itself builds no Trainer: no Lightning either
+        "import sys\nfrom nir.interop.compress import compress\n"
+        f"compress({str(tmp_path / 'y.npy')!r}, {str(tmp_path / 'y.nir')!r}, rel=0.01, network='never', quiet=True)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pytorch_lightning', 'lightning', 'lightning_fabric'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", compress_code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
     code = (
         "import sys\nfrom nir.cli.compress import decompress_main\n"
         f"decompress_main([{str(tmp_path / 'y.nir')!r}, {str(tmp_path / 'b.npy')!r}])\n"

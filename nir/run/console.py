@@ -107,8 +107,9 @@ def summary(metrics: dict[str, Any], run_dir: Path, data_range: float) -> str:
         f"{'all samples' if not masked else 'valid samples: ' + format(masked, ',') + ' masked'})"
         f"{'' if finite else ' (not finite!)'}\n"
         + f"stored field: {metrics['bytes']:,} bytes ({metrics['store_dtype']}; field.nir), compression ratio"
-        f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value,"
-        f" {metrics['bits_per_parameter']:.3g} bits per parameter\n"
+        f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value"
+        + (f", {metrics['bits_per_parameter']:.3g} bits per parameter" if metrics.get("num_params") else ", no network")
+        + "\n"
         + (magnitude_line(metrics) if worst is not None else "")
         + bound_line(metrics)
         + heldout_line(metrics)

@@ -251,10 +251,9 @@ def train_field(
             signal = build(cfg.data, "data") if signal is None else signal
             console.announce_signal(signal)
             settings = resolve_settings(cfg, signal, job, network)  # every choice once; cfg itself stays as composed
-            parts = build_parts(settings, signal)  # the input is read and checked before Lightning is imported
             if settings.network == "never":  # nothing to train: the residual carries the signal
-                metrics = _without_network(parts, run_dir, t_start, t_wall0)
-                return parts.field.cpu().eval(), metrics
+                return _without_network(settings, signal, run_dir, t_start, t_wall0)
+            parts = build_parts(settings, signal)  # the input is read and checked before Lightning is imported
             with _quiet_lightning():  # Lightning's noise, silenced for this run only
                 from nir.training.guards import InterruptCheckpoint
 
@@ -269,26 +268,47 @@ def train_field(
     return parts.field.cpu().eval(), metrics
 
 
-def _without_network(parts: Parts, run_dir: Path, t_start: float, t_wall0: float) -> dict[str, Any]:
-    """A bounded run with no network (``bound.network=never``): no Trainer and no training; the
-    field (:class:`nir.fields.zero.Zero`) gets its residual and is stored as a trained one would
-    be, and its metrics (PSNR, per decade) are the bounded answer's, the only one it has;
-    ``config.yaml``, ``field.nir``, ``field.safetensors`` and ``metrics.json`` as usual."""
+def _without_network(settings: Any, signal: Any, run_dir: Path, t_start: float, t_wall0: float) -> tuple[Any, dict]:
+    """A bounded run with no network (``bound.network=never``): no Trainer, no training data, no
+    Lightning; the field (:class:`nir.fields.zero.Zero`) gets its residual, checked at every
+    sample, and its metrics (PSNR, per decade) are the bounded answer's, the only one it has;
+    ``config.yaml``, ``field.nir``, ``field.safetensors`` and ``metrics.json`` as for any run."""
     from nir.checkpoint import atomic_write_text
-    from nir.training.module import evaluate_stored
+    from nir.run.parts import build_field, network_dims
+    from nir.training.bounded import bound_residual, stored_sizes
+    from nir.training.metrics import SignalStats, score
 
+    cfg, store = settings.config, settings.store
     if first_process():
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(parts.settings.config, resolve=True))
-    from nir.training.metrics import score
-
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    field = build_field(cfg, cfg.model, network_dims(cfg, signal), signal).eval()
     t = time.perf_counter()
-    final = {**evaluate_stored(parts.module, parts.store), "nonfinite_steps": 0, "fit_time_s": time.perf_counter() - t}
-    # the stored field is the bounded answer (no network to describe): its metrics are the run's
-    final.update({k: v for k, v in score(parts.field, parts.signal).items() if k in final})
-    metrics = collect_metrics(parts, None, final, 0, t_start, t_wall0)
+    final = {**bound_residual(field, signal, settings.bound), **stored_sizes(field, signal, store)}
+    final.update(score(field, signal), nonfinite_steps=0)
+    fit_s = time.perf_counter() - t
+    stats = SignalStats.measure(signal)
+    metrics = {
+        "status": "ok" if math.isfinite(final["psnr"]) else "diverged",
+        **{k: v for k, v in final.items() if k != "magnitude_bins" or signal.long_tailed},
+        "psnr_convention": f"10 log10(R^2/MSE) over all valid samples and channels, signal units, R = {stats.range:g}; "
+        "fp32 evaluation of the bounded answer (no network)",
+        "steps": 0,
+        "num_params": 0,
+        "fit_time_s": fit_s,
+        "wall_time_s": time.perf_counter() - t_start,
+        "started_at": t_wall0,
+        "finished_at": time.time(),
+        "precision": settings.precision,
+        "sampling": "none",
+        "device": "cpu",
+        "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
+    }
     if first_process():
-        write_run(parts, metrics, run_dir)
-    return metrics
+        field.save(run_dir / "field.nir", store.dtype, store.int8_scale, coder=store.coder)
+        field.save(run_dir / "field.safetensors", store.dtype, store.int8_scale)
+        write_json(run_dir / "metrics.json", metrics)
+        print(console.summary(metrics, run_dir, stats.range), flush=True)
+    return field, metrics
 
 
 @contextlib.contextmanager

@@ -45,10 +45,13 @@ class Interrupted(NirError):
 def signals_to_catch() -> tuple[int, ...]:
     """:data:`SIGNALS`, less SIGUSR1 inside a SLURM job: there Lightning's auto-requeue answers
     it (it saves ``hpc_ckpt_N.ckpt`` and requeues the job), and nir checkpoints on the SIGTERM
-    that SLURM sends when it stops the job (docs/troubleshooting.md)."""
-    from lightning_fabric.plugins.environments import SLURMEnvironment
+    that SLURM sends when it stops the job (docs/troubleshooting.md). A SLURM job is told as
+    Lightning's ``SLURMEnvironment.detect`` tells it (``SLURM_NTASKS`` set, and not an
+    interactive ``bash`` / ``interactive`` job), without importing Lightning for it."""
+    import os
 
-    return tuple(s for s in SIGNALS if not (s == signal.SIGUSR1 and SLURMEnvironment.detect()))
+    slurm = "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+    return tuple(s for s in SIGNALS if not (s == signal.SIGUSR1 and slurm))
 
 
 class SignalCatcher:

@@ -3,20 +3,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from nir.checkpoint import FORMAT
 from nir.codec import storage
-from nir.errors import require
 from nir.reuse.field import Field
 from nir.training.batches import TrainingData
+from nir.training.bounded import bound_residual, stored_sizes
 from nir.training.metrics import GridMetrics, MaxProjections, image_ssim
 from nir.training.optim import Adam
 from nir.training.steps import StepHealth, StepLoop
@@ -218,79 +216,14 @@ def evaluate_grid(module: FieldModule, chunk: int = 65536) -> dict[str, Any]:
 
 def evaluate_stored(pl_module: FieldModule, store: storage.Store) -> dict[str, Any]:
     """The final metrics of the field as it will be stored: its parameters rounded to
-    ``store.dtype`` in place (what ``field.nir`` will hold), evaluated in fp32, plus the
-    compact file's ``bytes`` (``bytes_header`` of them not coded parameters),
-    ``compression_ratio`` (the signal's float32 bytes over them), ``bits_per_sample`` (per
-    value: grid sample and channel) and ``bits_per_parameter`` (per network parameter)."""
-    from nir.reuse.compact import compact_header_bytes
-
+    ``store.dtype`` in place (what ``field.nir`` will hold), evaluated in fp32, with the bounded
+    residual's measurement under a bound and the stored sizes (:func:`nir.training.bounded.stored_sizes`)."""
     field, dtype, scale = pl_module.field, store.dtype, store.int8_scale
     if dtype != "float32":
         field.round_to_storage(dtype, scale)
     metrics = pl_module.evaluate()
     signal = pl_module.data.signal
-    values = math.prod(signal.shape) * signal.channels
     if pl_module.stored.bound is not None:
         metrics.update(bound_residual(field, signal, pl_module.stored.bound))
-    data = field.to_bytes(dtype, scale, "nir", store.coder)
-    nbytes = len(data)
-    if field.residual is not None:
-        metrics["bytes_network"] = nbytes - len(field.residual)
-    metrics.update(
-        store_dtype=dtype,
-        bytes=nbytes,
-        bytes_header=compact_header_bytes(data, field),
-        compression_ratio=4.0 * values / nbytes,
-        bits_per_sample=8.0 * nbytes / values,
-        bits_per_parameter=8.0 * nbytes / max(field.num_parameters(), 1),
-    )
+    metrics.update(stored_sizes(field, signal, store))
     return metrics
-
-
-def predictions_and_values(field: Field, signal: Any, chunk: int = 65536):
-    """``(pred, y)`` numpy chunks over the signal's grid in flat order (rows x channels): the
-    field's fp32 answer and the signal's values."""
-    grid = signal.grid().to(field.bounds.device)
-    with torch.no_grad():
-        for start, stop, coords in grid.chunks(chunk):
-            yield field(coords).float().cpu().numpy(), signal.read(start, stop).float().numpy()
-
-
-def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
-    """Build the residual that makes ``field`` meet ``bound`` on the signal's grid, attach it
-    (``field.residual``), then measure the bounded answer independently: decode the residual's
-    bytes, apply them to a fresh evaluation, and compare every sample with the signal."""
-    from nir.codec import bound as bounds
-
-    dtype = str(signal.meta.get("dtype", "float32"))
-    dtype = dtype if dtype in bounds.DTYPES else "float32"
-    n = signal.numel * signal.channels
-    shape = tuple(signal.shape) + ((signal.channels,) if signal.channels > 1 else ())
-    residual, _ = bounds.build_residual(predictions_and_values(field, signal), bound, dtype, n, shape)
-    exceptions = int(residual.exceptions.size)
-    field.residual = bounds.encode(residual)
-    del residual  # one copy of the residual at a time (compressing a 256^3 array: docs/bounded.md)
-    back = bounds.decode(field.residual, n)
-    worst, start, below = 0.0, 0, 0
-    for pred, y in predictions_and_values(field, signal):
-        n = pred.size
-        sub = back.part(start, start + n)
-        y = y.reshape(-1).astype(np.float64)
-        got = bounds.apply(pred, sub).astype(np.float64)
-        kept = ~np.isnan(y)  # a missing sample is NaN in the answer, and nowhere else
-        require(np.array_equal(np.isnan(got), ~kept), "the bounded answer's NaN are not the signal's missing samples")
-        err = np.abs(got[kept] - y[kept])
-        scale = np.maximum(np.abs(y[kept]), bound.floor) if bound.kind == "rel" else 1.0
-        worst = max(worst, float((err / scale).max(initial=0.0)))
-        if bound.kind == "rel":  # non-zero values under a floor the user set above them: bounded absolutely
-            a = np.abs(y[kept])
-            below += int(((a > 0) & (a < bound.floor)).sum())
-        start += n
-    key = "max_rel_error" if bound.kind == "rel" else "max_abs_error"
-    out = {"bound": bound.describe(), key: worst, "bytes_residual": len(field.residual),
-           "residual_exceptions": exceptions}  # fmt: skip
-    if bound.kind == "rel":
-        out["below_floor_values"] = below
-        if below:  # written into the file too, so `nir-compress --info` says it
-            field.spec.setdefault("meta", {})["below_floor_values"] = below
-    return out
