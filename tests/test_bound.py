@@ -411,6 +411,11 @@ def test_network_never_trains_nothing_and_the_residual_alone_meets_the_bound(tmp
     # with no network the run's metrics are the bounded answer's (the zero network's would be ~100 % off)
     _, m = nir.fit(str(tmp_path / "y.npy"), ["bound.rel=0.01", "bound.network=never"], run_dir=tmp_path / "m")
     assert m["steps"] == 0 and m["num_params"] == 0 and m["worst_decade_median"] <= 0.01 and m["psnr"] > 40
+    from nir.data.readers import read_array
+    from nir.training.metrics import score
+
+    s = score(nir.load_field(tmp_path / "m"), read_array(str(tmp_path / "y.npy")))  # the stored file, scored apart
+    assert all(m[k] == s[k] for k in ("psnr", "psnr_log", "worst_decade_median", "top_decade_median"))
     with pytest.raises(NirError, match="bound.network=never needs a bound"):
         nir.fit(str(tmp_path / "y.npy"), ["bound.network=never"], run_dir=tmp_path / "r", steps=2)
 

@@ -276,17 +276,18 @@ def _without_network(settings: Any, signal: Any, run_dir: Path, t_start: float, 
     from nir.checkpoint import atomic_write_text
     from nir.run.parts import build_field, network_dims
     from nir.training.bounded import bound_residual, stored_sizes
-    from nir.training.metrics import SignalStats, score
+    from nir.training.metrics import GridMetrics, SignalStats, score
 
     cfg, store = settings.config, settings.store
     if first_process():
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     field = build_field(cfg, cfg.model, network_dims(cfg, signal), signal).eval()
     t = time.perf_counter()
-    final = {**bound_residual(field, signal, settings.bound), **stored_sizes(field, signal, store)}
-    final.update(score(field, signal), nonfinite_steps=0)
-    fit_s = time.perf_counter() - t
     stats = SignalStats.measure(signal)
+    gm = None if signal.is_image else GridMetrics(stats)  # an image's SSIM: score() samples it again
+    final = {**bound_residual(field, signal, settings.bound, gm), **stored_sizes(field, signal, store)}
+    final.update(score(field, signal) if gm is None else gm.results(), nonfinite_steps=0)
+    fit_s = time.perf_counter() - t
     metrics = {
         "status": "ok" if math.isfinite(final["psnr"]) else "diverged",
         **{k: v for k, v in final.items() if k != "magnitude_bins" or signal.long_tailed},

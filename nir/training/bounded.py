@@ -47,10 +47,12 @@ def predictions_and_values(field: Field, signal: Any, chunk: int = 65536):
             yield field(coords).float().cpu().numpy(), signal.read(start, stop).float().numpy()
 
 
-def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
+def bound_residual(field: Field, signal: Any, bound: Any, metrics: Any = None) -> dict[str, Any]:
     """Build the residual that makes ``field`` meet ``bound`` on the signal's grid, attach it
     (``field.residual``), then measure the bounded answer independently: decode the residual's
-    bytes, apply them to a fresh evaluation, and compare every sample with the signal."""
+    bytes, apply them to a fresh evaluation, and compare every sample with the signal.
+    ``metrics``: a :class:`~nir.training.metrics.GridMetrics` to score that bounded answer with
+    in the same pass (a field with no network: its metrics are the bounded answer's)."""
     from nir.codec import bound as bounds
 
     dtype = str(signal.meta.get("dtype", "float32"))
@@ -66,8 +68,11 @@ def bound_residual(field: Field, signal: Any, bound: Any) -> dict[str, Any]:
     for pred, y in predictions_and_values(field, signal):
         n = pred.size
         sub = back.part(start, start + n)
+        rows = y
         y = y.reshape(-1).astype(np.float64)
         got = bounds.apply(pred, sub).astype(np.float64)
+        if metrics is not None:  # what Field.sample answers on the grid: float32
+            metrics.update(torch.from_numpy(got.astype(np.float32)).reshape(rows.shape), torch.from_numpy(rows))
         kept = ~np.isnan(y)  # a missing sample is NaN in the answer, and nowhere else
         require(np.array_equal(np.isnan(got), ~kept), "the bounded answer's NaN are not the signal's missing samples")
         err = np.abs(got[kept] - y[kept])
