@@ -3,6 +3,7 @@ command line, and one line for every bad input."""
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -420,6 +421,14 @@ def test_network_never_trains_nothing_and_the_residual_alone_meets_the_bound(tmp
         nir.fit(str(tmp_path / "y.npy"), ["bound.network=never"], run_dir=tmp_path / "r", steps=2)
 
 
+def _loaded(code: str, names: set[str]) -> list[str]:
+    """Which of ``names`` (top-level packages) a fresh Python process has loaded after ``code``."""
+    code += f"\nimport json, sys\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(names)!r}))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_a_decode_imports_neither_lightning_nor_hydra_nor_torch_without_a_network(tmp_path):
     """``nir-decompress`` in a fresh process loads neither pytorch_lightning nor hydra; a file with
     no network (``--network never``, nir-compress's default) not torch either, and its numpy
@@ -429,28 +438,15 @@ def test_a_decode_imports_neither_lightning_nor_hydra_nor_torch_without_a_networ
     np.save(tmp_path / "y.npy", y)
     from nir.interop.compress import compress
 
-    compress_code = (  # with no network the compression itself builds no Trainer: no Lightning either
-        "import sys\nfrom nir.interop.compress import compress\n"
-        f"compress({str(tmp_path / 'y.npy')!r}, {str(tmp_path / 'y.nir')!r}, rel=0.01, network='never', quiet=True)\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pytorch_lightning', 'lightning', 'lightning_fabric'}))"
-    )
-    out = subprocess.run([sys.executable, "-c", compress_code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
-    code = (
-        "import sys\nfrom nir.cli.compress import decompress_main\n"
-        f"decompress_main([{str(tmp_path / 'y.nir')!r}, {str(tmp_path / 'b.npy')!r}])\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pytorch_lightning', 'lightning', 'hydra', 'torch'}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    # with no network the compression itself builds no Trainer: no Lightning either
+    npy, nirf, back_npy = (str(tmp_path / n) for n in ("y.npy", "y.nir", "b.npy"))
+    assert _loaded(f"from nir.interop.compress import compress\ncompress({npy!r}, {nirf!r}, rel=0.01, network='never', "
+                   "quiet=True)", {"pytorch_lightning", "lightning", "lightning_fabric"}) == []  # fmt: skip
+    decode = f"from nir.cli.compress import decompress_main\ndecompress_main([{nirf!r}, {back_npy!r}])"
+    assert _loaded(decode, {"pytorch_lightning", "lightning", "hydra", "torch"}) == []
     back = np.load(tmp_path / "b.npy")
     assert (np.abs(back.astype(np.float64) - y) <= 0.01 * np.abs(y.astype(np.float64))).all()
     assert np.array_equal(back, nir.load_field(tmp_path / "y.nir").grid_array())
     # with a network: torch evaluates it, and still neither Lightning nor Hydra is loaded
     compress(tmp_path / "y.npy", tmp_path / "n.nir", rel=0.01, network="always", steps=3, quiet=True)
-    code = code.replace("y.nir", "n.nir")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "['torch']"
+    assert _loaded(decode.replace("y.nir", "n.nir"), {"pytorch_lightning", "lightning", "hydra", "torch"}) == ["torch"]

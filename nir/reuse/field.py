@@ -194,8 +194,7 @@ class Field(nn.Module):
     def source_dtype(self) -> str:
         """The source's float dtype (``meta.dtype``: float16 / float32 / float64; float32 for
         anything else): what :meth:`grid_array` and a bounded answer are given in."""
-        dtype = self.spec.get("meta", {}).get("dtype", "float32")
-        return dtype if dtype in ("float16", "float32", "float64") else "float32"
+        return stored.grid_layout(self.spec)[1]
 
     def grid_array(self) -> Any:
         """The field on its training grid as a numpy array in the source's shape (a trailing
@@ -203,9 +202,9 @@ class Field(nn.Module):
         a residual: what ``nir-decompress`` writes and the chunk codec decodes."""
         import numpy as np
 
-        shape = tuple(self.spec["shape"]) + ((self.channels,) if self.channels > 1 else ())
+        shape, dtype = stored.grid_layout(self.spec)
         values = self.bounded_values() if self.residual is not None else self.sample().numpy()
-        return np.asarray(values).reshape(shape).astype(self.source_dtype)
+        return np.asarray(values).reshape(shape).astype(dtype)
 
     def grid_values(self, index: Any, chunk: int = 65536) -> Any:
         """The field at flat indices of its training grid (row-major over the axes, as

@@ -46,6 +46,16 @@ class Stored:
 NETWORK_FREE = {"network": "nir.fields.zero.Zero", "transform": "nir.transforms.Identity"}
 
 
+def grid_layout(spec: dict[str, Any]) -> tuple[tuple[int, ...], str]:
+    """A field's training grid as the source held it: its shape (a trailing channel axis for
+    several channels) and float dtype (``meta.dtype``: float16 / float32 / float64; float32 for
+    anything else). What ``nir-decompress`` writes and the chunk codec decodes."""
+    channels = int(spec["channels"])
+    dtype = spec.get("meta", {}).get("dtype", "float32")
+    shape = tuple(spec["shape"]) + ((channels,) if channels > 1 else ())
+    return shape, dtype if dtype in ("float16", "float32", "float64") else "float32"
+
+
 def plain_grid(data: bytes, what: str) -> Any:
     """The bounded training grid of a compact file whose field is :data:`NETWORK_FREE`, in the
     source's shape and dtype, decoded with numpy alone (no torch: ``nir-decompress`` of such a
@@ -61,12 +71,10 @@ def plain_grid(data: bytes, what: str) -> Any:
     spec = c.spec
     if c.residual is None or any(spec.get(k, {}).get("target") != v for k, v in NETWORK_FREE.items()):
         return None
-    channels = int(spec["channels"])
-    n = math.prod(spec["shape"]) * channels
+    n = math.prod(spec["shape"]) * int(spec["channels"])
     values = bound.apply(np.zeros(n, np.float32), bound.decode(c.residual, n))
-    dtype = spec.get("meta", {}).get("dtype", "float32")
-    shape = tuple(spec["shape"]) + ((channels,) if channels > 1 else ())
-    return np.asarray(values).reshape(shape).astype(dtype if dtype in ("float16", "float32", "float64") else "float32")
+    shape, dtype = grid_layout(spec)
+    return np.asarray(values).reshape(shape).astype(dtype)
 
 
 def format_of(path: Path, format: str | None) -> str:

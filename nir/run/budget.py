@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from nir.errors import NirError, require
+from nir.run.config import with_keys
 
 TABLE = "encoding.log2_hashmap_size"
 KNOBS = {TABLE: (4, 24), "hidden_dim": (1, 4096)}  # paths in the model node, first found wins
@@ -91,7 +92,7 @@ def fit_to_budget(cfg: DictConfig, budget: int | None, dtype: str, stored_bytes)
         lo, hi = KNOBS[knob]
 
         def size_at(value: int, overrides=overrides, rung_dtype=rung_dtype) -> int:
-            return stored_bytes(with_model(cfg.model, {**overrides, knob: value}), rung_dtype)
+            return stored_bytes(with_keys(cfg.model, {**overrides, knob: value}), rung_dtype)
 
         chosen = _largest(size_at, max(lo, min_value), hi, budget)
         if smallest is None or size_at(max(lo, min_value)) < smallest[0]:
@@ -107,12 +108,3 @@ def fit_to_budget(cfg: DictConfig, budget: int | None, dtype: str, stored_bytes)
         f"no network fits {budget:,} bytes (the smallest setup, {setup} at {rung_dtype}, stores {nbytes:,}); "
         "raise the budget (size.bytes / size.ratio) or choose a smaller model"
     )
-
-
-def with_model(model: DictConfig, overrides: dict[str, Any]) -> DictConfig:
-    """A copy of the model node with dotted ``overrides`` set."""
-    node = model.copy()
-    with open_dict(node):
-        for key, value in overrides.items():
-            OmegaConf.update(node, key, value)
-    return node

@@ -272,6 +272,16 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         raise NirError(f"{key}: {cause or e}".replace("\n", " ")) from None
 
 
+def with_keys(node: DictConfig, updates: dict[str, Any]) -> DictConfig:
+    """A copy of ``node`` with dotted keys set, added where missing (a choice put in place: a
+    whole config node, a model's size knob, the stored bits); ``node`` itself is left as it is."""
+    new = node.copy()
+    with open_dict(new):
+        for key, value in updates.items():
+            OmegaConf.update(new, key, value, force_add=True, merge=False)
+    return new
+
+
 def kwargs_of(node: DictConfig) -> dict[str, Any]:
     """A component's constructor arguments as plain values (``_target_`` dropped)."""
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}

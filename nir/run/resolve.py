@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nir.errors import NirError, require
 from nir.run.budget import budget_bytes, fit_to_budget
-from nir.run.config import build, compose_config, option_nodes
+from nir.run.config import build, compose_config, option_nodes, with_keys
 from nir.run.console import say
 from nir.run.parts import build_field, network_dims
 from nir.run.settings import Job, Settings, resolve_precision, store_of
@@ -254,15 +254,6 @@ def candidate_bytes(cfg: DictConfig, model: DictConfig, signal: Any, dtype: str,
     return field.stored_bytes(dtype, int8_scale, coder="raw")
 
 
-def _with(cfg: DictConfig, updates: dict[str, Any]) -> DictConfig:
-    """A copy of ``cfg`` with dotted keys set (the choices put in place)."""
-    new = cfg.copy()
-    with open_dict(new):
-        for key, value in updates.items():
-            OmegaConf.update(new, key, value, force_add=True, merge=False)
-    return new
-
-
 def resolve_settings(cfg: DictConfig, signal: Any, job: Job | None = None, network: str = "always") -> Settings:
     """Every choice of the run, once, in order (each printed in its line), into one frozen
     :class:`~nir.run.settings.Settings`; ``cfg`` itself is left as composed. ``network``: what
@@ -270,38 +261,38 @@ def resolve_settings(cfg: DictConfig, signal: Any, job: Job | None = None, netwo
     chosen: dict[str, str] = {}
     updates: dict[str, Any] = {}
     lines: list[str] = []
-    for rule in (
-        lambda c: choose_loss(c, signal),
-        lambda c: choose_sampling(c, signal, str(c.transform.get("_target_", ""))),
-    ):
-        choice = rule(_with(cfg, updates) if updates else cfg)
+
+    def said(line: str | None) -> None:
+        if line:
+            say(line)
+            lines.append(line)
+
+    loss = choose_loss(cfg, signal)
+    resolved = with_keys(cfg, loss.nodes) if loss else cfg
+    sampling = choose_sampling(resolved, signal, str(resolved.transform.get("_target_", "")))
+    for choice in (loss, sampling):
         if choice is not None:
-            say(choice.line)
-            lines.append(choice.line)
+            said(choice.line)
             chosen[choice.group] = choice.option
             updates.update(choice.nodes)
-    resolved = _with(cfg, updates)
+    resolved = with_keys(cfg, updates)
     bound = measured_bound(resolved, signal)
     store = store_of(resolved)
     shared = choose_share(resolved, signal, bound)
     budget = shared[0] if shared else budget_bytes(resolved, signal)
     if shared:
-        say(shared[1])
-        lines.append(shared[1])
+        said(shared[1])
         updates.update({"size.bytes": budget, "size.share": None})
     sized = fit_to_budget(resolved, budget, store.dtype,
                           lambda node, dtype: candidate_bytes(resolved, node, signal, dtype, store.int8_scale))  # fmt: skip
     if sized is not None:
-        say(sized.line)
-        lines.append(sized.line)
+        said(sized.line)
         updates.update({f"model.{k}": v for k, v in sized.model.items()})
         if sized.bits is not None:
             updates["store.bits"] = sized.bits
-    resolved = _with(cfg, updates)
+    resolved = with_keys(cfg, updates)
     k, line = steps_per_call(resolved)
-    if line:
-        say(line)
-        lines.append(line)
+    said(line)
     t = resolved.trainer
     precision = resolve_precision(t.get("precision", "32"), t.get("accelerator", "auto"))
     OmegaConf.set_readonly(resolved, True)

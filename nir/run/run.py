@@ -84,14 +84,14 @@ def fit_with_guards(
     in place); a divergence writes ``metrics.json`` with status ``diverged`` and ends in one
     line. Returns the final fp32 metrics and the number of optimizer steps."""
     cfg = parts.settings.config
-    from nir.checkpoint import atomic_write_text, load_checkpoint
+    from nir.checkpoint import load_checkpoint
     from nir.training.faults import Interrupted
     from nir.training.guards import Diverged
 
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = resume_checkpoint(cfg.resume, last, first_process())
     if first_process():
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_config(run_dir, cfg)
     try:
         trainer.fit(
             parts.module, datamodule=_datamodule(parts), ckpt_path=ckpt_path, weights_only=True if ckpt_path else None
@@ -166,36 +166,68 @@ def collect_metrics(
     parts: Parts, trainer: Any, final: dict[str, Any], steps: int, t_start: float, t_wall0: float
 ) -> dict[str, Any]:
     """``metrics.json``'s content: the final fp32 metrics with their convention and the run's facts."""
+    data = parts.data
+    return run_metrics(
+        final,
+        parts.field,
+        parts.signal,
+        data.stats.range,
+        parts.precision,
+        steps,
+        t_start,
+        t_wall0,
+        sampling=str(data.sampling),
+        holdout=data.holdout,
+        device=str(trainer.strategy.root_device),  # the module is back on the CPU after fit
+    )
+
+
+def run_metrics(
+    final: dict[str, Any], field: Any, signal: Any, data_range: float, precision: str, steps: int, t_start: float,
+    t_wall0: float, sampling: str, holdout: Any = None, device: str = "cpu", evaluated: str = "fp32 evaluation",
+) -> dict[str, Any]:  # fmt: skip
+    """The final metrics (``final``, with its ``fit_time_s``) and the run's facts, in
+    ``metrics.json``'s order; ``evaluated``: what the metrics were measured on."""
     final = dict(final)
     fit_s = final.pop("fit_time_s")
     diverged = final.get("nonfinite_steps", 0) > 0 or not math.isfinite(final["psnr"])
-    signal = parts.signal
     return {
         "status": "diverged" if diverged else "ok",
         **final,
-        "psnr_convention": f"10 log10(R^2/MSE) over all valid samples and channels, signal units, R = {parts.data.stats.range:g}; fp32 evaluation",
+        "psnr_convention": f"10 log10(R^2/MSE) over all valid samples and channels, signal units, R = {data_range:g}; {evaluated}",
         "steps": steps,
-        "num_params": parts.field.num_parameters(),
+        "num_params": field.num_parameters(),
         "fit_time_s": fit_s,
         "wall_time_s": time.perf_counter() - t_start,
         "started_at": t_wall0,
         "finished_at": time.time(),
-        "precision": parts.precision,
-        "sampling": str(parts.data.sampling),
-        **({"holdout": str(parts.data.holdout)} if parts.data.holdout is not None else {}),
-        "device": str(trainer.strategy.root_device) if trainer is not None else "cpu",  # back on the CPU after fit
+        "precision": precision,
+        "sampling": sampling,
+        **({"holdout": str(holdout)} if holdout is not None else {}),
+        "device": device,
         "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
     }
 
 
 def write_run(parts: Parts, metrics: dict[str, Any], run_dir: Path) -> None:
+    """The run's files and summary (:func:`write_files`)."""
+    write_files(parts.field, parts.store, metrics, run_dir, parts.data.stats.range)
+
+
+def write_files(field: Any, store: Any, metrics: dict[str, Any], run_dir: Path, data_range: float) -> None:
     """``field.nir`` (the compact file, what ``bytes`` counts), ``field.safetensors`` (the same
     values, for interchange) and ``metrics.json`` into the run directory; the summary lines."""
-    store = parts.store
-    parts.field.cpu().save(run_dir / "field.nir", store.dtype, store.int8_scale, coder=store.coder)
-    parts.field.save(run_dir / "field.safetensors", store.dtype, store.int8_scale)
+    field.cpu().save(run_dir / "field.nir", store.dtype, store.int8_scale, coder=store.coder)
+    field.save(run_dir / "field.safetensors", store.dtype, store.int8_scale)
     write_json(run_dir / "metrics.json", metrics)
-    print(console.summary(metrics, run_dir, parts.data.stats.range), flush=True)
+    print(console.summary(metrics, run_dir, data_range), flush=True)
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    """``config.yaml``: the run's resolved config (every choice in place)."""
+    from nir.checkpoint import atomic_write_text
+
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -273,42 +305,24 @@ def _without_network(settings: Any, signal: Any, run_dir: Path, t_start: float, 
     Lightning; the field (:class:`nir.fields.zero.Zero`) gets its residual, checked at every
     sample, and its metrics (PSNR, per decade) are the bounded answer's, the only one it has;
     ``config.yaml``, ``field.nir``, ``field.safetensors`` and ``metrics.json`` as for any run."""
-    from nir.checkpoint import atomic_write_text
     from nir.run.parts import build_field, network_dims
     from nir.training.bounded import bound_residual, stored_sizes
     from nir.training.metrics import GridMetrics, SignalStats, score
 
     cfg, store = settings.config, settings.store
     if first_process():
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_config(run_dir, cfg)
     field = build_field(cfg, cfg.model, network_dims(cfg, signal), signal).eval()
     t = time.perf_counter()
     stats = SignalStats.measure(signal)
     gm = None if signal.is_image else GridMetrics(stats)  # an image's SSIM: score() samples it again
     final = {**bound_residual(field, signal, settings.bound, gm), **stored_sizes(field, signal, store)}
     final.update(score(field, signal) if gm is None else gm.results(), nonfinite_steps=0)
-    fit_s = time.perf_counter() - t
-    metrics = {
-        "status": "ok" if math.isfinite(final["psnr"]) else "diverged",
-        **{k: v for k, v in final.items() if k != "magnitude_bins" or signal.long_tailed},
-        "psnr_convention": f"10 log10(R^2/MSE) over all valid samples and channels, signal units, R = {stats.range:g}; "
-        "fp32 evaluation of the bounded answer (no network)",
-        "steps": 0,
-        "num_params": 0,
-        "fit_time_s": fit_s,
-        "wall_time_s": time.perf_counter() - t_start,
-        "started_at": t_wall0,
-        "finished_at": time.time(),
-        "precision": settings.precision,
-        "sampling": "none",
-        "device": "cpu",
-        "signal": {"name": signal.name, "shape": list(signal.shape), "channels": signal.channels},
-    }
+    final["fit_time_s"] = time.perf_counter() - t
+    metrics = run_metrics(final, field, signal, stats.range, settings.precision, 0, t_start, t_wall0, sampling="none",
+                          evaluated="fp32 evaluation of the bounded answer (no network)")  # fmt: skip
     if first_process():
-        field.save(run_dir / "field.nir", store.dtype, store.int8_scale, coder=store.coder)
-        field.save(run_dir / "field.safetensors", store.dtype, store.int8_scale)
-        write_json(run_dir / "metrics.json", metrics)
-        print(console.summary(metrics, run_dir, stats.range), flush=True)
+        write_files(field, store, metrics, run_dir, stats.range)
     return field, metrics
 
 
