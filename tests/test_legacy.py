@@ -4,6 +4,8 @@ spatial hash) load and answer exactly as they did then."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +72,28 @@ def test_a_committed_bounded_file_answers_its_grid_and_saves_to_its_bytes(tmp_pa
     assert field.residual is not None
     np.testing.assert_allclose(field.sample(), np.load(LEGACY / "nir" / "siren_bounded_rel.npy"), rtol=1e-6, atol=1e-7)
     assert field.save(tmp_path / "again.nir", "float32").read_bytes() == path.read_bytes()
+
+
+def _context_fixtures():
+    """scripts/make_legacy_context.py: the fixtures' inputs and their digest."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "make_legacy_context.py"
+    spec = importlib.util.spec_from_file_location("make_legacy_context", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["1d", "2d", "3d", "4d"])
+def test_a_committed_context_residual_decodes_to_its_values(name: str) -> None:
+    """The context coder's streams written before the compiled loop (scripts/make_legacy_context.py,
+    commit 92544c0) decode to the same float64 bits, each within half a cell of its value."""
+    from nir.codec import context
+
+    fx = _context_fixtures()
+    shape = fx.SHAPES[name]
+    net, own, modes = fx.inputs(shape)
+    back, on_map = context.decode((LEGACY / "context" / f"{name}.bin").read_bytes(), int(np.prod(shape)))
+    assert np.array_equal(on_map, context.map_mask(modes, shape))
+    assert np.abs(back - np.where(on_map, own, net)).max() <= fx.CELL / 2 * (1 + 1e-12)
+    hashes = json.loads((LEGACY / "context" / "hashes.json").read_text())
+    assert fx.digest(back) == hashes[name]
