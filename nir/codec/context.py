@@ -41,27 +41,26 @@ from typing import Any
 
 import numpy as np
 
+from nir.codec import loop
 from nir.codec.ints import read_varint, varint
+
+# block modes (RAW, NET, MAP): the network's residual as it is, after the predictor, the
+# signal's map after it; BUCKETS: log2 buckets of a neighbour activity; Q_BUCKETS: buckets of
+# the coded integers' magnitudes at the inner neighbours (0, 1-2, 3 or more); TOP: the largest
+# magnitude the coder takes (beyond it, the plain coders of nir.codec.ints)
+from nir.codec.loop import BUCKETS, MAP, NET, Q_BUCKETS, RAW, TOP
 from nir.errors import require
 
-#: block modes: the network's residual as it is, after the predictor, the signal's map after it
-RAW, NET, MAP = 0, 1, 2
 MODES = (RAW, NET, MAP)
 #: samples per block (about)
 BLOCK_SAMPLES = 4096
 #: a block codes the network's residual only where its estimate is below (1 - LEAVE) x the map's
 LEAVE = 0.1
-#: log2 buckets of a neighbour activity
-BUCKETS = 12
-#: buckets of the coded integers' magnitudes at the inner neighbours: 0, 1-2, 3 or more
-Q_BUCKETS = 3
 #: contexts: the anchor, then (mode, finest stride or not, activity bucket, neighbour bucket)
 N_CONTEXTS = 1 + len(MODES) * 2 * BUCKETS * Q_BUCKETS
 #: a (mode, stride, activity) group with fewer integers than this shares one model over its
 #: neighbour buckets (a model's bytes would cost more than the split saves)
 SPLIT = 4096
-#: the largest magnitude the coder takes (beyond it, the plain coders of nir.codec.ints)
-TOP = 1 << 20
 
 
 def block_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -102,143 +101,66 @@ def map_mask(modes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the predictor
 def _steps(shape: Sequence[int]) -> Iterator[tuple[int, int, int]]:
-    """The interpolation's steps for a grid of ``shape``: ``(level, stride, axis)``, coarse to
-    fine (level 0 is the finest stride)."""
-    s = 1 << max(0, math.ceil(math.log2(max(shape))) - 1) if max(shape) > 1 else 0
-    while s >= 1:
-        for axis in range(len(shape)):
-            if shape[axis] > s:
-                yield int(math.log2(s)), s, axis
-        s //= 2
+    return loop.steps(shape)
 
 
-def _view(x: np.ndarray, s: int, axis: int) -> np.ndarray:
-    """The samples a step works on, the step's axis last: axes before it at multiples of ``s``,
-    after it at multiples of ``2s`` (a view of ``x``)."""
-    sl = tuple(slice(None) if a == axis else slice(0, None, s if a < axis else 2 * s) for a in range(x.ndim))
-    return np.moveaxis(x[sl], axis, -1)
+def _flat(a: np.ndarray, dtype) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype).reshape(-1)
 
 
-def _predict(v: np.ndarray, mode: np.ndarray, s: int, cubic: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The prediction at odd multiples of ``s`` on the last axis of ``v`` (the values decoded up
-    to this step) from its neighbours in blocks of the same kind (``mode``: each sample's
-    block mode, same shape), and each target's activity (its context, in ``v``'s units).
-    Float64 additions, multiplications and divisions by powers of two only: every machine
-    computes the same bits."""
-    n = v.shape[-1]
-    t = np.arange(s, n, 2 * s)
-    m = mode[..., t]
-    on_map = m == MAP
-
-    def near(offset: int) -> tuple[np.ndarray, np.ndarray]:
-        i = t + offset
-        inside = (i >= 0) & (i < n)
-        j = np.where(inside, i, t - s)
-        return v[..., j], inside & ((mode[..., j] == MAP) == on_map)
-
-    (a, ha), (b, hb), (c, hc), (d, hd) = near(-3 * s), near(-s), near(s), near(3 * s)
-    if not cubic:  # the step's linear interpolation (SZ3's other choice): the inner neighbours only
-        ha, hd = np.zeros_like(ha), np.zeros_like(hd)
-    pred = np.select(
-        [ha & hb & hc & hd, hb & hc & hd, ha & hb & hc, hb & hc, ha & hb, hc & hd, hb, hc],
-        [(9 * (b + c) - a - d) / 16, (3 * b + 6 * c - d) / 8, (6 * b + 3 * c - a) / 8,
-         (b + c) / 2, (3 * b - a) / 2, (3 * c - d) / 2, b, c],
-        0.0,
-    )  # fmt: skip
-    raw = m == RAW
-    spread = np.where(hb & hc, np.abs(c - b), np.where(ha & hb, np.abs(b - a), np.where(hc & hd, np.abs(c - d), 0)))
-    magnitude = np.where(hb, np.abs(b), 0) + np.where(hc, np.abs(c), 0)
-    return np.where(raw, 0.0, pred), np.where(raw, magnitude, spread)
-
-
-#: activity bucket edges, in cells (exact powers of two: comparisons only, no logarithm)
-EDGES = 0.25 * 2.0 ** np.arange(BUCKETS - 1)
-
-
-def _context(activity: np.ndarray, cell: float, level: int, mode: np.ndarray, coded: np.ndarray) -> np.ndarray:
-    """Context ids (0: the anchor): the mode, the finest stride or not, the activity's bucket
-    (powers of two of a quarter cell) and the bucket of ``coded`` (the magnitudes of the integers
-    coded at the two inner neighbours)."""
-    bucket = np.searchsorted(EDGES * cell, activity, side="right")
-    near = np.minimum(coded, 3) - (coded >= 2)  # 0 -> 0, 1-2 -> 1, 3+ -> 2
-    return (1 + ((mode.astype(np.int64) * 2 + (level > 0)) * BUCKETS + bucket) * Q_BUCKETS + near).astype(np.uint8)
-
-
-def _coded_near(q: np.ndarray, s: int) -> np.ndarray:
-    """``min(|q|, 3)`` at ``i - s`` plus at ``i + s`` (where inside) for the targets on the last
-    axis (``q``: those magnitudes already)."""
-    n = q.shape[-1]
-    t = np.arange(s, n, 2 * s)
-    right = np.where(t + s < n, t + s, t - s)
-    return q[..., t - s].astype(np.int64) + np.where(t + s < n, q[..., right], 0)
-
-
-def run(
-    mode: np.ndarray, cell: float, step, values: np.ndarray | None = None, cubic: list[bool] | None = None
-) -> np.ndarray:
-    """The closed loop both sides run: the grid's values decoded step by step, the anchor first
-    (predicted by 0), then each step's samples predicted from the decoded ones
-    (:func:`_predict`, cubic or linear by the step's entry in ``cubic``) and decoded as
-    ``prediction + cell * q``. ``step(contexts, residual)`` gives each step's integers: the
-    encoder rounds ``residual / cell`` (``values``: the grid's true values, so the residual is
-    known; it also chooses each step's interpolation by the smaller ``sum log2(1 + 2|q|)`` and
-    appends it to ``cubic``), the decoder reads them under the contexts. Returns the decoded
-    values (the grid's shape, float64)."""
-    x = np.zeros(mode.shape, np.float64)
-    origin = (0,) * x.ndim
-    want = None if values is None else values[origin].reshape(1)
-    first = int(step(np.zeros(1, np.uint8), want)[0])
-    x[origin] = cell * first
-    cubic = [] if cubic is None else cubic
-    coded = np.zeros(mode.shape, np.uint8)  # min(|q|, 3) of each decoded sample (the contexts' second half)
-    coded[origin] = min(abs(first), 3)
-    for i, (level, s, axis) in enumerate(_steps(x.shape)):
-        v, m, cv = _view(x, s, axis), _view(mode, s, axis), _view(coded, s, axis)
-        target = None if values is None else _view(values, s, axis)[..., s :: 2 * s]
-        parts = _slices(v.shape)
-        if values is not None:  # the encoder: cubic or linear, whichever codes the step smaller
-            costs = [0.0, 0.0]
-            for sl in parts:
-                for j, kind in enumerate((True, False)):
-                    pred, _ = _predict(v[sl], m[sl], s, kind)
-                    costs[j] += float(np.log2(1 + 2 * np.abs(np.rint((target[sl] - pred) / cell))).sum())
-            cubic.append(costs[0] <= costs[1])
-        require(i < len(cubic), "the residual's interpolation choices are damaged")
-        pred = np.empty(m[..., s :: 2 * s].shape)
-        ctx = np.empty(pred.shape, np.uint8)
-        for sl in parts:
-            pred[sl], act = _predict(v[sl], m[sl], s, cubic[i])
-            ctx[sl] = _context(act, cell, level, m[sl][..., s :: 2 * s], _coded_near(cv[sl], s))
-        want = None if values is None else (target - pred).reshape(-1)
-        q = step(ctx.reshape(-1), want).reshape(pred.shape)
-        v[..., s :: 2 * s] = pred + cell * q
-        cv[..., s :: 2 * s] = np.minimum(np.abs(q), 3)
-    return x
-
-
-def _slices(shape: Sequence[int], limit: int = 1 << 19) -> list[tuple]:
-    """A step's view in slices of its first axis of about ``limit`` samples each (the
-    predictor's temporaries stay small; a 1-D view is one slice)."""
-    if len(shape) < 2:
-        return [(...,)]
-    per = max(1, limit // max(math.prod(shape[1:]), 1))
-    return [(slice(lo, lo + per),) for lo in range(0, shape[0], per)]
+def _walk(shape: tuple[int, ...], cell: float):
+    """Each step of the loop: ``(index, level bit, bases, stride, length, stride s, targets)``."""
+    for i, (level, s, axis) in enumerate(loop.steps(shape)):
+        bases = loop.lines(shape, s, axis)
+        n = shape[axis]
+        size = bases.size * ((n - s + 2 * s - 1) // (2 * s))
+        yield i, int(level > 0), bases, loop.axis_stride(shape, axis), n, s, size
 
 
 def quantise(
-    values: np.ndarray, mode: np.ndarray, cell: float
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, list[bool]]:
-    """The encoder's side of :func:`run`: the integers to code with their contexts, per step in
-    decoding order (flat), the decoded values (what the decoder will answer, bit for bit) and
-    each step's interpolation (True: cubic)."""
-    steps, cubic = [], []
-
-    def step(ctx: np.ndarray, residual: np.ndarray) -> np.ndarray:
-        q = np.clip(np.rint(residual / cell), -TOP, TOP).astype(np.int32)  # TOP: too wide (the caller refuses)
+    values: np.ndarray, mode: np.ndarray, cell: float, grid: bool = False
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, list[bool], np.ndarray | None]:
+    """The encoder's side of the closed loop (compiled: :mod:`nir.codec.loop`): the anchor first
+    (predicted by 0), then each step's samples predicted from the decoded ones, cubic or linear
+    by whichever codes the step smaller (``sum log2(1 + 2|q|)``), and decoded as ``prediction +
+    cell * q`` with ``q = round((value - prediction) / cell)``. Returns the integers to code with
+    their contexts, per step in decoding order (flat), the decoded values (the grid's shape,
+    float64: what the decoder will answer, bit for bit), each step's interpolation (True: cubic)
+    and, with ``grid``, every integer at its sample (the grid's shape; else None)."""
+    shape = tuple(mode.shape)
+    v, m = _flat(values, np.float64), _flat(mode, np.uint8)
+    x, coded = np.zeros(v.size, np.float64), np.zeros(v.size, np.uint8)
+    first = int(np.clip(np.rint(v[0] / cell), -TOP, TOP))
+    x[0], coded[0] = cell * first, min(abs(first), 3)
+    grid_q = np.zeros(v.size if grid else 0, np.int32)
+    if grid:
+        grid_q[0] = first
+    steps, cubic = [(np.array([first], np.int32), np.zeros(1, np.uint8))], []
+    edges = loop.EDGES * cell
+    for _, bit, bases, stride, n, s, size in _walk(shape, cell):
+        costs = [loop.cost(x, v, m, coded, bases, stride, n, s, kind, cell, edges) for kind in (True, False)]
+        cubic.append(bool(costs[0] <= costs[1]))
+        q, ctx = np.empty(size, np.int32), np.empty(size, np.uint8)
+        loop.quantise(x, v, m, coded, bases, stride, n, s, cubic[-1], cell, edges, bit, q, ctx, grid_q)
         steps.append((q, ctx))
-        return q
+    return steps, x.reshape(shape), cubic, grid_q.reshape(shape) if grid else None
 
-    return steps, run(mode, cell, step, values, cubic), cubic
+
+def _decode_loop(mode: np.ndarray, cell: float, cubic: list[bool], read) -> np.ndarray:
+    """The decoder's side: ``read(contexts)`` gives each step's integers (the anchor's context
+    is 0). Returns the decoded values (the grid's shape, float64)."""
+    shape = tuple(mode.shape)
+    m = _flat(mode, np.uint8)
+    x, coded = np.zeros(m.size, np.float64), np.zeros(m.size, np.uint8)
+    first = int(read(np.zeros(1, np.uint8))[0])
+    x[0], coded[0] = cell * first, min(abs(first), 3)
+    edges = loop.EDGES * cell
+    for i, bit, bases, stride, n, s, size in _walk(shape, cell):
+        require(i < len(cubic), "the residual's interpolation choices are damaged")
+        pred, ctx = np.empty(size, np.float64), np.empty(size, np.uint8)
+        loop.contexts(x, m, coded, bases, stride, n, s, cubic[i], edges, bit, pred, ctx)
+        loop.recover(x, coded, bases, stride, n, s, cell, pred, read(ctx))
+    return x.reshape(shape)
 
 
 # ----------------------------------------------------------------------------- choosing modes
@@ -258,13 +180,7 @@ def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: 
         if same and mode == MAP:
             costs.append(costs[-1].copy())
             continue
-        steps, _, _ = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell)
-        q = np.zeros(shape, np.int32)
-        q[(0,) * len(shape)] = steps[0][0][0]
-        for (_, s, axis), (qs, _) in zip(_steps(shape), steps[1:]):
-            target = _view(q, s, axis)[..., s :: 2 * s]
-            target[...] = qs.reshape(target.shape)
-        del steps
+        *_, q = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell, grid=True)
         low = int(q.min())
         counts = np.bincount((q - low).reshape(-1))
         bits = (-np.log2(np.maximum(counts, 1) / q.size)).astype(np.float32)  # an integer's cost, by value
@@ -367,7 +283,7 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
         values = own.reshape(shape)
     else:
         values = np.where(mode == MAP, own.reshape(shape), net.reshape(shape))
-    steps, decoded, cubic = quantise(values, mode, cell)
+    steps, decoded, cubic, _ = quantise(values, mode, cell)
     all_q = np.concatenate([q for q, _ in steps])
     if all_q.size and int(np.abs(all_q).max()) >= TOP:
         return None
@@ -465,12 +381,12 @@ def decode(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
     require((len(data) - pos) % 4 == 0, "the residual's integers are truncated or damaged")
     coder = constriction.stream.stack.AnsCoder(np.frombuffer(data[pos:], "<u4").astype(np.uint32))
     mode = per_sample(modes, shape)
-    x = run(mode, cell, _reader(coder, models), cubic=[bool(b) for b in parts[2]])
+    x = _decode_loop(mode, cell, [bool(b) for b in parts[2]], _reader(coder, models))
     return x.reshape(-1), (mode == MAP).reshape(-1)
 
 
 def _reader(coder: Any, models: dict[int, _Model]):
-    def step(ctx: np.ndarray, _: Any) -> np.ndarray:
+    def step(ctx: np.ndarray) -> np.ndarray:
         out = np.zeros(ctx.size, np.int64)
         o = np.argsort(ctx, kind="stable")
         cs = ctx[o]
