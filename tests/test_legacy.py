@@ -85,14 +85,14 @@ def _context_fixtures():
 
 @pytest.mark.parametrize("name", ["1d", "2d", "3d", "4d"])
 def test_a_committed_context_residual_decodes_to_its_values(name: str) -> None:
-    """The context coder's streams written before the compiled loop (scripts/make_legacy_context.py,
+    """The context coder's streams written before the compiled loop and coder (scripts/make_legacy_context.py,
     commit 92544c0) decode to the same float64 bits, each within half a cell of its value."""
     from nir.codec import context
 
     fx = _context_fixtures()
     shape = fx.SHAPES[name]
     net, own, modes = fx.inputs(shape)
-    back, on_map = context.decode((LEGACY / "context" / f"{name}.bin").read_bytes(), int(np.prod(shape)))
+    back, on_map = context.decode((LEGACY / "context" / f"{name}.bin").read_bytes(), int(np.prod(shape)), legacy=True)
     assert np.array_equal(on_map, context.map_mask(modes, shape))
     assert np.abs(back - np.where(on_map, own, net)).max() <= fx.CELL / 2 * (1 + 1e-12)
     hashes = json.loads((LEGACY / "context" / "hashes.json").read_text())

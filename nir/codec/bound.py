@@ -34,8 +34,10 @@ from nir.errors import NirError, require
 #: samples per slice of the compression's final check
 CHECK = 1 << 20
 #: the residual coder id of :mod:`nir.codec.context` (ids 1-3: the plain integer coders of
-#: :mod:`nir.codec.ints`, what files before it hold, and what a residual too wide for it uses)
-CONTEXT = 4
+#: :mod:`nir.codec.ints`, what files before it hold, and what a residual too wide for it uses;
+#: 4: the context coder under constriction's ANS, files written before issue 46)
+CONTEXT = 5
+CONTEXT_BEFORE = 4
 
 MARGIN = 0.99
 #: ``none``: no correction, only the missing samples (a field under a byte budget that keeps NaN
@@ -387,9 +389,9 @@ def decode(data: bytes, n: int, wanted: np.ndarray | None = None) -> Residual:
         exc = np.cumsum(np.array(gaps, np.int64)) - 1 if nexc else np.zeros(0, np.int64)
         values = np.frombuffer(data[pos : pos + 8 * nexc], "<f8").copy()
         pos += 8 * nexc
-        if data[pos] == CONTEXT:
+        if data[pos] in (CONTEXT, CONTEXT_BEFORE):
             try:
-                offset, on_map = context.decode(data[pos + 1 :], n)
+                offset, on_map = context.decode(data[pos + 1 :], n, legacy=data[pos] == CONTEXT_BEFORE)
             except NirError as e:  # a varint's "truncated header" says too little here
                 raise NirError(
                     str(e) if "residual" in str(e) else f"the residual is damaged ({e}); compress again"

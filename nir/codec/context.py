@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from nir.codec import loop
+from nir.codec import loop, rans
 from nir.codec.ints import read_varint, varint
 
 # block modes (RAW, NET, MAP): the network's residual as it is, after the predictor, the
@@ -100,10 +100,6 @@ def map_mask(modes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the predictor
-def _steps(shape: Sequence[int]) -> Iterator[tuple[int, int, int]]:
-    return loop.steps(shape)
-
-
 def _flat(a: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype).reshape(-1)
 
@@ -136,29 +132,52 @@ def quantise(
     if grid:
         grid_q[0] = first
     steps, cubic = [(np.array([first], np.int32), np.zeros(1, np.uint8))], []
-    edges = loop.EDGES * cell
     for _, bit, bases, stride, n, s, size in _walk(shape, cell):
-        costs = [loop.cost(x, v, m, coded, bases, stride, n, s, kind, cell, edges) for kind in (True, False)]
-        cubic.append(bool(costs[0] <= costs[1]))
-        q, ctx = np.empty(size, np.int32), np.empty(size, np.uint8)
-        loop.quantise(x, v, m, coded, bases, stride, n, s, cubic[-1], cell, edges, bit, q, ctx, grid_q)
+        found = []
+        for kind in (True, False):
+            pred, ctx = np.empty(size, np.float64), np.empty(size, np.uint8)
+            loop.contexts(x, m, coded, bases, stride, n, s, kind, 0.25 * cell, bit, pred, ctx)
+            found.append((loop.cost(v, bases, stride, n, s, cell, pred), pred, ctx))
+        cubic.append(bool(found[0][0] <= found[1][0]))
+        _, pred, ctx = found[0 if cubic[-1] else 1]
+        q = np.empty(size, np.int32)
+        loop.quantise(x, v, coded, bases, stride, n, s, cell, pred, q, grid_q)
         steps.append((q, ctx))
     return steps, x.reshape(shape), cubic, grid_q.reshape(shape) if grid else None
 
 
-def _decode_loop(mode: np.ndarray, cell: float, cubic: list[bool], read) -> np.ndarray:
-    """The decoder's side: ``read(contexts)`` gives each step's integers (the anchor's context
-    is 0). Returns the decoded values (the grid's shape, float64)."""
+def _decode_loop(mode: np.ndarray, cell: float, cubic: list[bool], first: int, tables: tuple, words: np.ndarray
+                 ) -> np.ndarray:  # fmt: skip
+    """The decoder's side, compiled: the anchor's integer ``first``, then each step's
+    predictions and contexts (in parallel) and its integers (read from ``words`` under
+    ``tables``, :mod:`nir.codec.rans`). Returns the decoded values (the grid's shape, float64)."""
+    shape = tuple(mode.shape)
+    m = _flat(mode, np.uint8)
+    x, coded = np.zeros(m.size, np.float64), np.zeros(m.size, np.uint8)
+    state, pos = rans.start_state(words)
+    x[0], coded[0] = cell * first, min(abs(first), 3)
+    for i, bit, bases, stride, n, s, size in _walk(shape, cell):
+        require(i < len(cubic), "the residual's interpolation choices are damaged")
+        pred, ctx = np.empty(size, np.float64), np.empty(size, np.uint8)
+        loop.contexts(x, m, coded, bases, stride, n, s, cubic[i], 0.25 * cell, bit, pred, ctx)
+        state, pos, bad = loop.decode(x, coded, bases, stride, n, s, cell, pred, ctx, state, words, pos, tables)
+        require(not bad, "the residual's integers are truncated or damaged")
+    require(state == rans.LOW and pos == words.size, "the residual's integers are damaged")
+    return x.reshape(shape)
+
+
+def _decode_loop_legacy(mode: np.ndarray, cell: float, cubic: list[bool], read) -> np.ndarray:
+    """The decoder's side of a stream before issue 46: ``read(contexts)`` gives each step's
+    integers (the anchor's context is 0). Returns the decoded values (the grid's shape, float64)."""
     shape = tuple(mode.shape)
     m = _flat(mode, np.uint8)
     x, coded = np.zeros(m.size, np.float64), np.zeros(m.size, np.uint8)
     first = int(read(np.zeros(1, np.uint8))[0])
     x[0], coded[0] = cell * first, min(abs(first), 3)
-    edges = loop.EDGES * cell
     for i, bit, bases, stride, n, s, size in _walk(shape, cell):
         require(i < len(cubic), "the residual's interpolation choices are damaged")
         pred, ctx = np.empty(size, np.float64), np.empty(size, np.uint8)
-        loop.contexts(x, m, coded, bases, stride, n, s, cubic[i], edges, bit, pred, ctx)
+        loop.contexts(x, m, coded, bases, stride, n, s, cubic[i], 0.25 * cell, bit, pred, ctx)
         loop.recover(x, coded, bases, stride, n, s, cell, pred, read(ctx))
     return x.reshape(shape)
 
@@ -193,40 +212,102 @@ def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: 
 
 
 # ----------------------------------------------------------------------------- models
-def _laplace_bits(r: np.ndarray, top: int, scale: float) -> float:
-    """Bits of ``r`` under the quantised Laplace on ``[-top, top]`` (an estimate of constriction's)."""
-    vals, counts = np.unique(r, return_counts=True)
-    cdf = lambda x: 0.5 + 0.5 * np.sign(x) * -np.expm1(-np.abs(x) / scale)  # noqa: E731
-    p = cdf(vals + 0.5) - cdf(vals - 0.5)
-    mass = cdf(top + 0.5) - cdf(-top - 0.5)
-    return float(-(counts * np.log2(np.maximum(p / mass, 1e-300))).sum())
+def _bits(counts: np.ndarray, freq: np.ndarray) -> float:
+    """Bits of symbols with ``counts`` under frequencies ``freq`` (of :data:`rans.M`)."""
+    used = counts > 0
+    return float(-(counts[used] * np.log2(freq[used] / rans.M)).sum())
 
 
 def _fit(r: np.ndarray) -> bytes:
-    """The model of one context's integers as bytes: ``0`` + top + float32 scale (a Laplace), or
-    ``1`` + lowest (zigzag) + width + the counts (a histogram), whichever codes smaller; ``2`` +
-    the value (zigzag) where there is only one (no bits at all)."""
+    """The model of one context's integers as bytes, whichever codes smaller (:mod:`nir.codec.rans`):
+    ``0`` + E + r16 (a geometric table over zigzag values, escape at E), ``1`` + lowest (zigzag)
+    + width + the frequencies (a histogram, summing to ``M``), ``2`` + the value (zigzag) where
+    there is only one (no bits at all)."""
     lo, hi = int(r.min()), int(r.max())
     if lo == hi:
         return b"\x02" + varint(_zigzag(lo))  # one value: nothing to code
-    top = max(abs(lo), abs(hi), 1)
-    scale = float(np.float32(max(float(np.abs(r).mean()), 0.05)))
-    laplace = b"\x00" + varint(top) + struct.pack("<f", scale)
-    lap_bytes = _laplace_bits(r, top, scale) / 8 + len(laplace)
-    if hi - lo < 4096:
+    z = np.where(r >= 0, 2 * r.astype(np.int64), -2 * r.astype(np.int64) - 1)
+    e = int(min(z.max() + 1, rans.MAX_E))
+    zc = np.bincount(np.minimum(z, e), minlength=e + 1)
+    escape_bits = float(zc[e]) * rans.PREC * rans.DIGITS
+    mean = float(np.minimum(z, e).mean())
+    best = None
+    for factor in (0.7, 0.85, 1.0, 1.15, 1.3):
+        ratio = min(mean * factor / (1 + mean * factor), 65535 / 65536)
+        r16 = int(min(max(round(ratio * 65536), 1), 65535))
+        bits = _bits(zc, rans.normalise(rans.geometric(r16, e))) + escape_bits
+        if best is None or bits < best[0]:
+            best = (bits, r16)
+    table = b"\x00" + varint(e) + struct.pack("<H", best[1])
+    cost = best[0] / 8 + len(table)
+    if hi - lo < rans.M:
         counts = np.bincount(r - lo, minlength=hi - lo + 1)
-        p = counts[counts > 0] / r.size
-        table = b"\x01" + varint(_zigzag(lo)) + varint(hi - lo + 1) + b"".join(varint(int(c)) for c in counts)
-        hist_bytes = -float((counts[counts > 0] * np.log2(p)).sum()) / 8 + 0.6 * len(table)  # zstd takes ~40 %
-        if hist_bytes < lap_bytes:
-            return table
-    return laplace
+        freq = rans.normalise(counts.astype(np.int64))
+        hist = b"\x01" + varint(_zigzag(lo)) + varint(hi - lo + 1) + b"".join(varint(int(f)) for f in freq)
+        if _bits(counts, freq) / 8 + 0.6 * len(hist) < cost:  # zstd takes ~40 % of a table
+            return hist
+    return table
 
 
 def _zigzag(n: int) -> int:
     return 2 * n if n >= 0 else -2 * n - 1
 
 
+def _unzigzag(z: int) -> int:
+    return -(z >> 1) - 1 if z & 1 else z >> 1
+
+
+def _tables(data: bytes, used: list[tuple[int, int]]) -> tuple[np.ndarray, ...]:
+    """The coder's tables from the models' bytes and each used context's model: ``(model of each
+    context, kind, lowest, size, offset, frequency, start, symbol of each slot)``, int32 (what
+    :func:`nir.codec.rans.get` reads). A damaged model is one line."""
+    damaged = "the residual's context model is damaged"
+    kinds, los, freqs, pos = [], [], [], 0
+    while pos < len(data):
+        kind, pos = data[pos], pos + 1
+        if kind == 2:
+            z, pos = read_varint(data, pos)
+            kinds.append(rans.SHIFTED)
+            los.append(_unzigzag(z))
+            freqs.append(np.array([rans.M], np.int64))
+        elif kind == 0:
+            e, pos = read_varint(data, pos)
+            require(1 <= e <= rans.MAX_E and pos + 2 <= len(data), damaged)
+            (r16,) = struct.unpack_from("<H", data, pos)
+            pos += 2
+            require(1 <= r16 <= 65535, damaged)
+            kinds.append(rans.GEOMETRIC)
+            los.append(0)
+            freqs.append(rans.normalise(rans.geometric(r16, e)))
+        else:
+            require(kind == 1, damaged)
+            z, pos = read_varint(data, pos)
+            width, pos = read_varint(data, pos)
+            require(1 <= width <= rans.M, damaged)
+            f = np.empty(width, np.int64)
+            for i in range(width):
+                f[i], pos = read_varint(data, pos)
+            require(int(f.sum()) == rans.M, damaged)
+            kinds.append(rans.SHIFTED)
+            los.append(_unzigzag(z))
+            freqs.append(f)
+        require(abs(los[-1]) < TOP, damaged)
+    model_of = np.full(N_CONTEXTS, -1, np.int32)
+    for ctx, i in used:
+        require(ctx < N_CONTEXTS and i < len(kinds), damaged)
+        model_of[ctx] = i
+    sizes = np.array([f.size for f in freqs], np.int32)
+    offs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+    freq = np.concatenate(freqs).astype(np.int32) if freqs else np.zeros(0, np.int32)
+    start = (
+        np.concatenate([np.concatenate([[0], np.cumsum(f)[:-1]]) for f in freqs]).astype(np.int32) if freqs else freq
+    )
+    sym = rans.slots(freq, start, offs, sizes)
+    return model_of, np.array(kinds, np.int32), np.array(los, np.int32), sizes, offs, freq, start, sym
+
+
+# ----------------------------------------------------------------------------- the coder before issue 46
+# (constriction's ANS, one call per context and step: the streams of residual coder id 4 decode here)
 class _Model:
     def __init__(self, data: bytes, pos: int) -> None:
         import constriction
@@ -269,7 +350,6 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
     the quantisation step. Returns the bytes, the decoded offsets (flat: what :func:`decode`
     will answer, to add to ``g(pred)`` where the map mask is False and to 0 where it is
     True) and the coded integers; None where an integer reaches :data:`TOP`."""
-    import constriction
     import zstandard as zstd
 
     shape = tuple(int(n) for n in shape)
@@ -287,7 +367,8 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
     all_q = np.concatenate([q for q, _ in steps])
     if all_q.size and int(np.abs(all_q).max()) >= TOP:
         return None
-    all_c = np.concatenate([c for _, c in steps])
+    all_c = np.concatenate([c for _, c in steps[1:]])  # the anchor (context 0) is in the header
+    rest = all_q[1:]
     order = np.argsort(all_c, kind="stable")
     edges = np.searchsorted(all_c[order], np.arange(N_CONTEXTS + 1))
     counts = np.diff(edges)
@@ -296,32 +377,25 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
     keys: dict[Any, list[int]] = {}  # a model's key -> its contexts
     for ctx in used:
         group = (ctx - 1) // Q_BUCKETS
-        key = ("group", group) if ctx and group_total[group] < SPLIT else ("context", ctx)
+        key = ("group", group) if group_total[group] < SPLIT else ("context", ctx)
         keys.setdefault(key, []).append(ctx)
-    models, side, index = {}, bytearray(), {}
+    side, index = bytearray(), {}
     for i, members in enumerate(keys.values()):
-        data = _fit(np.concatenate([all_q[order[edges[c] : edges[c + 1]]] for c in members]))
-        side += data
+        side += _fit(np.concatenate([rest[order[edges[c] : edges[c + 1]]] for c in members]))
         for c in members:
-            models[c], index[c] = _Model(data, 0), i
-    del all_c, order
+            index[c] = i
+    del order
     head = bytearray(struct.pack("<d", cell) + varint(len(shape)))
     for n in shape:
         head += varint(n)
-    head += varint(len(used)) + b"".join(varint(c) + varint(index[c]) for c in used)
+    head += varint(_zigzag(int(all_q[0]))) + varint(len(used)) + b"".join(varint(c) + varint(index[c]) for c in used)
     for part in (modes.astype(np.uint8).tobytes(), bytes(side), bytes(cubic)):
         packed = zstd.ZstdCompressor(level=19).compress(part)
         head += varint(len(packed)) + packed
-    coder = constriction.stream.stack.AnsCoder()
-    for q, c in reversed(steps):  # a stack: the last encoded decodes first
-        o = np.argsort(c, kind="stable")
-        cs = c[o]
-        cuts = np.flatnonzero(np.diff(cs)) + 1
-        for lo, hi in reversed(list(zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [cs.size]])))):
-            m = models[int(cs[lo])]
-            if m.model is not None:
-                coder.encode_reverse((q[o[lo:hi]] - m.offset).astype(np.int32), m.model)
-    return bytes(head) + coder.get_compressed().astype("<u4").tobytes(), decoded.reshape(-1), all_q
+    model_of, kind, lo, size, offs, freq, start, _ = _tables(bytes(side), [(c, index[c]) for c in used])
+    words, status = rans.encode(rest, all_c, model_of, kind, lo, size, offs, freq, start)
+    require(status == 0, "the context coder's models do not cover its integers (a bug: please report it)")
+    return bytes(head) + words.astype("<u2").tobytes(), decoded.reshape(-1), all_q
 
 
 def code(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: float
@@ -342,10 +416,10 @@ def code(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: fl
     return best
 
 
-def decode(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
+def decode(data: bytes, n: int, legacy: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The decoded offsets (flat, float64) and the map mask (per sample: True where the
-    offset is the map itself, no network) from :func:`encode`'s bytes; a grid of ``n`` samples."""
-    import constriction
+    offset is the map itself, no network) from :func:`encode`'s bytes; a grid of ``n`` samples.
+    ``legacy``: a stream written before issue 46 (constriction's ANS; residual coder id 4)."""
     import zstandard as zstd
 
     (cell,) = struct.unpack_from("<d", data, 0)
@@ -357,6 +431,9 @@ def decode(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
         m, pos = read_varint(data, pos)
         shape.append(m)
     require(math.prod(shape) == n, f"the residual's grid holds {math.prod(shape)} samples, the field has {n}")
+    if not legacy:  # the anchor's integer
+        first, pos = read_varint(data, pos)
+        require(first < 2 * TOP, "the residual's anchor is damaged")
     count, pos = read_varint(data, pos)
     used = []
     for _ in range(count):
@@ -370,19 +447,30 @@ def decode(data: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
         pos += size
     modes = np.frombuffer(parts[0], np.uint8)
     require(modes.size == block_count(shape) and (modes <= MAP).all(), "the residual's block modes are damaged")
+    mode = per_sample(modes, shape)
+    cubic = [bool(b) for b in parts[2]]
+    if legacy:
+        x = _decode_legacy(data[pos:], parts[1], used, mode, cell, cubic)
+    else:
+        require((len(data) - pos) % 2 == 0 and len(data) - pos >= 4, "the residual's integers are truncated or damaged")
+        x = _decode_loop(mode, cell, cubic, _unzigzag(first), _tables(parts[1], used), np.frombuffer(data[pos:], "<u2"))
+    return x.reshape(-1), (mode == MAP).reshape(-1)
+
+
+def _decode_legacy(body: bytes, side: bytes, used, mode: np.ndarray, cell: float, cubic: list[bool]) -> np.ndarray:
+    import constriction
+
     table, at = [], 0
-    while at < len(parts[1]):
-        table.append(_Model(parts[1], at))
+    while at < len(side):
+        table.append(_Model(side, at))
         at = table[-1].end
     models = {}
     for ctx, i in used:
         require(ctx < N_CONTEXTS and i < len(table), "the residual's context model is damaged")
         models[ctx] = table[i]
-    require((len(data) - pos) % 4 == 0, "the residual's integers are truncated or damaged")
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(data[pos:], "<u4").astype(np.uint32))
-    mode = per_sample(modes, shape)
-    x = _decode_loop(mode, cell, [bool(b) for b in parts[2]], _reader(coder, models))
-    return x.reshape(-1), (mode == MAP).reshape(-1)
+    require(len(body) % 4 == 0, "the residual's integers are truncated or damaged")
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, "<u4").astype(np.uint32))
+    return _decode_loop_legacy(mode, cell, cubic, _reader(coder, models))
 
 
 def _reader(coder: Any, models: dict[int, _Model]):
