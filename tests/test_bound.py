@@ -287,7 +287,7 @@ def test_blocks_choose_the_cheaper_kind():
     rng = np.random.default_rng(0)
     own = 40 * np.sin(3 * xx) * np.cos(2 * yy) + np.where(xx < 0.5, rng.normal(size=shape), 0.0)  # rough on the left
     net = np.where(xx < 0.5, 0.0, rng.normal(size=shape) * 50)  # where the network is exact, and where it is wild
-    modes = context.choose(net.reshape(-1), own.reshape(-1), shape, 0.01).reshape(2, 2)
+    modes = context.choose(net.reshape(-1), own.reshape(-1), shape, 0.01)[0].reshape(2, 2)
     assert (modes[:, 0] != context.MAP).all() and (modes[:, 1] == context.MAP).all(), modes
 
 

@@ -141,10 +141,13 @@ def reconstruct(pred: np.ndarray, k: np.ndarray, bound: Bound) -> np.ndarray:
 def answer(pred: np.ndarray, offset: np.ndarray, bound: Bound, on_map: np.ndarray | None = None) -> np.ndarray:
     """``g^-1(g(pred) + offset)`` in float64; where ``on_map`` is set the offset is the map
     itself: ``g^-1(offset)``, no network."""
-    base = pred.astype(np.float64)
-    base = base if bound.kind != "rel" else bound.g(base)
-    if on_map is not None:
-        base = np.where(on_map, 0.0, base)
+    if on_map is not None and on_map.all():  # no network anywhere: the offset is the map itself
+        base = np.zeros(offset.shape)
+    else:
+        base = pred.astype(np.float64)
+        base = base if bound.kind != "rel" else bound.g(base)
+        if on_map is not None:
+            base = np.where(on_map, 0.0, base)
     z = base + offset
     return z if bound.kind != "rel" else bound.g_inv(z)
 

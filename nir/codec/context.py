@@ -52,6 +52,8 @@ from nir.codec.loop import BUCKETS, MAP, NET, Q_BUCKETS, RAW, TOP
 from nir.errors import require
 
 MODES = (RAW, NET, MAP)
+#: the encoder's choice of cubic or linear interpolation looks at every SAMPLE-th line of a step
+SAMPLE = 4
 #: samples per block (about)
 BLOCK_SAMPLES = 4096
 #: a block codes the network's residual only where its estimate is below (1 - LEAVE) x the map's
@@ -133,13 +135,16 @@ def quantise(
         grid_q[0] = first
     steps, cubic = [(np.array([first], np.int32), np.zeros(1, np.uint8))], []
     for _, bit, bases, stride, n, s, size in _walk(shape, cell):
-        found = []
+        # cubic or linear: measured on every SAMPLE-th line (the choice is the encoder's own)
+        part = bases[:: SAMPLE if bases.size >= 16 * SAMPLE else 1]
+        costs = []
         for kind in (True, False):
-            pred, ctx = np.empty(size, np.float64), np.empty(size, np.uint8)
-            loop.contexts(x, m, coded, bases, stride, n, s, kind, 0.25 * cell, bit, pred, ctx)
-            found.append((loop.cost(v, bases, stride, n, s, cell, pred), pred, ctx))
-        cubic.append(bool(found[0][0] <= found[1][0]))
-        _, pred, ctx = found[0 if cubic[-1] else 1]
+            pred, ctx = np.empty(size // bases.size * part.size, np.float64), np.empty(0, np.uint8)
+            loop.contexts(x, m, coded, part, stride, n, s, kind, 0.25 * cell, bit, pred, ctx)
+            costs.append(loop.cost(v, part, stride, n, s, cell, pred))
+        cubic.append(bool(costs[0] <= costs[1]))
+        pred, ctx = np.empty(size, np.float64), np.empty(size, np.uint8)
+        loop.contexts(x, m, coded, bases, stride, n, s, cubic[-1], 0.25 * cell, bit, pred, ctx)
         q = np.empty(size, np.int32)
         loop.quantise(x, v, coded, bases, stride, n, s, cell, pred, q, grid_q)
         steps.append((q, ctx))
@@ -183,32 +188,38 @@ def _decode_loop_legacy(mode: np.ndarray, cell: float, cubic: list[bool], read) 
 
 
 # ----------------------------------------------------------------------------- choosing modes
-def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: float) -> np.ndarray:
+def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: float) -> tuple[np.ndarray, dict]:
     """Each block's mode (:data:`MODES`, blocks in C order) by an estimate of its coded size:
     the bits of its integers under that mode's histogram, each mode's integers found as if the
     whole grid had that mode, the network's modes charged :data:`LEAVE` of the map's cost;
-    ``net`` the network's residual in the map, ``own`` the signal's map (None: no map to code)."""
+    ``net`` the network's residual in the map, ``own`` the signal's map (None: no map to code).
+    Also returns the closed loop's pass of the whole grid under the predicted mode the estimate
+    ran last (``{mode: quantise's answer}``): :func:`encode` reuses it where every block has
+    that mode."""
     shape = tuple(shape)
-    costs = []
+    costs, kept = {}, {}
     # no network (nir.fields.Zero behind the identity map): the network's residual is the map
     # itself, and its predicted mode codes the same integers as the map's: one pass, not two
     same = own is not None and np.array_equal(net, own)
     for x, mode in ((net, RAW), (net, NET), (own, MAP)):
-        if x is None:
+        if x is None or (same and mode == NET):
             continue
-        if same and mode == MAP:
-            costs.append(costs[-1].copy())
-            continue
-        *_, q = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell, grid=True)
+        if mode == RAW:  # every prediction is 0: no loop
+            q = np.clip(np.rint(x / cell), -TOP, TOP).astype(np.int32).reshape(shape)
+        else:
+            *done, q = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell, grid=True)
+            kept = {mode: done}  # one pass kept: a 256^3 grid's is 200 MB
         low = int(q.min())
         counts = np.bincount((q - low).reshape(-1))
         bits = (-np.log2(np.maximum(counts, 1) / q.size)).astype(np.float32)  # an integer's cost, by value
-        costs.append(per_block_sum(bits[q - low], shape))
+        costs[mode] = per_block_sum(bits[q - low], shape)
         del q
-    costs = np.stack(costs)
+    if same:
+        costs[NET] = costs[MAP].copy()
+    costs = np.stack([costs[m] for m in MODES if m in costs])
     if own is not None:  # a block leaves the map only for a clear gain: the edges between kinds cost too
         costs[:-1] += LEAVE * costs[-1]
-    return np.argmin(costs, axis=0).astype(np.uint8)
+    return np.argmin(costs, axis=0).astype(np.uint8), kept
 
 
 # ----------------------------------------------------------------------------- models
@@ -343,27 +354,30 @@ class _Model:
 
 
 # ----------------------------------------------------------------------------- the coder
-def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Sequence[int], cell: float
-           ) -> tuple[bytes, np.ndarray, np.ndarray] | None:  # fmt: skip
+def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Sequence[int], cell: float,
+           passed: list | None = None) -> tuple[bytes, np.ndarray, np.ndarray] | None:  # fmt: skip
     """The residual coded with context: ``net`` (flat) the network's residual in the map,
     ``own`` the signal's map (None: every block is the network's), ``modes`` per block, ``cell``
     the quantisation step. Returns the bytes, the decoded offsets (flat: what :func:`decode`
     will answer, to add to ``g(pred)`` where the map mask is False and to 0 where it is
-    True) and the coded integers; None where an integer reaches :data:`TOP`."""
+    True) and the coded integers; None where an integer reaches :data:`TOP`. ``passed``: the
+    closed loop's answer for these modes already (:func:`choose`'s pass of a grid of one mode)."""
     import zstandard as zstd
 
     shape = tuple(int(n) for n in shape)
     require(
         math.prod(shape) == net.size and modes.size == block_count(shape), "the context coder needs the grid's shape"
     )
-    mode = per_sample(modes, shape)
-    if own is None or not (modes == MAP).any():
-        values = net.reshape(shape)
-    elif (modes == MAP).all():  # the common case: no copy
-        values = own.reshape(shape)
-    else:
-        values = np.where(mode == MAP, own.reshape(shape), net.reshape(shape))
-    steps, decoded, cubic, _ = quantise(values, mode, cell)
+    if passed is None:
+        mode = per_sample(modes, shape)
+        if own is None or not (modes == MAP).any():
+            values = net.reshape(shape)
+        elif (modes == MAP).all():  # the common case: no copy
+            values = own.reshape(shape)
+        else:
+            values = np.where(mode == MAP, own.reshape(shape), net.reshape(shape))
+        passed = quantise(values, mode, cell)[:3]
+    steps, decoded, cubic = passed
     all_q = np.concatenate([q for q, _ in steps])
     if all_q.size and int(np.abs(all_q).max()) >= TOP:
         return None
@@ -405,12 +419,14 @@ def code(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: fl
     sources3d 128^3 at 10 %, its modes coded to 79,166 B against 71,781 for the map alone).
     Returns :func:`encode`'s bytes, offsets and integers, and the modes; None where an integer
     reaches :data:`TOP`."""
-    options = [choose(net, own, shape, cell)]
-    if own is not None and (options[0] != MAP).any():
+    chosen, kept = choose(net, own, shape, cell)
+    options = [chosen]
+    if own is not None and (chosen != MAP).any():
         options.append(np.full(block_count(shape), MAP, np.uint8))
     best = None
     for modes in options:
-        done = encode(net, own, modes, shape, cell)
+        uniform = int(modes[0]) if (modes == modes[0]).all() else None
+        done = encode(net, own, modes, shape, cell, kept.get(uniform))
         if done is not None and (best is None or len(done[0]) < len(best[0])):
             best = (*done, modes)
     return best

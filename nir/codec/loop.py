@@ -57,6 +57,41 @@ def axis_stride(shape: Sequence[int], axis: int) -> int:
     return math.prod(shape[axis + 1 :])
 
 
+@njit(inline="always")
+def _interpolate(raw, a, ha, b, hb, c, hc, d, hd):  # pragma: no cover - compiled
+    """The prediction from the neighbours at ``-3s, -s, s, 3s`` (values and whether usable) and
+    the activity the context buckets: 0 and the inner neighbours' magnitudes in a raw block,
+    else the cubic, quadratic, linear or copied interpolation and the neighbours' spread.
+    (Scalars only: Numba inlines it at no cost.)"""
+    if raw:
+        return 0.0, (abs(b) if hb else 0.0) + (abs(c) if hc else 0.0)
+    if ha and hb and hc and hd:
+        pred = (9.0 * (b + c) - a - d) / 16.0
+    elif hb and hc and hd:
+        pred = (3.0 * b + 6.0 * c - d) / 8.0
+    elif ha and hb and hc:
+        pred = (6.0 * b + 3.0 * c - a) / 8.0
+    elif hb and hc:
+        pred = (b + c) / 2.0
+    elif ha and hb:
+        pred = (3.0 * b - a) / 2.0
+    elif hc and hd:
+        pred = (3.0 * c - d) / 2.0
+    elif hb:
+        pred = b
+    elif hc:
+        pred = c
+    else:
+        pred = 0.0
+    if hb and hc:
+        return pred, abs(c - b)
+    if ha and hb:
+        return pred, abs(b - a)
+    if hc and hd:
+        return pred, abs(c - d)
+    return pred, 0.0
+
+
 @njit(parallel=True, cache=True, boundscheck=False)
 def contexts(x, mode, coded, bases, stride, n, s, cubic, quarter, level_bit, pred_out, ctx_out
              ):  # pragma: no cover - compiled  # fmt: skip
@@ -64,7 +99,7 @@ def contexts(x, mode, coded, bases, stride, n, s, cubic, quarter, level_bit, pre
     quadratic, linear or a copy by which are there; ``cubic`` False: the inner two only) and
     its context id: the mode, the finest stride or not (``level_bit``), the bucket of its
     activity (powers of two of ``quarter``, a quarter cell) and of the integers coded at its
-    inner neighbours. Flat, in line order. (Written out in the loop: a helper taking the arrays
+    inner neighbours. Flat, in line order; ``ctx_out`` empty: the predictions only. (Written out in the loop: a helper taking the arrays
     costs Numba a reference count per array and call, measured 46 against 7 ns a sample.)"""
     T = (n - s + 2 * s - 1) // (2 * s)
     for k in prange(bases.size):
@@ -87,36 +122,7 @@ def contexts(x, mode, coded, bases, stride, n, s, cubic, quarter, level_bit, pre
             if cubic and t + 3 * s < n:
                 i = idx + 3 * s * stride
                 d, hd = x[i], (mode[i] == MAP) == on_map
-            if m == RAW:
-                pred = 0.0
-                act = (abs(b) if hb else 0.0) + (abs(c) if hc else 0.0)
-            else:
-                if ha and hb and hc and hd:
-                    pred = (9.0 * (b + c) - a - d) / 16.0
-                elif hb and hc and hd:
-                    pred = (3.0 * b + 6.0 * c - d) / 8.0
-                elif ha and hb and hc:
-                    pred = (6.0 * b + 3.0 * c - a) / 8.0
-                elif hb and hc:
-                    pred = (b + c) / 2.0
-                elif ha and hb:
-                    pred = (3.0 * b - a) / 2.0
-                elif hc and hd:
-                    pred = (3.0 * c - d) / 2.0
-                elif hb:
-                    pred = b
-                elif hc:
-                    pred = c
-                else:
-                    pred = 0.0
-                if hb and hc:
-                    act = abs(c - b)
-                elif ha and hb:
-                    act = abs(b - a)
-                elif hc and hd:
-                    act = abs(c - d)
-                else:
-                    act = 0.0
+            pred, act = _interpolate(m == RAW, a, ha, b, hb, c, hc, d, hd)
             bucket, edge = 0, quarter  # the edges quarter * 2^e, e < BUCKETS - 1 (doubling is exact)
             while bucket < BUCKETS - 1 and edge <= act:
                 bucket += 1
@@ -126,7 +132,8 @@ def contexts(x, mode, coded, bases, stride, n, s, cubic, quarter, level_bit, pre
                 near += coded[idx + s * stride]
             near = min(near, 3) - (1 if near >= 2 else 0)
             pred_out[k * T + j] = pred
-            ctx_out[k * T + j] = 1 + ((np.int64(m) * 2 + level_bit) * BUCKETS + bucket) * Q_BUCKETS + near
+            if ctx_out.size:
+                ctx_out[k * T + j] = 1 + ((np.int64(m) * 2 + level_bit) * BUCKETS + bucket) * Q_BUCKETS + near
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
