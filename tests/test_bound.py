@@ -264,10 +264,11 @@ def test_the_context_coder_decodes_what_the_encoder_answers_bit_for_bit(shape):
     cases = {"random": rng.laplace(scale=3, size=n), "zeros": np.zeros(n), "spike": spike,
              "heavy": rng.standard_cauchy(n).clip(-1e4, 1e4)}  # fmt: skip
     cell = 0.37
-    for name, net in cases.items():
+    for i, (name, net) in enumerate(cases.items()):
         own = np.cumsum(rng.normal(size=n)) if name == "random" else net * 2
         modes = _modes(shape, n)
-        data, offset, q = context.encode(net, own, modes, shape, cell)
+        levels = context.LEVEL_CHOICES[i % len(context.LEVEL_CHOICES)]  # with and without level-wise bounds
+        data, offset, q = context.encode(net, own, modes, shape, cell, None, levels)
         back, on_map = context.decode(data, n)
         assert np.array_equal(back, offset), name
         assert np.array_equal(on_map, context.map_mask(modes, shape)), name
@@ -275,6 +276,25 @@ def test_the_context_coder_decodes_what_the_encoder_answers_bit_for_bit(shape):
         assert np.abs(back - target).max() <= cell / 2 * (1 + 1e-12), name
         if name == "zeros":
             assert not q.any() and len(data) < 100 + context.block_count(shape), len(data)  # next to nothing
+
+
+def test_a_loose_bound_on_a_smooth_field_tightens_the_coarse_levels():
+    """Level-wise bounds (issue 46): where the coarse samples predict a smooth field's fine ones,
+    a tighter cell at the coarse levels codes smaller, and the encoder finds it on its crop; the
+    bound still holds at every sample (each level's cell is at most the bound's)."""
+    from nir.codec import context
+
+    yy, xx, zz = np.meshgrid(*[np.linspace(0, 1, 48)] * 3, indexing="ij")
+    own = (np.sin(6 * xx) * np.cos(5 * yy) + zz**2 + 0.02 * np.random.default_rng(0).normal(size=xx.shape)).reshape(-1)
+    cell = 0.2
+    chosen = context.tune_levels(own, xx.shape, cell)
+    assert chosen != (1.0, 1.0), chosen
+    sizes = {lv: len(context.code(own, own, xx.shape, cell, lv)[0]) for lv in ((1.0, 1.0), chosen)}
+    assert sizes[chosen] < sizes[(1.0, 1.0)], sizes
+    data, offset, *_ = context.code(own, own, xx.shape, cell)
+    back, _ = context.decode(data, own.size)
+    assert np.array_equal(back, offset) and np.abs(back - own).max() <= cell / 2 * (1 + 1e-12)
+    assert context.level_cell(cell, 3, (1.5, 2.0)) == cell / 2 and context.level_cell(cell, 1, (1.25, 2.0)) == cell / 1.25
 
 
 def test_blocks_choose_the_cheaper_kind():

@@ -52,6 +52,13 @@ from nir.codec.loop import BUCKETS, MAP, NET, Q_BUCKETS, RAW, TOP
 from nir.errors import require
 
 MODES = (RAW, NET, MAP)
+#: the level-wise bounds (alpha, beta) the encoder tries (a step at level l quantises on
+#: ``cell / min(alpha^l, beta)``): measured on sources3d / lognormal3d 128^3, (1.5, 2) takes
+#: 7-17 % off at 10 % and (1, 1) is best at 1 % (docs/bounded.md); chosen per field on a crop
+LEVEL_CHOICES = ((1.0, 1.0), (1.25, 2.0), (1.5, 2.0))
+#: grids of at least this many samples choose their level-wise bounds on the central crop of half
+#: of each axis (an eighth of a volume: the choice matched the whole grid's on every field tried)
+CROP_FROM = 1 << 15
 #: the encoder's choice of cubic or linear interpolation looks at every SAMPLE-th line of a step
 SAMPLE = 4
 #: samples per block (about)
@@ -106,17 +113,30 @@ def _flat(a: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype).reshape(-1)
 
 
-def _walk(shape: tuple[int, ...], cell: float):
-    """Each step of the loop: ``(index, level bit, bases, stride, length, stride s, targets)``."""
+def level_cell(cell: float, level: int, levels: tuple[float, float]) -> float:
+    """The quantisation cell of a step at ``level`` (0: the finest stride) under level-wise
+    bounds ``(alpha, beta)``: ``cell / min(alpha^level, beta)`` (SZ3's and QoZ's rule: the
+    coarse samples, which predict all the others, a tighter bound). The power by repeated
+    multiplication (exact for the alphas used), so every machine has the same cells."""
+    alpha, beta = levels
+    tighter = 1.0
+    for _ in range(level):
+        tighter = min(tighter * alpha, beta)
+    return cell / tighter
+
+
+def _walk(shape: tuple[int, ...], cell: float, levels: tuple[float, float]):
+    """Each step of the loop: ``(index, level bit, bases, stride, length, stride s, targets,
+    the step's cell)``."""
     for i, (level, s, axis) in enumerate(loop.steps(shape)):
         bases = loop.lines(shape, s, axis)
         n = shape[axis]
         size = bases.size * ((n - s + 2 * s - 1) // (2 * s))
-        yield i, int(level > 0), bases, loop.axis_stride(shape, axis), n, s, size
+        yield i, int(level > 0), bases, loop.axis_stride(shape, axis), n, s, size, level_cell(cell, level, levels)
 
 
 def quantise(
-    values: np.ndarray, mode: np.ndarray, cell: float, grid: bool = False
+    values: np.ndarray, mode: np.ndarray, cell: float, grid: bool = False, levels: tuple[float, float] = (1.0, 1.0)
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, list[bool], np.ndarray | None]:
     """The encoder's side of the closed loop (compiled: :mod:`nir.codec.loop`): the anchor first
     (predicted by 0), then each step's samples predicted from the decoded ones, cubic or linear
@@ -124,7 +144,8 @@ def quantise(
     cell * q`` with ``q = round((value - prediction) / cell)``. Returns the integers to code with
     their contexts, per step in decoding order (flat), the decoded values (the grid's shape,
     float64: what the decoder will answer, bit for bit), each step's interpolation (True: cubic)
-    and, with ``grid``, every integer at its sample (the grid's shape; else None)."""
+    and, with ``grid``, every integer at its sample (the grid's shape; else None). ``levels``:
+    the level-wise bounds (:func:`level_cell`)."""
     shape = tuple(mode.shape)
     v, m = _flat(values, np.float64), _flat(mode, np.uint8)
     x, coded = np.zeros(v.size, np.float64), np.zeros(v.size, np.uint8)
@@ -134,25 +155,25 @@ def quantise(
     if grid:
         grid_q[0] = first
     steps, cubic = [(np.array([first], np.int32), np.zeros(1, np.uint8))], []
-    for _, bit, bases, stride, n, s, size in _walk(shape, cell):
+    for _, bit, bases, stride, n, s, size, c in _walk(shape, cell, levels):
         # cubic or linear: measured on every SAMPLE-th line (the choice is the encoder's own)
         part = bases[:: SAMPLE if bases.size >= 16 * SAMPLE else 1]
         costs = []
         for kind in (True, False):
             pred, ctx = np.empty(size // bases.size * part.size, np.float64), np.empty(0, np.uint8)
-            loop.contexts(x, m, coded, part, stride, n, s, kind, 0.25 * cell, bit, pred, ctx)
-            costs.append(loop.cost(v, part, stride, n, s, cell, pred))
+            loop.contexts(x, m, coded, part, stride, n, s, kind, 0.25 * c, bit, pred, ctx)
+            costs.append(loop.cost(v, part, stride, n, s, c, pred))
         cubic.append(bool(costs[0] <= costs[1]))
         pred, ctx = np.empty(size, np.float64), np.empty(size, np.uint8)
-        loop.contexts(x, m, coded, bases, stride, n, s, cubic[-1], 0.25 * cell, bit, pred, ctx)
+        loop.contexts(x, m, coded, bases, stride, n, s, cubic[-1], 0.25 * c, bit, pred, ctx)
         q = np.empty(size, np.int32)
-        loop.quantise(x, v, coded, bases, stride, n, s, cell, pred, q, grid_q)
+        loop.quantise(x, v, coded, bases, stride, n, s, c, pred, q, grid_q)
         steps.append((q, ctx))
     return steps, x.reshape(shape), cubic, grid_q.reshape(shape) if grid else None
 
 
-def _decode_loop(mode: np.ndarray, cell: float, cubic: list[bool], first: int, tables: tuple, words: np.ndarray
-                 ) -> np.ndarray:  # fmt: skip
+def _decode_loop(mode: np.ndarray, cell: float, cubic: list[bool], first: int, tables: tuple, words: np.ndarray,
+                 levels: tuple[float, float]) -> np.ndarray:  # fmt: skip
     """The decoder's side, compiled: the anchor's integer ``first``, then each step's
     predictions and contexts (in parallel) and its integers (read from ``words`` under
     ``tables``, :mod:`nir.codec.rans`). Returns the decoded values (the grid's shape, float64)."""
@@ -161,11 +182,11 @@ def _decode_loop(mode: np.ndarray, cell: float, cubic: list[bool], first: int, t
     x, coded = np.zeros(m.size, np.float64), np.zeros(m.size, np.uint8)
     state, pos = rans.start_state(words)
     x[0], coded[0] = cell * first, min(abs(first), 3)
-    for i, bit, bases, stride, n, s, size in _walk(shape, cell):
+    for i, bit, bases, stride, n, s, size, c in _walk(shape, cell, levels):
         require(i < len(cubic), "the residual's interpolation choices are damaged")
         pred, ctx = np.empty(size, np.float64), np.empty(size, np.uint8)
-        loop.contexts(x, m, coded, bases, stride, n, s, cubic[i], 0.25 * cell, bit, pred, ctx)
-        state, pos, bad = loop.decode(x, coded, bases, stride, n, s, cell, pred, ctx, state, words, pos, tables)
+        loop.contexts(x, m, coded, bases, stride, n, s, cubic[i], 0.25 * c, bit, pred, ctx)
+        state, pos, bad = loop.decode(x, coded, bases, stride, n, s, c, pred, ctx, state, words, pos, tables)
         require(not bad, "the residual's integers are truncated or damaged")
     require(state == rans.LOW and pos == words.size, "the residual's integers are damaged")
     return x.reshape(shape)
@@ -179,7 +200,7 @@ def _decode_loop_legacy(mode: np.ndarray, cell: float, cubic: list[bool], read) 
     x, coded = np.zeros(m.size, np.float64), np.zeros(m.size, np.uint8)
     first = int(read(np.zeros(1, np.uint8))[0])
     x[0], coded[0] = cell * first, min(abs(first), 3)
-    for i, bit, bases, stride, n, s, size in _walk(shape, cell):
+    for i, bit, bases, stride, n, s, size, _ in _walk(shape, cell, (1.0, 1.0)):
         require(i < len(cubic), "the residual's interpolation choices are damaged")
         pred, ctx = np.empty(size, np.float64), np.empty(size, np.uint8)
         loop.contexts(x, m, coded, bases, stride, n, s, cubic[i], 0.25 * cell, bit, pred, ctx)
@@ -188,7 +209,8 @@ def _decode_loop_legacy(mode: np.ndarray, cell: float, cubic: list[bool], read) 
 
 
 # ----------------------------------------------------------------------------- choosing modes
-def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: float) -> tuple[np.ndarray, dict]:
+def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: float,
+           levels: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, dict]:  # fmt: skip
     """Each block's mode (:data:`MODES`, blocks in C order) by an estimate of its coded size:
     the bits of its integers under that mode's histogram, each mode's integers found as if the
     whole grid had that mode, the network's modes charged :data:`LEAVE` of the map's cost;
@@ -207,7 +229,7 @@ def choose(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: 
         if mode == RAW:  # every prediction is 0: no loop
             q = np.clip(np.rint(x / cell), -TOP, TOP).astype(np.int32).reshape(shape)
         else:
-            *done, q = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell, grid=True)
+            *done, q = quantise(x.reshape(shape), np.full(shape, mode, np.uint8), cell, True, levels)
             kept = {mode: done}  # one pass kept: a 256^3 grid's is 200 MB
         low = int(q.min())
         counts = np.bincount((q - low).reshape(-1))
@@ -355,7 +377,8 @@ class _Model:
 
 # ----------------------------------------------------------------------------- the coder
 def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Sequence[int], cell: float,
-           passed: list | None = None) -> tuple[bytes, np.ndarray, np.ndarray] | None:  # fmt: skip
+           passed: list | None = None, levels: tuple[float, float] = (1.0, 1.0)
+           ) -> tuple[bytes, np.ndarray, np.ndarray] | None:  # fmt: skip
     """The residual coded with context: ``net`` (flat) the network's residual in the map,
     ``own`` the signal's map (None: every block is the network's), ``modes`` per block, ``cell``
     the quantisation step. Returns the bytes, the decoded offsets (flat: what :func:`decode`
@@ -376,7 +399,7 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
             values = own.reshape(shape)
         else:
             values = np.where(mode == MAP, own.reshape(shape), net.reshape(shape))
-        passed = quantise(values, mode, cell)[:3]
+        passed = quantise(values, mode, cell, False, levels)[:3]
     steps, decoded, cubic = passed
     all_q = np.concatenate([q for q, _ in steps])
     if all_q.size and int(np.abs(all_q).max()) >= TOP:
@@ -402,7 +425,12 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
     head = bytearray(struct.pack("<d", cell) + varint(len(shape)))
     for n in shape:
         head += varint(n)
-    head += varint(_zigzag(int(all_q[0]))) + varint(len(used)) + b"".join(varint(c) + varint(index[c]) for c in used)
+    head += (
+        struct.pack("<ff", *levels)
+        + varint(_zigzag(int(all_q[0])))
+        + varint(len(used))
+        + b"".join(varint(c) + varint(index[c]) for c in used)
+    )
     for part in (modes.astype(np.uint8).tobytes(), bytes(side), bytes(cubic)):
         packed = zstd.ZstdCompressor(level=19).compress(part)
         head += varint(len(packed)) + packed
@@ -412,24 +440,41 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
     return bytes(head) + words.astype("<u2").tobytes(), decoded.reshape(-1), all_q
 
 
-def code(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: float
-         ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray] | None:  # fmt: skip
+def code(net: np.ndarray, own: np.ndarray | None, shape: Sequence[int], cell: float,
+         levels: tuple[float, float] | None = None) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray] | None:  # fmt: skip
     """The smallest coding the encoder finds: the modes :func:`choose` estimates, and every block
     on the map (the estimate misjudges the edges between kinds and the contexts; measured on
     sources3d 128^3 at 10 %, its modes coded to 79,166 B against 71,781 for the map alone).
     Returns :func:`encode`'s bytes, offsets and integers, and the modes; None where an integer
     reaches :data:`TOP`."""
-    chosen, kept = choose(net, own, shape, cell)
+    levels = tune_levels(net if own is None else own, shape, cell) if levels is None else levels
+    chosen, kept = choose(net, own, shape, cell, levels)
     options = [chosen]
     if own is not None and (chosen != MAP).any():
         options.append(np.full(block_count(shape), MAP, np.uint8))
     best = None
     for modes in options:
         uniform = int(modes[0]) if (modes == modes[0]).all() else None
-        done = encode(net, own, modes, shape, cell, kept.get(uniform))
+        done = encode(net, own, modes, shape, cell, kept.get(uniform), levels)
         if done is not None and (best is None or len(done[0]) < len(best[0])):
             best = (*done, modes)
     return best
+
+
+def tune_levels(values: np.ndarray, shape: Sequence[int], cell: float) -> tuple[float, float]:
+    """The level-wise bounds of :data:`LEVEL_CHOICES` that code ``values`` (flat, the grid's
+    map) smallest on the map alone: on the central crop of half of each axis where the grid has
+    :data:`CROP_FROM` samples or more, else on the whole grid (QoZ tunes on samples too)."""
+    shape = tuple(int(n) for n in shape)
+    grid = values.reshape(shape)
+    if grid.size >= CROP_FROM:
+        grid = np.ascontiguousarray(grid[tuple(slice(n // 4, n // 4 + max(n // 2, 1)) for n in shape)])
+    flat, modes = grid.reshape(-1), np.full(block_count(grid.shape), MAP, np.uint8)
+    sizes = []
+    for levels in LEVEL_CHOICES:
+        done = encode(flat, flat, modes, grid.shape, cell, None, levels)
+        sizes.append(math.inf if done is None else len(done[0]))
+    return LEVEL_CHOICES[int(np.argmin(sizes))]
 
 
 def decode(data: bytes, n: int, legacy: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -447,7 +492,10 @@ def decode(data: bytes, n: int, legacy: bool = False) -> tuple[np.ndarray, np.nd
         m, pos = read_varint(data, pos)
         shape.append(m)
     require(math.prod(shape) == n, f"the residual's grid holds {math.prod(shape)} samples, the field has {n}")
-    if not legacy:  # the anchor's integer
+    levels = (1.0, 1.0)
+    if not legacy:  # the level-wise bounds and the anchor's integer
+        levels, pos = struct.unpack_from("<ff", data, pos), pos + 8
+        require(all(math.isfinite(v) and 1 <= v <= 64 for v in levels), "the residual's level-wise bounds are damaged")
         first, pos = read_varint(data, pos)
         require(first < 2 * TOP, "the residual's anchor is damaged")
     count, pos = read_varint(data, pos)
@@ -469,7 +517,8 @@ def decode(data: bytes, n: int, legacy: bool = False) -> tuple[np.ndarray, np.nd
         x = _decode_legacy(data[pos:], parts[1], used, mode, cell, cubic)
     else:
         require((len(data) - pos) % 2 == 0 and len(data) - pos >= 4, "the residual's integers are truncated or damaged")
-        x = _decode_loop(mode, cell, cubic, _unzigzag(first), _tables(parts[1], used), np.frombuffer(data[pos:], "<u2"))
+        words = np.frombuffer(data[pos:], "<u2")
+        x = _decode_loop(mode, cell, cubic, _unzigzag(first), _tables(parts[1], used), words, levels)
     return x.reshape(-1), (mode == MAP).reshape(-1)
 
 
