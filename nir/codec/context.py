@@ -376,6 +376,26 @@ class _Model:
 
 
 # ----------------------------------------------------------------------------- the coder
+def _models(q: np.ndarray, ctx: np.ndarray) -> tuple[bytes, dict[int, int]]:
+    """The models of the integers ``q`` under their contexts ``ctx`` (:func:`_fit`, in order) and
+    each used context's model: a context of a (mode, stride, activity) group with fewer than
+    :data:`SPLIT` integers shares the group's model."""
+    order = np.argsort(ctx, kind="stable")
+    edges = np.searchsorted(ctx[order], np.arange(N_CONTEXTS + 1))
+    counts = np.diff(edges)
+    group_total = np.bincount(np.maximum(np.arange(N_CONTEXTS) - 1, 0) // Q_BUCKETS, weights=counts)
+    keys: dict[Any, list[int]] = {}  # a model's key -> its contexts
+    for c in np.flatnonzero(counts):
+        group = (int(c) - 1) // Q_BUCKETS
+        keys.setdefault(("group", group) if group_total[group] < SPLIT else ("context", int(c)), []).append(int(c))
+    side, index = bytearray(), {}
+    for i, members in enumerate(keys.values()):
+        side += _fit(np.concatenate([q[order[edges[c] : edges[c + 1]]] for c in members]))
+        for c in members:
+            index[c] = i
+    return bytes(side), index
+
+
 def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Sequence[int], cell: float,
            passed: list | None = None, levels: tuple[float, float] = (1.0, 1.0)
            ) -> tuple[bytes, np.ndarray, np.ndarray] | None:  # fmt: skip
@@ -406,22 +426,8 @@ def encode(net: np.ndarray, own: np.ndarray | None, modes: np.ndarray, shape: Se
         return None
     all_c = np.concatenate([c for _, c in steps[1:]])  # the anchor (context 0) is in the header
     rest = all_q[1:]
-    order = np.argsort(all_c, kind="stable")
-    edges = np.searchsorted(all_c[order], np.arange(N_CONTEXTS + 1))
-    counts = np.diff(edges)
-    used = [int(c) for c in np.flatnonzero(counts)]
-    group_total = np.bincount(np.maximum(np.arange(N_CONTEXTS) - 1, 0) // Q_BUCKETS, weights=counts)
-    keys: dict[Any, list[int]] = {}  # a model's key -> its contexts
-    for ctx in used:
-        group = (ctx - 1) // Q_BUCKETS
-        key = ("group", group) if group_total[group] < SPLIT else ("context", ctx)
-        keys.setdefault(key, []).append(ctx)
-    side, index = bytearray(), {}
-    for i, members in enumerate(keys.values()):
-        side += _fit(np.concatenate([rest[order[edges[c] : edges[c + 1]]] for c in members]))
-        for c in members:
-            index[c] = i
-    del order
+    side, index = _models(rest, all_c)
+    used = sorted(index)
     head = bytearray(struct.pack("<d", cell) + varint(len(shape)))
     for n in shape:
         head += varint(n)
