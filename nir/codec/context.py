@@ -253,33 +253,35 @@ def _bits(counts: np.ndarray, freq: np.ndarray) -> float:
 
 def _fit(r: np.ndarray) -> bytes:
     """The model of one context's integers as bytes, whichever codes smaller (:mod:`nir.codec.rans`):
-    ``0`` + E + r16 (a geometric table over zigzag values, escape at E), ``1`` + lowest (zigzag)
-    + width + the frequencies (a histogram, summing to ``M``), ``2`` + the value (zigzag) where
-    there is only one (no bits at all)."""
+    ``0`` + ratio (uint16) + bins (a geometric law of the zigzag values, binned), ``3`` + bins +
+    their counts (a histogram of the bins), ``1`` + lowest (zigzag) + width + the counts (a
+    histogram of the values), ``2`` + the value (zigzag) where there is only one (no bits)."""
     lo, hi = int(r.min()), int(r.max())
     if lo == hi:
         return b"\x02" + varint(_zigzag(lo))  # one value: nothing to code
     z = np.where(r >= 0, 2 * r.astype(np.int64), -2 * r.astype(np.int64) - 1)
-    e = int(min(z.max() + 1, rans.MAX_E))
-    zc = np.bincount(np.minimum(z, e), minlength=e + 1)
-    escape_bits = float(zc[e]) * rans.PREC * rans.DIGITS
-    mean = float(np.minimum(z, e).mean())
+    first, width = rans.bin_starts()
+    raw = np.concatenate([np.zeros(rans.DIRECT), 4 + np.arange(rans.BINS - rans.DIRECT) // 2])  # raw bits a bin
+    bins = np.searchsorted(first, z, side="right") - 1
+    counts = np.bincount(bins, minlength=int(bins.max()) + 1)
+    nbins = counts.size
+    raw_bits = float((counts * raw[:nbins]).sum())
+    mean = float(z.mean())
     best = None
-    for factor in (0.7, 0.85, 1.0, 1.15, 1.3):
+    for factor in (0.7, 0.85, 1.0, 1.2, 1.4):
         ratio = min(mean * factor / (1 + mean * factor), 65535 / 65536)
         r16 = int(min(max(round(ratio * 65536), 1), 65535))
-        bits = _bits(zc, rans.normalise(rans.geometric(r16, e))) + escape_bits
+        bits = _bits(counts, rans.normalise(rans.geometric(r16, nbins)))
         if best is None or bits < best[0]:
             best = (bits, r16)
-    table = b"\x00" + varint(e) + struct.pack("<H", best[1])
-    cost = best[0] / 8 + len(table)
+    options = [((best[0] + raw_bits) / 8 + 4, b"\x00" + struct.pack("<H", best[1]) + varint(nbins))]
+    table = b"\x03" + varint(nbins) + b"".join(varint(int(c)) for c in counts)
+    options.append(((_bits(counts, rans.normalise(counts.astype(np.int64))) + raw_bits) / 8 + 0.6 * len(table), table))
     if hi - lo < rans.M:
-        counts = np.bincount(r - lo, minlength=hi - lo + 1)
-        freq = rans.normalise(counts.astype(np.int64))
-        hist = b"\x01" + varint(_zigzag(lo)) + varint(hi - lo + 1) + b"".join(varint(int(f)) for f in freq)
-        if _bits(counts, freq) / 8 + 0.6 * len(hist) < cost:  # zstd takes ~40 % of a table
-            return hist
-    return table
+        values = np.bincount(r - lo, minlength=hi - lo + 1)
+        table = b"\x01" + varint(_zigzag(lo)) + varint(hi - lo + 1) + b"".join(varint(int(c)) for c in values)
+        options.append((_bits(values, rans.normalise(values.astype(np.int64))) / 8 + 0.6 * len(table), table))
+    return min(options, key=lambda o: o[0])[1]
 
 
 def _zigzag(n: int) -> int:
@@ -298,33 +300,32 @@ def _tables(data: bytes, used: list[tuple[int, int]]) -> tuple[np.ndarray, ...]:
     kinds, los, freqs, pos = [], [], [], 0
     while pos < len(data):
         kind, pos = data[pos], pos + 1
+        lo, binned = 0, kind in (0, 3)
         if kind == 2:
             z, pos = read_varint(data, pos)
-            kinds.append(rans.SHIFTED)
-            los.append(_unzigzag(z))
-            freqs.append(np.array([rans.M], np.int64))
+            lo, f = _unzigzag(z), np.array([rans.M], np.int64)
         elif kind == 0:
-            e, pos = read_varint(data, pos)
-            require(1 <= e <= rans.MAX_E and pos + 2 <= len(data), damaged)
+            require(pos + 2 <= len(data), damaged)
             (r16,) = struct.unpack_from("<H", data, pos)
-            pos += 2
-            require(1 <= r16 <= 65535, damaged)
-            kinds.append(rans.GEOMETRIC)
-            los.append(0)
-            freqs.append(rans.normalise(rans.geometric(r16, e)))
+            nbins, pos = read_varint(data, pos + 2)
+            require(1 <= r16 <= 65535 and 1 <= nbins <= rans.BINS, damaged)
+            f = rans.normalise(rans.geometric(r16, nbins))
         else:
-            require(kind == 1, damaged)
-            z, pos = read_varint(data, pos)
+            require(kind in (1, 3), damaged)
+            if kind == 1:
+                z, pos = read_varint(data, pos)
+                lo = _unzigzag(z)
             width, pos = read_varint(data, pos)
-            require(1 <= width <= rans.M, damaged)
-            f = np.empty(width, np.int64)
+            require(1 <= width <= (rans.BINS if binned else rans.M), damaged)
+            c = np.empty(width, np.int64)
             for i in range(width):
-                f[i], pos = read_varint(data, pos)
-            require(int(f.sum()) == rans.M, damaged)
-            kinds.append(rans.SHIFTED)
-            los.append(_unzigzag(z))
-            freqs.append(f)
-        require(abs(los[-1]) < TOP, damaged)
+                c[i], pos = read_varint(data, pos)
+            require(0 < int(c.sum()) < 1 << 40, damaged)
+            f = rans.normalise(c)
+        require(abs(lo) < TOP, damaged)
+        kinds.append(rans.BINNED if binned else rans.SHIFTED)
+        los.append(lo)
+        freqs.append(f)
     model_of = np.full(N_CONTEXTS, -1, np.int32)
     for ctx, i in used:
         require(ctx < N_CONTEXTS and i < len(kinds), damaged)

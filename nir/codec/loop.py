@@ -195,18 +195,27 @@ def decode(x, coded, bases, stride, n, s, cell, pred, ctx, state, words, pos, ta
                     return state, pos, 1
                 state = (state << 16) | np.int64(words[pos])
                 pos += 1
-            if kind[mi] != rans.GEOMETRIC:
+            if kind[mi] != rans.BINNED:
                 q = z + lo[mi]
             else:
-                if z == size[mi] - 1:  # the escape: the rest in uniform digits (frequency 1, start the digit)
-                    for d in range(rans.DIGITS):
-                        z += (state & (rans.M - 1)) << (rans.PREC * d)
-                        state >>= rans.PREC
+                if z >= rans.DIRECT:  # an octave's bin: its raw bits follow, the low digit first
+                    e = 5 + (z - rans.DIRECT) // 2
+                    nbits = e - 1
+                    z = (np.int64(1) << e) | (((z - rans.DIRECT) % 2) << nbits)
+                    shift = 0
+                    while nbits > 0:
+                        b = min(nbits, rans.PREC)
+                        slot = state & (rans.M - 1)
+                        digit = slot >> (rans.PREC - b)
+                        state = (state >> rans.PREC) * (1 << (rans.PREC - b)) + slot - (digit << (rans.PREC - b))
                         if state < rans.LOW:
                             if pos >= words.size:
                                 return state, pos, 1
                             state = (state << 16) | np.int64(words[pos])
                             pos += 1
+                        z |= digit << shift
+                        shift += b
+                        nbits -= b
                 q = (z >> 1) if (z & 1) == 0 else -(z >> 1) - 1
             idx = base + (s + 2 * s * j) * stride
             x[idx] = pred[k * T + j] + cell * q

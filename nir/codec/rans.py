@@ -4,15 +4,18 @@ Each context's integers follow one *model*, a table of frequencies summing to ``
 
 - :data:`SHIFTED`: symbol ``q - lo`` over ``0 .. width - 1`` (a histogram; a context with one
   value is a histogram of width 1, whose frequency is ``M``: it costs no bits at all);
-- :data:`GEOMETRIC`: symbol ``zigzag(q)`` under ``r^z`` for ``z < E`` and an escape ``E`` for
-  the rest, whose ``zigzag(q) - E`` follows as two uniform 12-bit digits.
+- :data:`BINNED`: symbol the *bin* of ``z = zigzag(q)``: ``z`` itself below :data:`DIRECT`,
+  above it the octave of ``z`` and its next bit (two bins an octave, 66 in all up to 2^22),
+  the rest of ``z`` following as raw bits (uniform digits of at most 12 bits). Its frequencies
+  are a geometric law's mass per bin (a ratio: a Laplace of ``q``) or a histogram of the bins.
 
-Every table is built from its stored integers by integer arithmetic only (:func:`normalise`,
-:func:`geometric`), so every machine codes with the same frequencies. The coder is rANS with a
-32-bit state and 16-bit words (the state stays in ``[2^16, 2^32)``); the encoder runs the
-integers backwards, the decoder forwards, in the closed loop of :mod:`nir.codec.loop` (a
-sample's integer is read where its context is known). Escapes and damaged streams are
-reported by the kernels' status, never by a crash.
+Every table is built from its stored numbers the same way on every machine: the histograms by
+integer arithmetic (:func:`normalise`), the geometric law by float64 additions,
+multiplications and divisions only (correctly rounded everywhere; no logarithm, no power
+function). The coder is rANS with a 32-bit state and 16-bit words (the state stays in
+``[2^16, 2^32)``); the encoder runs the integers backwards, the decoder forwards, in the closed
+loop of :mod:`nir.codec.loop` (a sample's integer is read where its context is known; its read
+is written out there).
 """
 
 from __future__ import annotations
@@ -24,11 +27,36 @@ PREC = 12
 M = 1 << PREC
 #: the state's lower bound and the word's size: 16 bits each
 LOW = 1 << 16
-SHIFTED, GEOMETRIC = 0, 1
-#: a geometric table's largest symbol count before the escape
-MAX_E = 1024
-#: uniform digits after an escape, PREC bits each (zigzag values below 2^24)
-DIGITS = 2
+SHIFTED, BINNED = 0, 1
+#: zigzag values coded as themselves; above, two bins an octave
+DIRECT = 32
+#: bins up to zigzag values below 2^22 (the context coder's integers stay below 2^20)
+BINS = DIRECT + 2 * (22 - 5)
+
+
+@njit(inline="always")
+def bin_of(z):  # pragma: no cover - compiled
+    """The bin of a zigzag value and its raw bits' count (the bits below the octave's next)."""
+    if z < DIRECT:
+        return z, 0
+    e = 63
+    while (z >> e) == 0:
+        e -= 1
+    return DIRECT + 2 * (e - 5) + ((z >> (e - 1)) & 1), e - 1
+
+
+@njit(cache=True)
+def bin_starts():  # pragma: no cover - compiled
+    """Each bin's first zigzag value and its width (:data:`BINS` of each)."""
+    first, width = np.empty(BINS, np.int64), np.empty(BINS, np.int64)
+    for b in range(BINS):
+        if b < DIRECT:
+            first[b], width[b] = b, 1
+        else:
+            e, m = 5 + (b - DIRECT) // 2, (b - DIRECT) % 2
+            width[b] = np.int64(1) << (e - 1)
+            first[b] = (np.int64(1) << e) + m * width[b]
+    return first, width
 
 
 @njit(cache=True, boundscheck=False)
@@ -55,15 +83,27 @@ def normalise(counts):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False)
-def geometric(r16, e):  # pragma: no cover - compiled
-    """The pseudo-counts of a geometric table: ``z < e`` under ``(r16 / 2^16)^z`` (at least 1
-    each), then the escape with the tail's mass."""
-    c = np.empty(e + 1, np.int64)
-    v = np.int64(1) << 40
-    for z in range(e):
-        c[z] = max(v, 1)
-        v = (v * r16) >> 16
-    c[e] = max(v * 65536 // (65536 - r16), 1)
+def _power(r, n):  # pragma: no cover - compiled
+    """``r^n`` by squaring (multiplications only: the same bits everywhere)."""
+    out, base = 1.0, r
+    while n > 0:
+        if n & 1:
+            out *= base
+        base *= base
+        n >>= 1
+    return out
+
+
+@njit(cache=True, boundscheck=False)
+def geometric(r16, nbins):  # pragma: no cover - compiled
+    """The counts (summing to about 2^40) of the first ``nbins`` bins under ``z ~ r^z``, ``r =
+    r16 / 2^16``: each bin's mass ``r^a (1 - r^w) / (1 - r)`` over the whole law's, at least 1."""
+    first, width = bin_starts()
+    r = r16 / 65536.0
+    c = np.empty(nbins, np.int64)
+    for b in range(nbins):
+        mass = _power(r, first[b]) * (1.0 - _power(r, width[b]))  # the law's total is 1 / (1 - r)
+        c[b] = max(np.int64(mass * 1099511627776.0), 1)
     return c
 
 
@@ -103,20 +143,19 @@ def encode(q, ctx, model_of, kind, lo, size, offs, freq, start):  # pragma: no c
         if m < 0:
             return words[:0], 1
         v = np.int64(q[i])
-        if kind[m] == GEOMETRIC:
-            s = 2 * v if v >= 0 else -2 * v - 1
-            e = size[m] - 1
-            if s >= e:
-                rest = s - e
-                if rest >= (np.int64(1) << (PREC * DIGITS)):
-                    return words[:0], 1
-                for d in range(DIGITS - 1, -1, -1):
-                    x, pos = _put(x, words, pos, 1, (rest >> (PREC * d)) & (M - 1))
-                s = e
+        if kind[m] == BINNED:
+            z = 2 * v if v >= 0 else -2 * v - 1
+            s, nbits = bin_of(z)
+            if nbits > PREC:  # the raw bits, high digit first (the decoder reads the low first)
+                b = nbits - PREC
+                x, pos = _put(x, words, pos, 1 << (PREC - b), ((z >> PREC) & ((1 << b) - 1)) << (PREC - b))
+            if nbits > 0:
+                b = min(nbits, PREC)
+                x, pos = _put(x, words, pos, 1 << (PREC - b), (z & ((1 << b) - 1)) << (PREC - b))
         else:
             s = v - lo[m]
-            if s < 0 or s >= size[m]:
-                return words[:0], 1
+        if s < 0 or s >= size[m]:
+            return words[:0], 1
         a = offs[m] + s
         if freq[a] == 0:
             return words[:0], 1
