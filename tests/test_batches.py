@@ -227,7 +227,7 @@ def test_decade_sampling_resumes_to_the_same_weights(tmp_path):
     np.save(tmp_path / "lt.npy", _long_tailed(2000).flat().numpy()[:, 0])
     ov = [
         "data=array", f"data.path={tmp_path / 'lt.npy'}", "loss=log_mse", "sampling=decades", "batch_size=256",
-        "model=fourier_lt", "model.hidden_dim=16", "optim.schedule=constant", "trainer.precision=32",
+        "model=fourier_lt", "model.hidden_dim=16", "optim.schedule=constant", "trainer.precision=32", "store.dtype=float32",
         "trainer.val_check_interval=10", "trainer.enable_progress_bar=false", "log.images=false",
     ]  # fmt: skip
     train(make_cfg([*ov, "trainer.max_steps=40"]), tmp_path / "full")

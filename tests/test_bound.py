@@ -294,7 +294,9 @@ def test_a_loose_bound_on_a_smooth_field_tightens_the_coarse_levels():
     data, offset, *_ = context.code(own, own, xx.shape, cell)
     back, _ = context.decode(data, own.size)
     assert np.array_equal(back, offset) and np.abs(back - own).max() <= cell / 2 * (1 + 1e-12)
-    assert context.level_cell(cell, 3, (1.5, 2.0)) == cell / 2 and context.level_cell(cell, 1, (1.25, 2.0)) == cell / 1.25
+    assert (
+        context.level_cell(cell, 3, (1.5, 2.0)) == cell / 2 and context.level_cell(cell, 1, (1.25, 2.0)) == cell / 1.25
+    )
 
 
 def test_blocks_choose_the_cheaper_kind():

@@ -238,7 +238,12 @@ def test_resume_restores_sampler_optimizer_and_schedule(files, tmp_path):
     from nir import load_field
 
     # constant schedule: the cosine one depends on max_steps, which this test changes on resume
-    ov = tiny_overrides(files / "ok.png", steps=40) + ["batch_size=300", "optim.schedule=constant"]
+    # (and float32 storage: quantisation-aware training starts at a share of max_steps too)
+    ov = tiny_overrides(files / "ok.png", steps=40) + [
+        "batch_size=300",
+        "optim.schedule=constant",
+        "store.dtype=float32",
+    ]
     train(make_cfg(ov), tmp_path / "full")
     split = [o if not o.startswith("trainer.max_steps") else "trainer.max_steps=20" for o in ov]
     train(make_cfg(split), tmp_path / "split")

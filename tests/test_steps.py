@@ -49,6 +49,7 @@ def _run(img, tmp_path, name, k, extra=()):
         "trainer.log_every_n_steps=6",
         "log.images=false",
         f"steps_per_call={k}",
+        "store.dtype=float32",  # quantisation-aware training starts on a call's first step (storage.StoredTraining)
         *extra,
     ]
     run = tmp_path / name

@@ -89,24 +89,31 @@ def test_buffers_stay_float32():
 
 
 def test_unknown_store_dtype_is_one_line(tmp_path):
-    with pytest.raises(NirError, match="store.dtype must be one of float32, float16, int8"):
+    with pytest.raises(NirError, match="store.dtype must be one of auto, float32, float16, int8"):
         nir.fit("peaks1d", ["data.n=64", "store.dtype=int4"], run_dir=tmp_path / "r", steps=2)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float16", "int8", "auto"])
 def test_run_metrics_are_those_of_the_stored_field(dtype, tmp_path):
+    """A run's metrics are its file's; the default (``auto``) stores the compact int8 field
+    (issue 45: quantisation-aware, entropy coded), and 4x fewer bytes than float32 would."""
     from nir.data.synthetic import lognormal3d
 
     field, m = nir.fit(
         "lognormal3d",
-        ["data.n=12", "model=hashgrid_lt3d", "optim.lr=1e-2", f"store.dtype={dtype}", "log.images=false"],
+        ["data.n=12", "model=hashgrid_lt3d", "optim.lr=1e-2", "log.images=false"]
+        + [f"store.dtype={dtype}"] * (dtype != "auto"),
         run_dir=tmp_path / "run",
         steps=60,
         trainer__enable_progress_bar=False,
     )
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     stored = tmp_path / "run" / "field.nir"
-    assert saved["store_dtype"] == dtype and saved["bytes"] == stored.stat().st_size
+    assert (
+        saved["store_dtype"] == (storage.AUTO if dtype == "auto" else dtype) and saved["bytes"] == stored.stat().st_size
+    )
+    if dtype == "auto":
+        assert saved["bytes"] < len(load_field(stored).to_bytes("float32", "row", "nir")) / 3
     values = 12**3
     assert saved["compression_ratio"] == pytest.approx(4 * values / saved["bytes"])
     assert saved["bits_per_sample"] == pytest.approx(8 * saved["bytes"] / values)
@@ -239,3 +246,14 @@ def test_impossible_budgets_are_one_line(tmp_path):
         nir.fit("lognormal3d", ["data.n=16", "size.bytes=60"], run_dir=tmp_path / "c", steps=2)
     with pytest.raises(NirError, match="set size.bytes or size.ratio, not both"):
         nir.fit("peaks1d", ["data.n=64", "size.bytes=1000", "size.ratio=10"], run_dir=tmp_path / "b", steps=2)
+
+
+def test_quantisation_aware_training_starts_on_a_call_boundary():
+    """With K optimizer steps a call the forward switches between calls only: QAT's first step
+    is the call's first (24 steps, 20 %: step 19 alone, 18 with K = 6; before, K = 6 never began)."""
+    from nir.codec.storage import Store, StoredTraining
+
+    store = Store("int8", qat_fraction=0.2)
+    assert StoredTraining(store, 24, 100).start == 19
+    assert StoredTraining(store, 24, 100, steps_per_call=6).start == 18
+    assert StoredTraining(Store("float32", qat_fraction=0.2), 24, 100).start is None

@@ -145,9 +145,12 @@ def encode(
 
     storage.check(dtype, int8_scale)
     require(coder in ("auto", *CODERS), f"store.coder must be auto, raw, ans or zstd, got {coder!r}")
-    params = template.params
+    params, fresh = template.params, template.state
+    # the template's order, which the reader walks (a state read back from a file lists its
+    # integer tensors last: re-encoding it in its own order scrambled the body)
+    state = {n: state[n] for n in [*fresh, *(k for k in state if k not in fresh)] if n in state}
     tensors = storage.encode(state, params, dtype, int8_scale)
-    fresh, buffers = template.state, [n for n in state if n not in params]
+    buffers = [n for n in state if n not in params]
     mask = [not (n in fresh and fresh[n].shape == state[n].shape and torch.equal(fresh[n].cpu(), state[n].cpu()))
             for n in buffers]  # fmt: skip
     body = bytearray(np.packbits(np.array(mask, bool), bitorder="little").tobytes())

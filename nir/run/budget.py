@@ -84,7 +84,7 @@ def fit_to_budget(cfg: DictConfig, budget: int | None, dtype: str, stored_bytes)
     knob = next((k for k in KNOBS if OmegaConf.select(cfg.model, k) is not None), None)
     require(knob is not None, "size.bytes / size.ratio need a model with encoding.log2_hashmap_size or hidden_dim")
     store = cfg.get("store") or {}
-    user_store = store.get("bits") is not None or str(store.get("dtype", "float32")) != "float32"
+    user_store = store.get("bits") is not None or str(store.get("dtype", "auto")) != "auto"
     rungs = LADDER if knob == TABLE else [({}, None, KNOBS[knob][0])]
     smallest = None
     for overrides, bits, min_value in rungs:

@@ -95,6 +95,7 @@ def build_parts(settings: Settings, signal: Any) -> Parts:
         field, loss, data, optim, max_steps=int(t.max_steps), compile=bool(cfg.compile),
         steps_per_call=settings.steps_per_call, cuda_graph=cfg.get("cuda_graph", "auto"),
         clip=t.get("gradient_clip_val"),
-        stored=StoredTraining(settings.store, int(t.max_steps), signal.numel * signal.channels, settings.bound),
+        stored=StoredTraining(settings.store, int(t.max_steps), signal.numel * signal.channels, settings.bound,
+                              settings.steps_per_call),
     )  # fmt: skip
     return Parts(signal, data, field, module, settings)
