@@ -172,7 +172,7 @@ def test_int8_grid_values_round_trip_bit_exactly(name, rows, int8_scale):
 @pytest.mark.parametrize(
     "data,overrides,knob",
     [
-        ("peaks1d", ["data.n=512", "size.bytes=20000"], "hidden_dim"),
+        ("peaks1d", ["data.n=512", "model=fourier_lt", "size.bytes=20000"], "hidden_dim"),  # an MLP's width
         (
             "lognormal3d",
             ["data.n=12", "model=hashgrid_lt3d", "size.bytes=15000", "store.dtype=int8"],
@@ -241,7 +241,7 @@ def test_a_128_cubed_field_exists_at_ratio_1000(data, capsys):
 
 def test_impossible_budgets_are_one_line(tmp_path):
     with pytest.raises(NirError, match="no network fits 100 bytes .the smallest setup, hidden_dim=1 "):
-        nir.fit("peaks1d", ["data.n=64", "size.bytes=100"], run_dir=tmp_path / "a", steps=2)
+        nir.fit("peaks1d", ["data.n=64", "model=fourier_lt", "size.bytes=100"], run_dir=tmp_path / "a", steps=2)
     with pytest.raises(NirError, match="no network fits 60 bytes .the smallest setup, encoding.n_levels=2, "):
         nir.fit("lognormal3d", ["data.n=16", "size.bytes=60"], run_dir=tmp_path / "c", steps=2)
     with pytest.raises(NirError, match="set size.bytes or size.ratio, not both"):
