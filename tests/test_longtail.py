@@ -653,3 +653,30 @@ def test_an_array_in_the_hundreds_is_scaled_into_the_networks_range(tmp_path, ca
                    trainer__enable_progress_bar=False)  # fmt: skip
     assert "-> loss=mse, transform=standardize" in capsys.readouterr().out
     assert m["top_decade_median"] < 0.05 and m["worst_decade_median"] < 0.05
+
+
+def test_a_field_larger_than_the_lossless_data_says_so(tmp_path, capsys):
+    """Issue 45: sparse integer counts (80 % zeros, 1-9 elsewhere) code losslessly to a few kB;
+    the default field of a 64^2 frame is larger, and the run says so in one line with the
+    lossless size in metrics.json; a smooth 1-D field whose network is far smaller does not."""
+    import json
+
+    import nir
+
+    rng = np.random.default_rng(0)
+    counts = np.where(rng.random((64, 64)) < 0.8, 0, rng.integers(1, 10, (64, 64))).astype(np.float32)
+    np.save(tmp_path / "counts.npy", counts)
+    nir.fit(
+        tmp_path / "counts.npy", run_dir=tmp_path / "a", steps=2, log__images=False, trainer__enable_progress_bar=False
+    )
+    out = capsys.readouterr().out
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["bytes"] > m["lossless_bytes"] > 0
+    (line,) = [l for l in out.splitlines() if "larger than the data losslessly coded" in l]
+    assert f"{m['lossless_bytes']:,} bytes" in line
+    smooth = np.sin(np.linspace(0, 20, 200_000)).astype(np.float32) + 2
+    np.save(tmp_path / "smooth.npy", smooth)
+    nir.fit(
+        tmp_path / "smooth.npy", run_dir=tmp_path / "b", steps=2, log__images=False, trainer__enable_progress_bar=False
+    )
+    assert "larger than the data losslessly coded" not in capsys.readouterr().out

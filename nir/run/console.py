@@ -94,6 +94,17 @@ def heldout_line(metrics: dict[str, Any]) -> str:
     )
 
 
+def lossless_line(metrics: dict[str, Any]) -> str:
+    """One line where the stored field is larger than the data losslessly coded (``lossless_bytes``)."""
+    lossless = metrics.get("lossless_bytes")
+    if lossless is None or metrics["bytes"] <= lossless:
+        return ""
+    return (
+        f"note: the stored field is larger than the data losslessly coded (zstd: {lossless:,} bytes): "
+        "a field earns no bytes here; keep the data itself, or ask for fewer bytes (size.ratio=..., store.bits=...)\n"
+    )
+
+
 def summary(metrics: dict[str, Any], run_dir: Path, data_range: float) -> str:
     """The lines a run ends with: steps, time and PSNR; the stored field's bytes; the magnitude,
     bound and held-out lines where they apply; where the run is and how to look at it."""
@@ -110,6 +121,7 @@ def summary(metrics: dict[str, Any], run_dir: Path, data_range: float) -> str:
         f" {metrics['compression_ratio']:.3g}, {metrics['bits_per_sample']:.3g} bits per value"
         + (f", {metrics['bits_per_parameter']:.3g} bits per parameter" if metrics.get("num_params") else ", no network")
         + "\n"
+        + lossless_line(metrics)
         + (magnitude_line(metrics) if worst is not None else "")
         + bound_line(metrics)
         + heldout_line(metrics)
