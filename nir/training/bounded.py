@@ -55,13 +55,14 @@ def lossless_bytes(signal: Any, field_bytes: int) -> int | None:
     (issue 45: a field larger than the losslessly coded data earns no bytes, and the run says so)."""
     import zstandard as zstd
 
-    values = getattr(signal, "values", None)
-    if values is None:
+    size = 4 * signal.numel * signal.channels
+    if size > LOSSLESS_LIMIT or field_bytes * 64 < size:  # decided before reading anything
         return None
-    raw = values.detach().cpu().float().numpy().tobytes()
-    if len(raw) > LOSSLESS_LIMIT or field_bytes * 64 < len(raw):
-        return None
-    return len(zstd.ZstdCompressor(level=19 if len(raw) <= LOSSLESS_19 else 3).compress(raw))
+    coder = zstd.ZstdCompressor(level=19 if size <= LOSSLESS_19 else 3).compressobj()
+    out, step = 0, max(1, (1 << 20) // signal.channels)  # in slices: a mapped file is never copied whole
+    for start in range(0, signal.numel, step):
+        out += len(coder.compress(signal.read(start, min(start + step, signal.numel)).float().numpy().tobytes()))
+    return out + len(coder.flush())
 
 
 def predictions_and_values(field: Field, signal: Any, chunk: int = 65536):
