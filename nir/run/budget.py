@@ -75,6 +75,20 @@ def _largest(size_at: Callable[[int], int], lo: int, hi: int, budget: int) -> in
     return lo
 
 
+def _fill(cfg: DictConfig, keys: dict[str, Any], dtype: str, budget: int, stored_bytes) -> dict[str, Any]:
+    """``keys`` with the MLP head as wide as the budget allows at that table (issue 45: a table
+    of 2^k entries left up to half a budget unused; a budget lands within 10 % now)."""
+    width = int(keys.get("hidden_dim", OmegaConf.select(cfg.model, "hidden_dim") or 0))
+    if width <= 0:
+        return keys
+
+    def size_at(h: int) -> int:
+        return stored_bytes(with_keys(cfg.model, {**keys, "hidden_dim": h}), dtype)
+
+    wider = _largest(size_at, width, KNOBS["hidden_dim"][1], budget)
+    return keys if wider is None or wider == width else {**keys, "hidden_dim": wider}
+
+
 def fit_to_budget(cfg: DictConfig, budget: int | None, dtype: str, stored_bytes) -> Sized | None:
     """The model's size (and, on the grid ladder, the stored bits) whose field file fits
     ``budget`` bytes (None: no budget, no choice). ``dtype``: the run's stored precision;
@@ -99,9 +113,13 @@ def fit_to_budget(cfg: DictConfig, budget: int | None, dtype: str, stored_bytes)
             smallest = (size_at(max(lo, min_value)), overrides, min_value, rung_dtype)
         if chosen is None:
             continue
-        setup = ", ".join(f"model.{k}={v}" for k, v in {**overrides, knob: chosen}.items())
-        line = f"size: budget {budget:,} bytes -> {setup}, store {rung_dtype} ({size_at(chosen):,} bytes before entropy coding)"
-        return Sized({**overrides, knob: chosen}, int(rung_dtype[3:]) if rung_dtype != dtype else None, line)
+        keys = {**overrides, knob: chosen}
+        if knob == TABLE:  # a table doubles a step: the head's width takes what the step left
+            keys = _fill(cfg, keys, rung_dtype, budget, stored_bytes)
+        setup = ", ".join(f"model.{k}={v}" for k, v in keys.items())
+        nbytes = stored_bytes(with_keys(cfg.model, keys), rung_dtype)
+        line = f"size: budget {budget:,} bytes -> {setup}, store {rung_dtype} ({nbytes:,} bytes before entropy coding)"
+        return Sized(keys, int(rung_dtype[3:]) if rung_dtype != dtype else None, line)
     nbytes, overrides, value, rung_dtype = smallest
     setup = ", ".join(f"{k}={v}" for k, v in {**overrides, knob: value}.items())
     raise NirError(
