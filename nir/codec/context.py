@@ -16,16 +16,19 @@ multiples of ``s`` on the axes before, of ``2s`` on those after) are predicted f
 *decoded* ones at ``i +- s`` and ``i +- 3s`` that lie in the grid and in a block of the same kind
 (cubic, quadratic, linear or a copy, by which are there; each step cubic or linear, whichever
 codes smaller), and decode to ``prediction + cell * q`` with ``q = round((value - prediction) /
-cell)``: within half a cell of the value in every mode, so the bound holds. Float64 additions,
+cell)``: within half a cell of the value in every mode, so the bound holds. A step at level
+``l`` (``s = 2^l``) may use a tighter cell, ``cell / min(alpha^l, beta)`` (level-wise bounds:
+:func:`level_cell`, chosen by :func:`tune_levels`). Compiled: :mod:`nir.codec.loop`. Float64 additions,
 multiplications and divisions by powers of two only, and comparisons for the contexts: every
 machine decodes the same bits. A :data:`RAW` block codes ``round(value / cell)``.
 
 **The context** of each coded integer comes from decoded samples only: the spread of its
 neighbours (predicted) or their magnitudes (raw) in log2 buckets of a quarter cell, the
 integers coded at its inner neighbours, the mode, and the finest stride or not. Each context
-(or, where few integers share it, its group) has a model chosen by its coded size: a quantised
-Laplace, its histogram, or its one value. One ANS stream (constriction): a read of part of the
-grid decodes all of it.
+(or, where few integers share it, its group) has a model chosen by its coded size: a geometric
+law over binned zigzag values, a histogram of the bins or of the values, or its one value. One
+rANS stream (:mod:`nir.codec.rans`; streams before issue 46 used constriction's ANS and still
+decode): a read of part of the grid decodes all of it.
 
 :func:`code` chooses the modes (:func:`choose`'s estimate, or every block on the map, whichever
 codes smaller) and codes; :func:`decode` answers the offsets. Nothing here knows a network: the
