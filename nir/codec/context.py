@@ -479,12 +479,28 @@ def tune_levels(values: np.ndarray, shape: Sequence[int], cell: float) -> tuple[
     grid = values.reshape(shape)
     if grid.size >= CROP_FROM:
         grid = np.ascontiguousarray(grid[tuple(slice(n // 4, n // 4 + max(n // 2, 1)) for n in shape)])
-    flat, modes = grid.reshape(-1), np.full(block_count(grid.shape), MAP, np.uint8)
+    mode = np.full(grid.shape, MAP, np.uint8)
     sizes = []
     for levels in LEVEL_CHOICES:
-        done = encode(flat, flat, modes, grid.shape, cell, None, levels)
-        sizes.append(math.inf if done is None else len(done[0]))
+        steps = quantise(grid, mode, cell, False, levels)[0]
+        sizes.append(_estimate(np.concatenate([q for q, _ in steps[1:]]), np.concatenate([c for _, c in steps[1:]])))
     return LEVEL_CHOICES[int(np.argmin(sizes))]
+
+
+def _estimate(q: np.ndarray, ctx: np.ndarray) -> float:
+    """The bits of integers ``q`` under their contexts ``ctx``: each context's empirical entropy of
+    the binned zigzag values (:mod:`nir.codec.rans`) plus the raw bits; the models' own bytes and
+    the coder's rounding left out (what :func:`tune_levels` compares: measured to rank as the
+    coding does, at a fifth of its time)."""
+    first, _ = rans.bin_starts()
+    z = np.where(q >= 0, 2 * q.astype(np.int64), -2 * q.astype(np.int64) - 1)
+    bins = np.searchsorted(first, z, side="right") - 1
+    raw = np.concatenate([np.zeros(rans.DIRECT), 4 + np.arange(rans.BINS - rans.DIRECT) // 2])
+    counts = np.bincount(ctx.astype(np.int64) * rans.BINS + bins, minlength=N_CONTEXTS * rans.BINS)
+    counts = counts.reshape(N_CONTEXTS, rans.BINS).astype(np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    used = counts > 0
+    return float(-(counts[used] * np.log2((counts / np.maximum(totals, 1))[used])).sum() + raw[bins].sum())
 
 
 def decode(data: bytes, n: int, legacy: bool = False) -> tuple[np.ndarray, np.ndarray]:
