@@ -262,14 +262,11 @@ def _fit(r: np.ndarray) -> bytes:
     lo, hi = int(r.min()), int(r.max())
     if lo == hi:
         return b"\x02" + varint(_zigzag(lo))  # one value: nothing to code
-    z = np.where(r >= 0, 2 * r.astype(np.int64), -2 * r.astype(np.int64) - 1)
-    first, width = rans.bin_starts()
-    raw = np.concatenate([np.zeros(rans.DIRECT), 4 + np.arange(rans.BINS - rans.DIRECT) // 2])  # raw bits a bin
-    bins = np.searchsorted(first, z, side="right") - 1
+    bins = rans.bins_of(r)
     counts = np.bincount(bins, minlength=int(bins.max()) + 1)
     nbins = counts.size
-    raw_bits = float((counts * raw[:nbins]).sum())
-    mean = float(z.mean())
+    raw_bits = float((counts * rans.RAW_BITS[:nbins]).sum())
+    mean = float(rans.zigzag(r).mean())
     best = None
     for factor in (0.7, 0.85, 1.0, 1.2, 1.4):
         ratio = min(mean * factor / (1 + mean * factor), 65535 / 65536)
@@ -298,7 +295,7 @@ def _unzigzag(z: int) -> int:
 def _tables(data: bytes, used: list[tuple[int, int]]) -> tuple[np.ndarray, ...]:
     """The coder's tables from the models' bytes and each used context's model: ``(model of each
     context, kind, lowest, size, offset, frequency, start, symbol of each slot)``, int32 (what
-    :func:`nir.codec.rans.get` reads). A damaged model is one line."""
+    :func:`nir.codec.loop.decode` reads). A damaged model is one line."""
     damaged = "the residual's context model is damaged"
     kinds, los, freqs, pos = [], [], [], 0
     while pos < len(data):
@@ -492,15 +489,12 @@ def _estimate(q: np.ndarray, ctx: np.ndarray) -> float:
     the binned zigzag values (:mod:`nir.codec.rans`) plus the raw bits; the models' own bytes and
     the coder's rounding left out (what :func:`tune_levels` compares: measured to rank as the
     coding does, at a fifth of its time)."""
-    first, _ = rans.bin_starts()
-    z = np.where(q >= 0, 2 * q.astype(np.int64), -2 * q.astype(np.int64) - 1)
-    bins = np.searchsorted(first, z, side="right") - 1
-    raw = np.concatenate([np.zeros(rans.DIRECT), 4 + np.arange(rans.BINS - rans.DIRECT) // 2])
+    bins = rans.bins_of(q)
     counts = np.bincount(ctx.astype(np.int64) * rans.BINS + bins, minlength=N_CONTEXTS * rans.BINS)
     counts = counts.reshape(N_CONTEXTS, rans.BINS).astype(np.float64)
     totals = counts.sum(axis=1, keepdims=True)
     used = counts > 0
-    return float(-(counts[used] * np.log2((counts / np.maximum(totals, 1))[used])).sum() + raw[bins].sum())
+    return float(-(counts[used] * np.log2((counts / np.maximum(totals, 1))[used])).sum() + rans.RAW_BITS[bins].sum())
 
 
 def decode(data: bytes, n: int, legacy: bool = False) -> tuple[np.ndarray, np.ndarray]:

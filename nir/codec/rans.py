@@ -45,6 +45,22 @@ def bin_of(z):  # pragma: no cover - compiled
     return DIRECT + 2 * (e - 5) + ((z >> (e - 1)) & 1), e - 1
 
 
+#: the raw bits after each bin's symbol: none below :data:`DIRECT`, the bits below an octave's
+#: next above it (what :func:`bin_of` returns beside the bin)
+RAW_BITS = np.concatenate([np.zeros(DIRECT, np.int64), 4 + np.arange(BINS - DIRECT) // 2])
+
+
+def zigzag(q: np.ndarray) -> np.ndarray:
+    """``2q`` for ``q >= 0``, ``-2q - 1`` below (int64)."""
+    return np.where(q >= 0, 2 * q.astype(np.int64), -2 * q.astype(np.int64) - 1)
+
+
+def bins_of(q: np.ndarray) -> np.ndarray:
+    """Each integer's bin (of its zigzag value), as the coder's :func:`bin_of` gives it, in NumPy
+    (the encoder's estimates and model fitting)."""
+    return np.searchsorted(bin_starts()[0], zigzag(q), side="right") - 1
+
+
 @njit(cache=True)
 def bin_starts():  # pragma: no cover - compiled
     """Each bin's first zigzag value and its width (:data:`BINS` of each)."""

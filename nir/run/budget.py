@@ -77,7 +77,8 @@ def _largest(size_at: Callable[[int], int], lo: int, hi: int, budget: int) -> in
 
 def _fill(cfg: DictConfig, keys: dict[str, Any], dtype: str, budget: int, stored_bytes) -> dict[str, Any]:
     """``keys`` with the MLP head as wide as the budget allows at that table (issue 45: a table
-    of 2^k entries left up to half a budget unused; a budget lands within 10 % now)."""
+    of 2^k entries left up to half a budget unused; the sized file now lands within 10 % of it,
+    the entropy coder taking a few per cent more: docs/compression.md)."""
     width = int(keys.get("hidden_dim", OmegaConf.select(cfg.model, "hidden_dim") or 0))
     if width <= 0:
         return keys
